@@ -1,0 +1,3 @@
+from seedrun.cli import main
+
+raise SystemExit(main())
