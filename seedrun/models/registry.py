@@ -1,0 +1,48 @@
+"""The registry: each backbone is defined once and found by name.
+
+A builder returns the backbone with its classifier removed (it outputs pooled features) and the feature
+dimension d. Small-image variants replace the 7x7 stride-2 stem and max-pool with a 3x3 stride-1 conv,
+the usual change for 28-32 px inputs (as in the MoCo CIFAR demo and solo-learn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    role: str  # "teacher" | "student" | "both": where the paper uses it
+    builder: Callable[..., tuple[nn.Module, int]]
+    description: str
+
+
+NETWORKS: dict[str, NetworkEntry] = {}
+
+
+def register_network(name: str, role: str, description: str):
+    def wrap(builder):
+        NETWORKS[name] = NetworkEntry(name, role, builder, description)
+        return builder
+
+    return wrap
+
+
+def create_backbone(name: str, *, small_images: bool = False, in_chans: int = 3, width: int = 64) -> tuple[nn.Module, int]:
+    """Build a registered backbone; returns (module producing (N, d) features, d)."""
+    # The builders live in networks.py; importing it here keeps torchvision off the CLI's import path.
+    from seedrun.models import networks  # noqa: F401
+
+    if name not in NETWORKS:
+        raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
+    return NETWORKS[name].builder(small_images=small_images, in_chans=in_chans, width=width)
+
+
+def list_networks() -> list[NetworkEntry]:
+    from seedrun.models import networks  # noqa: F401
+
+    return sorted(NETWORKS.values(), key=lambda e: e.name)
