@@ -1,0 +1,28 @@
+"""Every table of the SEED paper, rebuilt from recorded runs.
+
+    TABLES                              name -> TableDef (definitions.py; one definition a table)
+    list_tables()                       [(name, title)] in the paper's order
+    build_table(name, records, paper)   runs -> TableData (build.py)
+    render(data, fmt)                   rich | markdown | latex | csv (render.py)
+    plot_table(name, records, path)     PNG (plot.py; imports matplotlib only when called)
+
+No torch, hydra or sqlalchemy here: `seedrun table` must start fast. Records are
+seedrun.store.RunRecord objects, read by attribute only.
+"""
+
+from __future__ import annotations
+
+from seedrun.tables.build import Cell, TableData, build_table
+from seedrun.tables.definitions import TABLES, Column, Row, TableDef, UnknownTable, get_table
+from seedrun.tables.plot import plot_table
+from seedrun.tables.render import render
+
+
+def list_tables() -> list[tuple[str, str]]:
+    return [(name, table.title) for name, table in TABLES.items()]
+
+
+__all__ = [
+    "TABLES", "Cell", "Column", "Row", "TableData", "TableDef", "UnknownTable",
+    "build_table", "get_table", "list_tables", "plot_table", "render",
+]
