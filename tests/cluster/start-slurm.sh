@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# Start a one-node Slurm test cluster on this machine (node "localhost",
+# partition "debug"), with accounting (slurmdbd + MariaDB) so that `sacct`
+# works. Idempotent: installs what is missing, starts what is not running, and
+# when everything is already up with the same configuration it does nothing.
+# Ends by printing ONE line ("slurm ready: ..."); progress goes to stderr only
+# with SLURM_VERBOSE=1.
+#
+# Why each piece is here:
+#   - accounting: submitit polls `sacct` for job state; without it, result()
+#     on a cancelled or killed job waits forever.
+#   - AuthInfo=cred_expire=10: a requeued job can start again after ~11 s
+#     instead of ~121 s (only read at slurmctld start, hence the restart when
+#     the config changes).
+#   - slurmd -N localhost: the container's hostname is not "localhost".
+#   - many advertised CPUs (SlurmdParameters=config_overrides): all tasks of a
+#     small array run at once; `scancel --signal` on an array task fails while
+#     its siblings are still pending.
+#   - JobRequeue=1: batch jobs may be requeued (tests simulate preemption with
+#     `scontrol requeue`; submitit requeues itself on timeout).
+#   - no systemd in the container: daemons are started directly and tracked by
+#     pid files in $DIR (stop-slurm.sh kills by those pids, never by name).
+#
+# Environment:
+#   SLURM_TEST_DIR        state, spool, logs, pid files, database
+#                         (default /var/lib/seedrun-slurm)
+#   SLURM_NODE_CPUS       CPUs advertised for the node (default 64)
+#   SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 1001, Slurm's own default)
+#   SLURM_DB_PORT         MariaDB's TCP port on 127.0.0.1 (default 13306)
+#   SLURM_WAIT_S          how long to wait for the node to be idle (default 60)
+#   SLURM_VERBOSE         1: print progress lines to stderr
+#
+# Must run as root on Debian 12 (slurm-wlm 22.05). Stop with stop-slurm.sh.
+set -euo pipefail
+
+DIR=${SLURM_TEST_DIR:-/var/lib/seedrun-slurm}
+NODE_CPUS=${SLURM_NODE_CPUS:-64}
+MAX_ARRAY=${SLURM_MAX_ARRAY_SIZE:-1001}
+DB_PORT=${SLURM_DB_PORT:-13306}
+WAIT_S=${SLURM_WAIT_S:-60}
+VERBOSE=${SLURM_VERBOSE:-0}
+PARTITION=debug
+
+T0=$(date +%s%N)
+elapsed() { local ms=$(( ($(date +%s%N) - T0) / 1000000 )); printf '%d.%01ds' $((ms / 1000)) $(((ms % 1000) / 100)); }
+log() { [ "$VERBOSE" = 1 ] && echo "[start-slurm $(elapsed)] $*" >&2; return 0; }
+die() { echo "start-slurm: $*" >&2; exit 1; }
+
+# True when pid file $1 names a live (non-zombie) process whose command is $2.
+# Checking the command guards against a stale pid file whose pid was reused.
+# /proc is read directly so procps is not needed.
+alive() {
+  [ -f "$1" ] || return 1
+  local p; p=$(cat "$1" 2>/dev/null) || return 1
+  [[ "$p" =~ ^[0-9]+$ ]] || return 1
+  [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$2" ] || return 1
+  # field 3 of /proc/PID/stat is the state; Z = zombie (PID 1 here may reap lazily)
+  [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
+}
+# Stop the process named by pid file $1 if it is still command $2.
+stop_pidfile() {
+  alive "$1" "$2" || { rm -f "$1"; return 0; }
+  local p; p=$(cat "$1")
+  kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 100); do alive "$1" "$2" || break; sleep 0.1; done
+  alive "$1" "$2" && kill -KILL "$p" 2>/dev/null || true
+  rm -f "$1"
+}
+
+[ "$(uname -s)" = Linux ] || die "needs Linux"
+[ "$(id -u)" = 0 ] || die "must run as root"
+
+# Two pytest sessions (or xdist workers) may call this at once: serialize.
+mkdir -p "$DIR"
+exec 9>"$DIR/.start.lock"
+flock -w 300 9 || die "could not take $DIR/.start.lock"
+
+# ---------------------------------------------------------------- install
+pkgs=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Package scripts must not try to start services (no systemd here; a stray
+  # mariadb on :3306 or a slurmctld with the stock config is not wanted).
+  # Docker images ship such a policy-rc.d; add one for the install if absent.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  # `apt-get update` only when needed: when a package has no install
+  # candidate in the current lists, or when installing from them fails
+  # (stale lists point at files the mirror no longer has).
+  need_update=0
+  for p in "${missing[@]}"; do
+    apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]' || need_update=1
+  done
+  inst() { apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" \
+             >>"$DIR/apt.log" 2>&1; }
+  if [ "$need_update" = 1 ]; then apt-get update -q >>"$DIR/apt.log" 2>&1 || true; fi
+  if ! inst; then
+    echo "== install failed, apt-get update and retry" >>"$DIR/apt.log"
+    apt-get update -q >>"$DIR/apt.log" 2>&1 || true
+    inst || { [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d; tail -20 "$DIR/apt.log" >&2; die "apt-get install failed"; }
+  fi
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+log "packages present"
+
+mkdir -p "$DIR"/{state,spool,log}
+chmod 755 "$DIR"
+
+# ---------------------------------------------------------------- config
+# Memory from slurmd -C (e.g. "NodeName=x CPUs=2 ... RealMemory=24105"); 90%
+# of it so slurmd never reports less than configured and drains the node.
+hw=$(slurmd -C 2>/dev/null | head -1)
+real_mem=$(grep -oP '(?<=RealMemory=)[0-9]+' <<<"$hw" || echo 1024)
+MEM=$(( real_mem * 9 / 10 ))
+
+mkdir -p /etc/slurm
+SLURM_CONF_NEW=$(cat <<CONF
+# Generated by seedrun tests/cluster/start-slurm.sh; rewritten on every start.
+ClusterName=seedrun
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmctldPort=6817
+SlurmdPort=6818
+AuthType=auth/munge
+CredType=cred/munge
+# requeued jobs may start again after cred_expire+1 s (default 120 s)
+AuthInfo=cred_expire=10
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/slurmctld.pid
+SlurmdPidFile=$DIR/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+MailProg=/bin/true
+MpiDefault=none
+# no cgroups in the container: plain process tracking, no task binding
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=6819
+# batch jobs may be requeued (preemption / submitit's own requeue on timeout)
+JobRequeue=1
+MaxArraySize=$MAX_ARRAY
+# schedule every 2 s so tests do not wait for the default 60 s backfill pass
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+KillWait=5
+# advertise $NODE_CPUS CPUs whatever the hardware has (lets whole arrays run at once)
+SlurmdParameters=config_overrides
+NodeName=localhost CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
+PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+CONF
+)
+SLURMDBD_CONF_NEW=$(cat <<CONF
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=6819
+SlurmUser=root
+DebugLevel=info
+LogFile=$DIR/log/slurmdbd.log
+PidFile=$DIR/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+CONF
+)
+conf_changed=0
+if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$SLURM_CONF_NEW" ]; then
+  printf '%s\n' "$SLURM_CONF_NEW" > /etc/slurm/slurm.conf.new
+  mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
+  conf_changed=1
+fi
+dbd_conf_changed=0
+if [ "$(cat /etc/slurm/slurmdbd.conf 2>/dev/null)" != "$SLURMDBD_CONF_NEW" ]; then
+  # slurmdbd refuses a config readable by others (it holds the DB password)
+  ( umask 077; printf '%s\n' "$SLURMDBD_CONF_NEW" > /etc/slurm/slurmdbd.conf )
+  dbd_conf_changed=1
+fi
+chmod 600 /etc/slurm/slurmdbd.conf
+
+node_ok() { case "$(sinfo -h -n localhost -o %T 2>/dev/null)" in idle|mixed|allocated|completing) return 0;; esac; return 1; }
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+DBRUN="$DIR/mysqlrun"
+sqlroot() { mariadb --no-defaults -S "$DBRUN/mysql.sock" -uroot "$@"; }
+
+# Fast path: everything already up with this very configuration -> do nothing.
+if [ "$conf_changed$dbd_conf_changed" = 00 ] && munge_ok \
+   && alive "$DBRUN/mariadb.pid" mariadbd && alive "$DIR/slurmdbd.pid" slurmdbd \
+   && alive "$DIR/slurmctld.pid" slurmctld && alive "$DIR/slurmd.pid" slurmd && node_ok; then
+  echo "slurm ready: already running, partition=$PARTITION node=localhost cpus=$NODE_CPUS accounting=slurmdbd state=$DIR ($(elapsed))"
+  exit 0
+fi
+
+# Daemons started below must not keep this script's stdout/stderr open (the
+# pytest fixture reads them through a pipe and would otherwise never see EOF)
+# nor the lock on fd 9 (the next start-slurm.sh would wait for it forever).
+DLOG="$DIR/log/daemon-start.log"
+detached() { "$@" </dev/null >>"$DLOG" 2>&1 9>&-; }
+
+# ---------------------------------------------------------------- munge
+if [ ! -s /etc/munge/munge.key ]; then
+  mungekey --create --keyfile=/etc/munge/munge.key
+  chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
+fi
+mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
+if ! munge_ok; then
+  rm -f /run/munge/munge.socket.2.lock 2>/dev/null || true
+  detached runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+  cp /run/munge/munged.pid "$DIR/munged.pid"        # marks "we started it" for stop-slurm.sh
+  for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
+fi
+munge_ok || die "munged does not answer (see $DLOG)"
+log "munged up"
+
+# ---------------------------------------------------------------- mariadb
+DB="$DIR/mysql"
+mkdir -p "$DB" "$DBRUN"; chown mysql:mysql "$DB" "$DBRUN"
+if [ ! -d "$DB/mysql" ]; then
+  mariadb-install-db --no-defaults --user=mysql --datadir="$DB" --skip-test-db \
+    --auth-root-authentication-method=socket >"$DIR/log/mariadb-install.log" 2>&1 \
+    || { tail -20 "$DIR/log/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+fi
+if ! sqlroot -e 'select 1' >/dev/null 2>&1; then
+  # mariadbd does not daemonize: setsid + & detaches it from this script
+  setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB" \
+    --socket="$DBRUN/mysql.sock" --bind-address=127.0.0.1 --port="$DB_PORT" \
+    --pid-file="$DBRUN/mariadb.pid" --log-error="$DIR/log/mariadb.err" \
+    --skip-log-bin --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
+    </dev/null >/dev/null 2>&1 9>&- &
+  for _ in $(seq 300); do sqlroot -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  sqlroot -e 'select 1' >/dev/null 2>&1 || { tail -20 "$DIR/log/mariadb.err" >&2; die "mariadb did not start"; }
+fi
+sqlroot -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
+            CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+            GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+            GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+log "mariadb up on 127.0.0.1:$DB_PORT"
+
+# ---------------------------------------------------------------- slurmdbd
+[ "$dbd_conf_changed" = 1 ] && stop_pidfile "$DIR/slurmdbd.pid" slurmdbd
+if ! alive "$DIR/slurmdbd.pid" slurmdbd; then
+  detached /usr/sbin/slurmdbd
+  for _ in $(seq 150); do sacctmgr -n -P show cluster >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+sacctmgr -n -P show cluster >/dev/null 2>&1 || { tail -20 "$DIR/log/slurmdbd.log" >&2; die "slurmdbd does not answer"; }
+log "slurmdbd up"
+
+# ---------------------------------------------------------------- slurmctld, slurmd
+# A changed slurm.conf needs real restarts (AuthInfo and the node's CPU
+# count are not picked up by `scontrol reconfigure`). Jobs survive: state is
+# saved in $DIR/state.
+if [ "$conf_changed" = 1 ]; then
+  stop_pidfile "$DIR/slurmd.pid" slurmd
+  stop_pidfile "$DIR/slurmctld.pid" slurmctld
+fi
+alive "$DIR/slurmctld.pid" slurmctld || detached /usr/sbin/slurmctld
+for _ in $(seq 150); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.1; done
+scontrol ping 2>/dev/null | grep -q 'is UP' || { tail -20 "$DIR/log/slurmctld.log" >&2; die "slurmctld is not up"; }
+log "slurmctld up"
+alive "$DIR/slurmd.pid" slurmd || detached /usr/sbin/slurmd -N localhost
+log "slurmd started"
+
+# ---------------------------------------------------------------- wait for idle
+deadline=$(( $(date +%s) + WAIT_S ))
+until node_ok; do
+  case "$(sinfo -h -n localhost -o %T 2>/dev/null || true)" in
+    # e.g. left down by an earlier unclean stop
+    down*|drain*) scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
+  esac
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "start-slurm: node not idle after ${WAIT_S}s: $(sinfo -h -n localhost -o '%T %E' 2>&1)" >&2
+    tail -20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "slurm ready: partition=$PARTITION node=localhost cpus=$NODE_CPUS accounting=slurmdbd state=$DIR ($(elapsed))"
