@@ -1,0 +1,103 @@
+"""Recipes -> one resolved run config, through Hydra's compose API.
+
+Overrides use Hydra's grammar (`student=resnet18`, `distill.tau_teacher=0.01`). Before composing, each
+override is checked against the recipes so that a mistake becomes one line naming the key and what
+was expected (the known recipes of a group, or the keys of a section) rather than Hydra's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from seedrun.errors import InputError
+
+
+def recipes_dir() -> Path:
+    """$SEEDRUN_RECIPES, else ./recipes, else the recipes next to the installed package."""
+    if os.environ.get("SEEDRUN_RECIPES"):
+        return Path(os.environ["SEEDRUN_RECIPES"]).absolute()
+    local = Path("recipes")
+    if (local / "config.yaml").is_file():
+        return local.absolute()
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_groups(root: Path | None = None) -> dict[str, list[str]]:
+    """{group: [recipe names]} from the folders under recipes/."""
+    root = root or recipes_dir()
+    return {
+        group.name: sorted(path.stem for path in group.glob("*.yaml"))
+        for group in sorted(root.iterdir()) if group.is_dir()
+    }
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("expected key=value")
+    return key.strip(), value.strip()
+
+
+def check_overrides(overrides: Iterable[tuple[str, str]], source: str) -> None:
+    """Each (label, override): group choices must name a recipe; dotted keys must exist in the config.
+
+    `label` is how the user wrote it (a sweep file's key path) and goes into the error line.
+    """
+    pairs = list(overrides)
+    groups = recipe_groups()
+    choices = {}
+    for label, override in pairs:
+        try:
+            key, value = _split(override)
+        except ValueError:
+            raise InputError(source, label, f"expected key=value in Hydra's override grammar, got {override!r}")
+        bare = key.lstrip("+~")
+        if bare in groups:
+            if value not in groups[bare]:
+                raise InputError(source, label, f"unknown {bare} recipe {value!r}; known: {', '.join(groups[bare])}")
+            choices[bare] = value
+    base = _compose_cached(tuple(f"{group}={name}" for group, name in sorted(choices.items())))
+    for label, override in pairs:
+        key, _ = _split(override)
+        if key.startswith(("+", "~")) or key in groups:
+            continue
+        node: Any = base
+        for depth, part in enumerate(key.split(".")):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(key.split(".")[:depth]) or "the root config"
+                known = ", ".join(sorted(node)) if isinstance(node, dict) else "no sub-keys"
+                raise InputError(source, label, f"unknown config key {key!r} ({where} has: {known})")
+            node = node[part]
+
+
+@lru_cache(maxsize=256)
+def _compose_cached(overrides: tuple[str, ...]) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def compose_config(overrides: list[str], source: str = "overrides") -> dict[str, Any]:
+    """The fully resolved config for a list of overrides (checked first; errors are InputError)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _deep_copy(_compose_cached(tuple(overrides)))
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(source, None, f"could not compose recipes with {' '.join(overrides)}: {first}") from None
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value

@@ -1,0 +1,72 @@
+"""A run as data: its resolved config and the stable hash that names it everywhere.
+
+The hash is the sha256 of the config's canonical JSON (sorted keys, no whitespace), leaving out what
+changes where or how a run executes but not what it computes (launcher, device, threads, data root).
+The same config always gets the same hash, so a run is trained once however many sweeps name it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# Keys that do not change a run's result: moving the data or the cluster must not retrain it.
+EXECUTION_KEYS = ("launcher", "device", "threads")
+EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"))
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    content = {key: value for key, value in config.items() if key not in EXECUTION_KEYS}
+    for section, key in EXECUTION_SUBKEYS:
+        if isinstance(content.get(section), dict) and key in content[section]:
+            content[section] = {k: v for k, v in content[section].items() if k != key}
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: stage "pretrain" (a self-supervised teacher or baseline) or "distill"."""
+
+    stage: str
+    config: dict[str, Any]
+    axes: dict[str, Any] = field(default_factory=dict)  # the sweep's varied keys -> this run's values
+    depends_on: Optional[str] = None  # hash of the run whose checkpoint this one needs
+    hash: str = ""
+
+    def __post_init__(self) -> None:
+        self.config = {**self.config, "stage": self.stage}
+        if self.depends_on:
+            self.config["depends_on"] = self.depends_on
+        self.hash = config_hash(self.config)
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+
+def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[str, Any]:
+    """The config of the self-supervised run that trains `section`'s network (its own run, own hash).
+
+    Only what the pre-training uses goes in, so every student that names this teacher shares it.
+    """
+    net = composed[section]
+    pretrain = {
+        "method": net.get("method", "mocov2"),
+        "arch": net["arch"],
+        "width": net.get("width", 64),
+        "small_images": net.get("small_images", False),
+        **net["pretrain"],
+    }
+    return {
+        "data": composed["data"],
+        "pretrain": pretrain,
+        "eval": composed["eval"],
+        "precision": composed.get("precision", "auto"),
+        **{key: composed[key] for key in EXECUTION_KEYS if key in composed},
+    }

@@ -1,0 +1,224 @@
+"""Sweep files -> RunSpecs, in a deterministic order, every value checked before anything runs.
+
+A sweep file:
+
+    name: demo                       # unique; runs are recorded under it
+    ablation: temperature            # the table it feeds (`seedrun table --ablation ...`)
+    base: [data=fashion_mnist, distill.epochs=3]     # overrides for every run (list or mapping)
+    grid:                            # crossed: one run per combination, first key outermost
+      distill.tau_teacher: [0.3, 0.1, 0.05, 0.01, 0.001]
+    zip:                             # varied together: the i-th values form one point
+      distill.lr: [0.03, 0.06]
+      distill.weight_decay: [1e-4, 5e-4]
+    seeds: [0, 1]                    # innermost axis (the student's `seed`)
+    launcher: {name: local}          # or slurm: partition, timeout_min, ... (recipes/launcher/)
+
+Keys and values are Hydra overrides: `teacher: resnet50_mocov2` picks a recipe, `distill.K: ...` sets a
+value. A teacher whose `checkpoint` is null becomes a pre-training run of its own that the
+distillation runs depend on; two runs that name the same teacher share it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from seedrun.compose import check_overrides, compose_config
+from seedrun.errors import InputError
+from seedrun.spec import RunSpec, pretrain_config
+
+TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: str
+    ablation: Optional[str]
+    runs: list[RunSpec]  # pre-training runs first, then distillation runs, each in sweep order
+    axes: list[str]
+    launcher: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def stage(self, stage: str) -> list[RunSpec]:
+        return [run for run in self.runs if run.stage == stage]
+
+
+def _override_value(value: Any) -> str:
+    """A YAML value as Hydra override text; strings are quoted so shell or grammar characters stay inert."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(item) for item in value) + "]"
+    text = str(value)
+    if text.replace("_", "").replace("-", "").replace(".", "").replace("/", "").isalnum():
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _as_overrides(value: Any, path: str, where: str) -> list[tuple[str, str]]:
+    """`base` as (label, override) pairs; it may be a list of `k=v` strings or a mapping."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(f"{where}.{key}", f"{key}={_override_value(item)}") for key, item in value.items()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    raise InputError(path, where, "expected a list of key=value overrides or a mapping of key: value")
+
+
+def read_sweep_file(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), None, "no such sweep file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(str(path), where, f"invalid YAML ({problem})")
+    if not isinstance(data, dict):
+        raise InputError(str(path), None, "expected a mapping with at least `name`")
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise InputError(str(path), unknown[0], f"unknown key; expected one of {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    if not isinstance(data.get("name"), str) or not data["name"].strip():
+        raise InputError(str(path), "name", "expected a non-empty string")
+    return data
+
+
+def _axis_lists(data: dict, key: str, path: str) -> dict[str, list]:
+    block = data.get(key) or {}
+    if not isinstance(block, dict):
+        raise InputError(path, key, "expected a mapping of config key -> list of values")
+    for axis, values in block.items():
+        if not isinstance(values, list) or not values:
+            raise InputError(path, f"{key}.{axis}", "expected a non-empty list of values")
+    return block
+
+
+def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = False,
+           data_root: Optional[str] = None) -> Sweep:
+    """Read, check and expand a sweep file. Raises InputError on the first problem found."""
+    path = str(path)
+    data = read_sweep_file(path)
+    base = _as_overrides(data.get("base"), path, "base")
+    base += [(f"command line {override!r}", override) for override in cli_overrides]
+    grid = _axis_lists(data, "grid", path)
+    zipped = _axis_lists(data, "zip", path)
+    lengths = {len(values) for values in zipped.values()}
+    if len(lengths) > 1:
+        raise InputError(path, "zip", f"expected lists of one length, got lengths {sorted(lengths)}")
+    seeds = data.get("seeds", [None])
+    if not isinstance(seeds, list) or not seeds or not all(seed is None or isinstance(seed, int) for seed in seeds):
+        raise InputError(path, "seeds", "expected a non-empty list of integers")
+    launcher = data.get("launcher") or {}
+    if not isinstance(launcher, dict):
+        raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
+
+    # Every value of every axis must be a valid override on its own before any combination is composed.
+    axis_overrides = [(f"grid.{key}", f"{key}={_override_value(value)}") for key, values in grid.items() for value in values]
+    axis_overrides += [(f"zip.{key}", f"{key}={_override_value(value)}") for key, values in zipped.items() for value in values]
+    launcher_name = launcher.get("name")
+    launcher_overrides = [("launcher.name", f"launcher={launcher_name}")] if launcher_name else []
+    check_overrides(base + launcher_overrides, path)
+    for label, override in axis_overrides:
+        check_overrides(base + launcher_overrides + [(label, override)], path)
+
+    points = [list(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [[]]
+    zip_points = [list(zip(zipped, combo)) for combo in zip(*zipped.values())] if zipped else [[]]
+    axes = list(grid) + list(zipped) + (["seed"] if seeds != [None] else [])
+
+    pretrain_runs: dict[str, RunSpec] = {}
+    distill_runs: list[RunSpec] = []
+    warnings: list[str] = []
+    for grid_point in points:
+        for zip_point in zip_points:
+            for seed in seeds:
+                values = dict(grid_point + zip_point)
+                overrides = [override for _, override in base + launcher_overrides]
+                overrides += [f"{key}={_override_value(value)}" for key, value in values.items()]
+                if seed is not None:
+                    overrides.append(f"seed={seed}")
+                    values["seed"] = seed
+                config = compose_config(overrides, path)
+                config["launcher"] = {**config.get("launcher", {}), **{k: v for k, v in launcher.items() if k != "name"}}
+                _check_values(config, values, path)
+                teacher_run = None
+                if config["teacher"].get("checkpoint") is None:
+                    teacher_run = RunSpec("pretrain", pretrain_config(config, "teacher"), axes={})
+                    pretrain_runs.setdefault(teacher_run.hash, teacher_run)
+                else:
+                    _check_path(config["teacher"]["checkpoint"], path, _label("teacher.checkpoint", values),
+                                "teacher checkpoint", dry_run, warnings)
+                config.pop("stage", None)
+                distill_runs.append(RunSpec("distill", config, axes=values,
+                                            depends_on=teacher_run.hash if teacher_run else None))
+    for run in list(pretrain_runs.values()) + distill_runs:
+        _check_data(run.config["data"], path, dry_run, warnings, data_root)
+    unique: dict[str, RunSpec] = {}
+    for run in list(pretrain_runs.values()) + distill_runs:
+        unique.setdefault(run.hash, run)
+    return Sweep(name=data["name"], path=path, ablation=data.get("ablation"), runs=list(unique.values()),
+                 axes=axes, launcher=launcher, warnings=sorted(set(warnings)))
+
+
+def _label(key: str, values: dict) -> str:
+    return key if key not in values else f"grid.{key}"
+
+
+def _check_values(config: dict, values: dict, path: str) -> None:
+    distill = config["distill"]
+    for key in ("tau_student", "tau_teacher"):
+        if not isinstance(distill.get(key), (int, float)) or distill[key] <= 0:
+            raise InputError(path, _where(f"distill.{key}", values), f"expected a temperature > 0, got {distill.get(key)!r}")
+    for section, block in (("distill", distill), ("teacher.pretrain", config["teacher"].get("pretrain") or {})):
+        if "queue_size" not in block:
+            continue
+        size, batch = block["queue_size"], block.get("batch_size")
+        if not isinstance(size, int) or size <= 0:
+            raise InputError(path, _where(f"{section}.queue_size", values), f"expected a positive integer, got {size!r}")
+        if not isinstance(batch, int) or batch <= 0 or size % batch:
+            raise InputError(path, _where(f"{section}.queue_size", values),
+                             f"expected a multiple of {section}.batch_size={batch}, got {size}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(distill.get(key), int) or distill[key] <= 0:
+            raise InputError(path, _where(f"distill.{key}", values), f"expected a positive integer, got {distill.get(key)!r}")
+    for key in ("lr", "weight_decay"):
+        if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
+            raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")
+
+
+def _where(key: str, values: dict) -> str:
+    return f"{key} (={values[key]!r})" if key in values else key
+
+
+def _check_path(target: str, path: str, key: str, what: str, dry_run: bool, warnings: list[str]) -> None:
+    if Path(target).exists():
+        return
+    if dry_run:
+        warnings.append(f"{what} not found: {target} ({key})")
+    else:
+        raise InputError(path, key, f"{what} not found at {target}")
+
+
+def _check_data(data: dict, path: str, dry_run: bool, warnings: list[str], data_root: Optional[str]) -> None:
+    from seedrun.datasets import DataNotFound, locate
+
+    try:
+        locate(data, data_root)
+    except DataNotFound as exc:
+        if dry_run:
+            warnings.append(f"data set {data['name']!r} not found: {exc}")
+        else:
+            raise InputError(path, "data", f"data set {data['name']!r} not found: {exc}")
