@@ -1,0 +1,231 @@
+"""The `seedrun` command. Each subcommand imports what it needs when it runs, so that commands that
+do not train (`--help`, `status`, `table`, `list`) start in a fraction of a second without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+EXIT_BAD_INPUT = 2
+
+
+def _db_url(args) -> str:
+    from seedrun.store import default_db_url
+
+    return args.db or default_db_url()
+
+
+def _db_exists(url: str) -> bool:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        return Path(url.removeprefix("sqlite:///")).exists()
+    return True
+
+
+def cmd_sweep(args) -> int:
+    from rich.console import Console
+
+    from seedrun.plan import read_plan, record
+    from seedrun.sweep import expand
+
+    console = Console()
+    sweep = expand(args.file, args.overrides, dry_run=args.dry_run, data_root=args.data_root)
+    db_url = _db_url(args)
+    plan = read_plan(sweep, db_url) if (_db_exists(db_url) or not args.dry_run) else _empty_plan(sweep)
+    counts = plan.counts()
+    stages = {stage: len(sweep.stage(stage)) for stage in ("pretrain", "distill")}
+    launcher = sweep.launcher.get("name") or plan.sweep.runs[0].config.get("launcher", {}).get("name", "local")
+    console.print(f"sweep [bold]{sweep.name}[/] ({sweep.path}): {len(sweep.runs)} runs "
+                  f"({stages['pretrain']} teacher pre-training, {stages['distill']} distillation), launcher {launcher}")
+    console.print(f"  new {counts['new']}  done {counts['done']}  running {counts['running']}  failed {counts['failed']}")
+    if sweep.axes:
+        for axis in sweep.axes:
+            values = []
+            for run in sweep.runs:
+                if axis in run.axes and run.axes[axis] not in values:
+                    values.append(run.axes[axis])
+            console.print(f"  {axis}: {' '.join(str(value) for value in values)}")
+    for warning in sweep.warnings:
+        console.print(f"  [yellow]warning:[/] {warning}")
+    if args.dry_run:
+        for run in sweep.runs:
+            console.print(f"  {run.short}  {run.stage:<8}  {plan.states.get(run.hash, 'new'):<9}  "
+                          + " ".join(f"{k}={v}" for k, v in run.axes.items()))
+        console.print("dry run: nothing recorded, nothing started")
+        return 0
+
+    record(plan, db_url)
+    todo = plan.to_run(retry_failed=args.retry_failed)
+    if launcher == "slurm":
+        from seedrun.submit import submit_slurm
+
+        submit_slurm(plan, todo, db_url, args.data_root, console)
+        return 0
+    if todo:
+        from seedrun.launch import run_local
+
+        outcome = run_local(plan, todo, db_url, args.data_root, console)
+        console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
+    else:
+        console.print("nothing to run: every run is done or in flight")
+    if sweep.ablation:
+        _print_table(console, sweep.ablation, db_url, sweep.name, "rich", paper=True)
+    return 0
+
+
+def _empty_plan(sweep):
+    from seedrun.plan import Plan
+
+    return Plan(sweep)
+
+
+def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
+    from seedrun.store import load_records
+    from seedrun.tables import build_table, render
+
+    records = load_records(db_url, sweep=sweep)
+    data = build_table(ablation, records, paper=paper)
+    output = render(data, fmt)
+    if isinstance(output, str):
+        print(output, end="" if output.endswith("\n") else "\n")
+    else:
+        console.print(output)
+
+
+def cmd_status(args) -> int:
+    from seedrun.status import show_status
+
+    return show_status(_db_url(args), args.sweep, as_json=args.json, reconcile=not args.no_reconcile)
+
+
+def cmd_table(args) -> int:
+    from seedrun.tables import list_tables
+
+    if args.list:
+        for name, title in list_tables():
+            print(f"{name:<14} {title}")
+        return 0
+    if not args.ablation:
+        raise _usage("table: give --ablation NAME (see --list)")
+    from rich.console import Console
+
+    from seedrun.tables import get_table
+
+    get_table(args.ablation)  # an unknown name fails before the database is opened
+    db_url = _db_url(args)
+    if args.plot:
+        from seedrun.store import load_records
+        from seedrun.tables import plot_table
+
+        plot_table(args.ablation, load_records(db_url, sweep=args.sweep) if _db_exists(db_url) else [], args.plot)
+        print(f"wrote {args.plot}")
+    if _db_exists(db_url):
+        _print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper)
+    else:
+        from seedrun.tables import build_table, render
+
+        output = render(build_table(args.ablation, [], paper=args.paper), args.format)
+        Console().print(output) if not isinstance(output, str) else print(output, end="")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from seedrun.models.catalog import METHODS, NETWORKS
+
+    print("networks (teachers and students):")
+    for entry in NETWORKS:
+        print(f"  {entry.name:<18} {entry.role:<8} d={entry.dim:<5} {entry.description}")
+    print("self-supervised methods (teacher training and student baselines):")
+    for entry in METHODS:
+        print(f"  {entry.name:<18} {entry.description}")
+    from seedrun.strategies import STRATEGIES
+
+    print("distillation strategies:")
+    for name, description in STRATEGIES.items():
+        print(f"  {name:<18} {description}")
+    from seedrun.compose import recipe_groups
+
+    print("recipes:")
+    for group, names in recipe_groups().items():
+        print(f"  {group + '/':<18} {' '.join(names)}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seedrun",
+        description="Run SEED self-supervised distillation sweeps locally or on Slurm, record every run "
+                    "in a database, and rebuild the paper's tables from it.",
+    )
+    parser.add_argument("--db", help="SQLAlchemy URL of the run database (default: $SEEDRUN_DB or "
+                                     "sqlite:///$SEEDRUN_HOME/seedrun.db, SEEDRUN_HOME defaulting to ./.seedrun)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("sweep", help="expand a sweep file into runs and run them (locally) or submit them (Slurm)")
+    p.add_argument("file", help="sweep YAML file (see sweeps/)")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. distill.epochs=2")
+    p.add_argument("--dry-run", action="store_true", help="check and print the plan; record and start nothing")
+    p.add_argument("--retry-failed", action="store_true", help="also rerun failed, blocked, cancelled and lost runs")
+    p.add_argument("--data-root", help="folder holding the data sets (default: $SEEDRUN_DATA, then system "
+                                       "and cache locations)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="where every run stands: counts per state and a row per run")
+    p.add_argument("sweep", nargs="?", help="only this sweep")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-reconcile", action="store_true", help="do not ask Slurm about in-flight jobs")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("table", help="rebuild one of the paper's tables from the recorded runs")
+    p.add_argument("--ablation", help="table name (see --list)")
+    p.add_argument("--format", default="rich", choices=["rich", "markdown", "latex", "csv"])
+    p.add_argument("--paper", action="store_true", help="show the paper's published values next to ours")
+    p.add_argument("--sweep", help="fill the table from this sweep's runs only")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")
+    p.add_argument("--list", action="store_true", help="name the tables")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("list", help="the registered networks, methods, strategies and recipes")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from seedrun.errors import InputError
+
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyError as exc:
+        from seedrun.tables import UnknownTable
+
+        if isinstance(exc, UnknownTable):
+            print(f"error: --ablation: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Submission: runs -> jobs. Locally, through submitit's LocalExecutor, one job at a time, stages in
+order (teachers before the students that need them), with live progress read from the database.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
+
+from seedrun.plan import Plan
+from seedrun.schema import BLOCKED, COMPLETED, FAILED, SUBMITTED, Run
+from seedrun.spec import RunSpec
+from seedrun.store import seedrun_home, session_scope
+
+POLL_SECONDS = 1.0
+
+
+def _epochs(run: RunSpec) -> int:
+    section = run.config["pretrain"] if run.stage == "pretrain" else run.config["distill"]
+    return int(section["epochs"])
+
+
+def _label(run: RunSpec) -> str:
+    if run.stage == "pretrain":
+        p = run.config["pretrain"]
+        return f"teacher {p['method']} {p['arch']} w{p['width']}"
+    return " ".join(f"{key}={value}" for key, value in run.axes.items()) or f"distill {run.short}"
+
+
+def _state(db_url: str, run_hash: str) -> tuple[str, int, Optional[str]]:
+    with session_scope(db_url) as session:
+        run = session.scalars(select(Run).where(Run.hash == run_hash)).one()
+        return run.state, run.epoch, run.error
+
+
+def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[str], console: Console) -> dict[str, int]:
+    """Run each run in a subprocess, teachers first; a failed upstream blocks its dependants."""
+    import submitit
+
+    from seedrun.job import RunJob
+
+    launcher = plan.sweep.launcher
+    folder = seedrun_home() / "submitit" / "local"
+    executor = submitit.LocalExecutor(folder=str(folder) + "/%j")
+    timeout = int(launcher.get("timeout_min") or 0) or 60 * 24 * 7
+    executor.update_parameters(timeout_min=timeout)
+    ordered = [run for run in runs if run.stage == "pretrain"] + [run for run in runs if run.stage != "pretrain"]
+    outcome = {"completed": 0, "failed": 0, "blocked": 0}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        overall = progress.add_task(f"sweep {plan.sweep.name}", total=len(ordered), note="")
+        for run in ordered:
+            upstream_state = _state(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
+            if upstream_state != COMPLETED:
+                _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}")
+                outcome["blocked"] += 1
+                progress.advance(overall)
+                continue
+            task = progress.add_task(_label(run), total=_epochs(run), note="starting")
+            _mark(db_url, run.hash, SUBMITTED, None)
+            job = executor.submit(RunJob(run.hash, db_url, data_root))
+            with session_scope(db_url) as session:
+                session.scalars(select(Run).where(Run.hash == run.hash)).one().job_id = f"local:{job.job_id}"
+            while not job.done():
+                state, epoch, _ = _state(db_url, run.hash)
+                progress.update(task, completed=epoch, note=state)
+                time.sleep(POLL_SECONDS)
+            state, epoch, error = _state(db_url, run.hash)
+            if state not in (COMPLETED, FAILED, BLOCKED):  # died without recording (killed, OOM-killed)
+                _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result")
+                state = FAILED
+            note = state
+            if state == COMPLETED:
+                metrics = _metrics(db_url, run.hash)
+                note = f"k-NN top-1 {metrics.get('knn_top1', float('nan')):.1f}%"
+            progress.update(task, completed=epoch, note=note)
+            outcome["completed" if state == COMPLETED else "failed"] += 1
+            progress.advance(overall)
+    return outcome
+
+
+def _job_error(job) -> Optional[str]:
+    try:
+        job.result()
+    except Exception as exc:  # the job's own exception, re-raised by submitit
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def _mark(db_url: str, run_hash: str, state: str, error: Optional[str]) -> None:
+    with session_scope(db_url) as session:
+        run = session.scalars(select(Run).where(Run.hash == run_hash)).one()
+        run.state = state
+        if error is not None:
+            run.error = error
+
+
+def _metrics(db_url: str, run_hash: str) -> dict[str, float]:
+    from seedrun.schema import Metric
+
+    with session_scope(db_url) as session:
+        rows = session.execute(select(Metric.name, Metric.value).join(Run).where(Run.hash == run_hash).order_by(Metric.id))
+        return {name: value for name, value in rows}
