@@ -74,6 +74,21 @@ def _as_overrides(value: Any, path: str, where: str) -> list[tuple[str, str]]:
     raise InputError(path, where, "expected a list of key=value overrides or a mapping of key: value")
 
 
+def _yaml_loader():
+    """PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4); sweeps are full of such values."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"), list("-+0123456789."))
+    return Loader
+
+
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
@@ -81,7 +96,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(str(path), None, "no such sweep file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
@@ -152,7 +167,7 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
                     overrides.append(f"seed={seed}")
                     values["seed"] = seed
                 config = compose_config(overrides, path)
-                config["launcher"] = {**config.get("launcher", {}), **{k: v for k, v in launcher.items() if k != "name"}}
+                config["launcher"] = _launcher_settings(config.get("launcher", {}), launcher, path)
                 _check_values(config, values, path)
                 teacher_run = None
                 if config["teacher"].get("checkpoint") is None:
@@ -171,6 +186,14 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
         unique.setdefault(run.hash, run)
     return Sweep(name=data["name"], path=path, ablation=data.get("ablation"), runs=list(unique.values()),
                  axes=axes, launcher=launcher, warnings=sorted(set(warnings)))
+
+
+def _launcher_settings(recipe: dict, block: dict, path: str) -> dict:
+    for key in block:
+        if key != "name" and key not in recipe:
+            raise InputError(path, f"launcher.{key}",
+                             f"unknown setting of launcher {recipe.get('name')!r}; known: {', '.join(sorted(recipe))}")
+    return {**recipe, **block}
 
 
 def _label(key: str, values: dict) -> str:
