@@ -1,0 +1,69 @@
+"""Shared fixtures: an isolated SEEDRUN_HOME and database per test, and the CLI as a user types it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["slurm_fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The suite runs on 2 cores; tests that train set their own threads through the config.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh SEEDRUN_HOME (runs, database) for one test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SEEDRUN_HOME", str(path))
+    monkeypatch.delenv("SEEDRUN_DB", raising=False)
+    return path
+
+
+class CLI:
+    def __init__(self, home: Path, cwd: Path = ROOT):
+        self.home, self.cwd = home, cwd
+        self.env = {**os.environ, "SEEDRUN_HOME": str(home), "COLUMNS": "200"}
+        self.env.pop("SEEDRUN_DB", None)
+
+    @property
+    def db(self) -> Path:
+        return self.home / "seedrun.db"
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "seedrun", *args], cwd=self.cwd, env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"seedrun {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def cli(home) -> CLI:
+    return CLI(home)
+
+
+TINY_BASE = [
+    "data=tiny", "teacher.width=8", "student.width=8",
+    "teacher.pretrain.epochs=1", "teacher.pretrain.batch_size=32", "teacher.pretrain.queue_size=128",
+    "distill.epochs=1", "distill.batch_size=32", "distill.queue_size=128", "distill.warmup_epochs=0",
+    "threads=1",
+]
+
+
+def write_sweep(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,89 @@
+"""Sweep expansion and run hashes (no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seedrun.errors import InputError
+from seedrun.spec import RunSpec, config_hash
+from seedrun.sweep import expand
+from conftest import write_sweep
+
+BASE = """
+base:
+  data: tiny
+  distill.batch_size: 32
+  distill.queue_size: 128
+  teacher.pretrain.batch_size: 32
+  teacher.pretrain.queue_size: 128
+"""
+
+
+def test_grid_zip_and_seeds_cross_in_file_order(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + """
+grid:
+  distill.tau_teacher: [0.1, 0.01]
+  distill.lr: [0.03, 0.3]
+zip:
+  distill.weight_decay: [1e-4, 5e-4]
+  distill.epochs: [2, 3]
+seeds: [0, 1]
+""")
+    sweep = expand(path)
+    distill = sweep.stage("distill")
+    assert len(distill) == 2 * 2 * 2 * 2
+    assert sweep.axes == ["distill.tau_teacher", "distill.lr", "distill.weight_decay", "distill.epochs", "seed"]
+    first, second, last = distill[0].axes, distill[1].axes, distill[-1].axes
+    assert first == {"distill.tau_teacher": 0.1, "distill.lr": 0.03, "distill.weight_decay": 1e-4, "distill.epochs": 2, "seed": 0}
+    assert second["seed"] == 1 and second["distill.weight_decay"] == 1e-4  # seeds innermost
+    assert last == {"distill.tau_teacher": 0.01, "distill.lr": 0.3, "distill.weight_decay": 5e-4, "distill.epochs": 3, "seed": 1}
+    for run in distill:  # the axis values reached the resolved config, zip pairs kept together
+        assert run.config["distill"]["tau_teacher"] == run.axes["distill.tau_teacher"]
+        assert (run.config["distill"]["weight_decay"], run.config["distill"]["epochs"]) in [(1e-4, 2), (5e-4, 3)]
+        assert run.config["seed"] == run.axes["seed"]
+    # one teacher, trained once, that every student depends on
+    (teacher,) = sweep.stage("pretrain")
+    assert {run.depends_on for run in distill} == {teacher.hash}
+    assert len({run.hash for run in distill}) == len(distill)
+
+
+def test_expansion_is_deterministic(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + "grid:\n  distill.tau_teacher: [0.3, 0.1, 0.05]\n")
+    assert [run.hash for run in expand(path).runs] == [run.hash for run in expand(path).runs]
+
+
+def test_hash_ignores_key_order_and_execution_keys():
+    config = {"distill": {"tau_teacher": 0.01, "lr": 0.03}, "student": {"arch": "resnet18"}, "seed": 0,
+              "launcher": {"name": "local"}, "device": "cpu", "threads": 2, "data": {"name": "x", "root": "/a"}}
+    reordered = json.loads(json.dumps({"seed": 0, "student": {"arch": "resnet18"}, "distill": {"lr": 0.03, "tau_teacher": 0.01},
+                                       "data": {"root": "/b", "name": "x"}, "launcher": {"name": "slurm"}, "threads": 8}))
+    assert config_hash(config) == config_hash(reordered)
+    changed = json.loads(json.dumps(config))
+    changed["distill"]["tau_teacher"] = 0.001
+    assert config_hash(changed) != config_hash(config)
+    assert RunSpec("distill", config).hash == RunSpec("distill", reordered).hash
+    assert RunSpec("distill", config).hash != RunSpec("pretrain", config).hash
+
+
+def test_command_line_overrides_reach_every_run(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + "grid:\n  distill.tau_teacher: [0.1, 0.01]\n")
+    sweep = expand(path, ["distill.epochs=7"])
+    assert {run.config["distill"]["epochs"] for run in sweep.stage("distill")} == {7}
+
+
+def test_teacher_with_checkpoint_needs_no_pretraining_and_dry_run_only_warns(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", "name: s\nbase: [data=tiny, teacher=resnet50_mocov2]\n")
+    sweep = expand(path, dry_run=True)
+    assert sweep.stage("pretrain") == []
+    assert any("teacher checkpoint not found" in warning for warning in sweep.warnings)
+    with pytest.raises(InputError, match="teacher.checkpoint: teacher checkpoint not found"):
+        expand(path, dry_run=False)
+
+
+def test_shell_metacharacters_in_values_stay_inert(tmp_path):
+    nasty = "$(touch /tmp/seedrun-pwned); `id` && rm -rf ~ | cat > x"
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + f"  launcher.timeout_min: 5\n  data.name: {json.dumps(nasty)}\n")
+    (run,) = expand(path).stage("distill")
+    assert run.config["data"]["name"] == nasty
