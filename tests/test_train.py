@@ -1,0 +1,115 @@
+"""Training loops on tiny generated images: interrupted and resumed runs end bit-identical to
+uninterrupted ones (CPU), and checkpoints are written atomically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seedrun import train
+from seedrun.compose import compose_config
+from seedrun.spec import pretrain_config
+from conftest import TINY_BASE
+
+
+class StopAt(train.Hooks):
+    def __init__(self, step_box: dict, stop_after: int | None):
+        self.calls, self.stop_after, self.epochs = 0, stop_after, []
+
+    def log(self, message: str) -> None:
+        pass
+
+    def epoch_end(self, epoch, metrics):
+        self.epochs.append(epoch)
+
+    def should_stop(self) -> bool:
+        self.calls += 1
+        return self.stop_after is not None and self.calls >= self.stop_after
+
+
+@pytest.fixture(scope="module")
+def configs():
+    config = compose_config(TINY_BASE + ["distill.epochs=2", "teacher.pretrain.epochs=2"])
+    return pretrain_config(config), config
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(configs, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("teacher")
+    train.pretrain(configs[0], run_dir, StopAt({}, None))
+    return run_dir
+
+
+def _weights(run_dir, key):
+    return torch.load(run_dir / train.CHECKPOINT, weights_only=True)[key]
+
+
+def test_pretrain_resumes_bit_identical(configs, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    metrics = train.pretrain(configs[0], straight, StopAt({}, None))
+    with pytest.raises(train.Interrupted):
+        train.pretrain(configs[0], broken, StopAt({}, 13))  # mid second epoch
+    assert torch.load(broken / train.CHECKPOINT, weights_only=True)["step"] == 13
+    resumed = train.pretrain(configs[0], broken, StopAt({}, None))
+    for key in ("encoder_q", "encoder_k"):
+        a, b = _weights(straight, key), _weights(broken, key)
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+    assert torch.equal(_weights(straight, "queue")["embeddings"], _weights(broken, "queue")["embeddings"])
+    assert metrics == resumed
+
+
+def test_distill_resumes_bit_identical(configs, teacher_dir, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    config = configs[1]
+    metrics = train.distill(config, straight, StopAt({}, None), teacher_dir)
+    for stop in (4, 9):  # interrupted twice, once mid-epoch and once across the epoch boundary
+        with pytest.raises(train.Interrupted):
+            train.distill(config, broken, StopAt({}, stop), teacher_dir)
+    resumed = train.distill(config, broken, StopAt({}, None), teacher_dir)
+    a, b = _weights(straight, "student"), _weights(broken, "student")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert metrics == resumed
+
+
+def test_teacher_is_frozen_and_student_moves_towards_it(configs, teacher_dir, tmp_path):
+    from seedrun.augment import normalize
+    from seedrun.datasets import load
+    from seedrun.losses import seed_loss
+
+    before = torch.load(teacher_dir / train.MODEL, weights_only=True)
+    config = configs[1]
+    train.distill(config, tmp_path, StopAt({}, None), teacher_dir)
+    after = torch.load(teacher_dir / train.MODEL, weights_only=True)
+    assert all(torch.equal(before["backbone"][k], after["backbone"][k]) for k in before["backbone"])
+
+    # SEED's loss on held-out images, against a queue of the teacher's embeddings of training images:
+    # lower for the trained student than for the same network freshly initialised.
+    test, train_set = load(config["data"], "test"), load(config["data"], "train")
+    channels = config["data"]["channels"]
+    teacher = torch.nn.Sequential(*train.load_own_model(teacher_dir / train.MODEL, channels)).eval()
+    trained = torch.nn.Sequential(*train.load_own_model(tmp_path / train.MODEL, channels)).eval()
+    torch.manual_seed(config["seed"])
+    s = config["student"]
+    fresh = torch.nn.Sequential(*train.network(s["arch"], s["width"], s["small_images"], channels, s["dim"])[:2]).eval()
+    embed = lambda net, images: torch.nn.functional.normalize(net(normalize(images, test.mean, test.std)), dim=1)
+    with torch.no_grad():
+        queue, z_teacher = embed(teacher, train_set.images[:128]), embed(teacher, test.images)
+        tau_s, tau_t = config["distill"]["tau_student"], config["distill"]["tau_teacher"]
+        loss_trained = seed_loss(embed(trained, test.images), z_teacher, queue, tau_s, tau_t)
+        loss_fresh = seed_loss(embed(fresh, test.images), z_teacher, queue, tau_s, tau_t)
+    assert loss_trained < loss_fresh
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    values = [train.lr_at(step, 100, 10, 1.0) for step in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[99] < 0.001
+    assert all(x >= y for x, y in zip(values[10:], values[11:]))
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    train.save_atomic({"a": torch.ones(3)}, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["a"], torch.ones(3))
