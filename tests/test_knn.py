@@ -295,3 +295,85 @@ def test_cuda_matches_cpu_and_is_repeatable() -> None:
         )
         assert scores.argmax().item() == expected
     assert knn_accuracy(train.cuda(), labels, test.cuda(), test_labels, 10)["top1"] >= 0.0
+
+
+# --- knn_variants: several k-NN variants from one similarity pass -----------------------------
+
+from seedrun.evaluate.knn import DEFAULT_VARIANTS, knn_variants, variant_name  # noqa: E402
+
+
+def test_variant_names() -> None:
+    assert [variant_name(k, tau) for k, tau in DEFAULT_VARIANTS] == ["knn", "knn20", "nn1"]
+    assert variant_name(1, 0.07) == "nn1"
+    assert variant_name(20, None) == "knn20_vote"
+    assert variant_name(200, 0.1) == "knn_t0.1"
+
+
+def test_variants_known_answer() -> None:
+    """Queries e0, C, e0 with labels 0, 2, 1 on the clustered set (neighbour counts above).
+
+    k=200 weighted: 0, 2, 0 -> 2/3; label 1 is 2nd for e0 -> top-5 all.
+    k=20 weighted: e0 -> 0 (5 e^(1/.07) beats 15 e^(.8/.07)); C -> 2 (all 20 at cosine 1) -> 2/3.
+    1-NN: 0, 2, 0 -> 2/3 (no top-5 key by default).
+    k=20 vote: e0 -> 1 (15 of 20), C -> 2: right on the 2nd and 3rd -> 2/3, but other samples.
+    k=200 vote: 2, 2, 2 -> 1/3.
+    """
+    train, labels = clustered_train()
+    queries = torch.tensor([A, C, A])
+    targets = torch.tensor([0, 2, 1])
+    acc = knn_variants(train, labels, queries, targets, NUM_CLASSES)
+    assert set(acc) == {"knn_top1", "knn_top5", "knn20_top1", "knn20_top5", "nn1_top1"}
+    assert acc == pytest.approx(
+        {
+            "knn_top1": 200 / 3,
+            "knn_top5": 100.0,
+            "knn20_top1": 200 / 3,
+            "knn20_top5": 100.0,
+            "nn1_top1": 200 / 3,
+        }
+    )
+    votes = knn_variants(
+        train, labels, queries, targets, NUM_CLASSES, variants=((20, None), (200, None))
+    )
+    assert votes["knn20_vote_top1"] == pytest.approx(200 / 3)
+    assert votes["knn_vote_top1"] == pytest.approx(100 / 3)
+    # Each variant on its own: the 1-NN of the third query (e0, label 1) is class 0 -> wrong.
+    single = knn_variants(train, labels, queries[2:], targets[2:], NUM_CLASSES, variants=((1, None),))
+    assert single == {"nn1_top1": 0.0}
+    vote20 = knn_variants(train, labels, queries[2:], targets[2:], NUM_CLASSES, variants=((20, None),))
+    assert vote20["knn20_vote_top1"] == 100.0  # the majority of e0's 20 neighbours is class 1
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_variants_equal_knn_accuracy_per_variant(chunk_size: int | None) -> None:
+    train, labels, test, test_labels = random_problem(seed=6)
+    variants = ((200, 0.07), (20, 0.07), (1, None), (20, None), (50, 0.5))
+    acc = knn_variants(
+        train, labels, test, test_labels, 10, variants=variants, chunk_size=chunk_size,
+        top5_for_1nn=True,
+    )
+    for k, tau in variants:
+        ref = knn_accuracy(
+            train, labels, test, test_labels, 10, k=k, tau=tau or 1.0, weighted=tau is not None,
+            chunk_size=chunk_size,
+        )
+        name = variant_name(k, tau)
+        assert acc[f"{name}_top1"] == ref["top1"], name
+        assert acc[f"{name}_top5"] == ref["top5"], name
+
+
+def test_variants_reject_bad_arguments() -> None:
+    train, labels = clustered_train()
+    query, target = torch.tensor([A]), torch.tensor([0])
+    with pytest.raises(ValueError, match="duplicate"):
+        knn_variants(train, labels, query, target, NUM_CLASSES, variants=((20, 0.07), (20, 0.07)))
+    with pytest.raises(ValueError, match="k must be"):
+        knn_variants(train, labels, query, target, NUM_CLASSES, variants=((len(train) + 1, 0.07),))
+    with pytest.raises(ValueError, match="k must be"):
+        knn_variants(train, labels, query, target, NUM_CLASSES, variants=((0, 0.07), (5, 0.07)))
+    with pytest.raises(ValueError, match="tau"):
+        knn_variants(train, labels, query, target, NUM_CLASSES, variants=((5, 0.0), (6, 0.07)))
+    with pytest.raises(ValueError, match="at least one"):
+        knn_variants(train, labels, query, target, NUM_CLASSES, variants=())
+    with pytest.raises(ValueError, match="test_labels"):
+        knn_variants(train, labels, query, torch.tensor([0, 1]), NUM_CLASSES)

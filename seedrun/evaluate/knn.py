@@ -49,7 +49,7 @@ no TF32, gives full float32).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +57,13 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_BYTES",
+    "DEFAULT_VARIANTS",
     "default_chunk_size",
     "knn_accuracy",
     "knn_classify",
+    "knn_variants",
     "top_classes",
+    "variant_name",
 ]
 
 DEFAULT_MEMORY_BUDGET_BYTES: int = 256 * 2**20
@@ -172,6 +175,97 @@ def knn_accuracy(
     return {"top1": 100.0 * hits1.item() / n_test, "top5": 100.0 * hits5.item() / n_test}
 
 
+DEFAULT_VARIANTS: tuple[tuple[int, float | None], ...] = ((200, 0.07), (20, 0.07), (1, None))
+"""The k-NN variants of ``knn_variants``: InstDisc's k = 200 (tau 0.07), solo-learn's k = 20 and the
+1-NN CompRess and SimReg report (tau None: unweighted; for k = 1 weighting makes no difference)."""
+
+
+def variant_name(k: int, tau: float | None) -> str:
+    """Metric prefix of a k-NN variant: ``knn`` (k = 200, tau 0.07), ``nn1`` (k = 1), else
+    ``knn{k}``; a weighted variant whose tau is not 0.07 (k > 1) gets ``_t{tau}``, an unweighted one
+    with k > 1 gets ``_vote``."""
+    if k == 1:
+        return "nn1"
+    base = "knn" if k == 200 else f"knn{k}"
+    if tau is None:
+        return f"{base}_vote"
+    if tau != 0.07:
+        return f"{base}_t{tau:g}"
+    return base
+
+
+def knn_variants(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    variants: Sequence[tuple[int, float | None]] = DEFAULT_VARIANTS,
+    chunk_size: int | None = None,
+    top5_for_1nn: bool = False,
+) -> dict[str, float]:
+    """Accuracies (percent) of several k-NN variants from one pass over the similarities.
+
+    Each variant is ``(k, tau)``; ``tau=None`` is the unweighted majority vote. Keys are
+    ``f"{variant_name(k, tau)}_top1"`` and ``..._top5``, e.g. with the defaults
+    ``{"knn_top1", "knn_top5", "knn20_top1", "knn20_top5", "nn1_top1"}``. 1-NN "top-5" (the
+    neighbour's class, then the lowest-numbered others) means little, so it is left out unless
+    ``top5_for_1nn``.
+
+    The similarity matmul and the top-k search are done once, for the largest k; each variant then
+    uses the first k of those neighbours. Without exact ties in similarity the result equals
+    ``knn_accuracy`` run per variant (the tests check it); with ties, which of the tied neighbours
+    are counted is unspecified either way (see the module docstring).
+    """
+    if not variants:
+        raise ValueError("knn_variants needs at least one (k, tau) variant")
+    n_test = test_features.shape[0]
+    if n_test == 0:
+        raise ValueError("knn_variants needs at least one test sample")
+    if test_labels.shape != (n_test,):
+        raise ValueError(f"test_labels must have shape ({n_test},), got {tuple(test_labels.shape)}")
+    names = [variant_name(k, tau) for k, tau in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate k-NN variants: {list(variants)}")
+    k_max = max(k for k, _ in variants)
+    train, labels = _prepare_train(
+        train_features, train_labels, test_features, num_classes, k_max, 1.0
+    )
+    for k, tau in variants:  # check every variant before any work
+        _check_k_tau(k, tau, train.shape[0])
+    if chunk_size is None:
+        chunk_size = default_chunk_size(train.shape[0], num_classes, k_max)
+    targets = test_labels.to(device=train.device, dtype=torch.long)
+    classes = torch.arange(num_classes, device=train.device)
+    top_n = min(5, num_classes)
+    hits = {name: [torch.zeros((), dtype=torch.long, device=train.device)] * 2 for name in names}
+    for start, stop, top_sim, top_labels in _iter_chunk_neighbours(
+        train, labels, test_features, k_max, chunk_size
+    ):
+        target = targets[start:stop].unsqueeze(1)
+        for name, (k, tau) in zip(names, variants):
+            scores = _neighbour_scores(
+                top_sim, top_labels, classes, k, 1.0 if tau is None else tau, tau is not None
+            )
+            hit = top_classes(scores, top_n) == target
+            h1, h5 = hits[name]
+            hits[name] = [h1 + hit[:, 0].sum(), h5 + hit.any(dim=1).sum()]
+    out: dict[str, float] = {}
+    for name, (k, _) in zip(names, variants):
+        h1, h5 = hits[name]
+        out[f"{name}_top1"] = 100.0 * h1.item() / n_test
+        if k > 1 or top5_for_1nn:
+            out[f"{name}_top5"] = 100.0 * h5.item() / n_test
+    return out
+
+
+def _check_k_tau(k: int, tau: float | None, n_train: int) -> None:
+    if not 1 <= k <= n_train:
+        raise ValueError(f"k must be between 1 and the {n_train} training samples, got {k}")
+    if tau is not None and not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+
+
 def _prepare_train(
     train_features: Tensor,
     train_labels: Tensor,
@@ -226,9 +320,25 @@ def _iter_chunk_scores(
     weighted: bool,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """Yield ``(start, stop, scores)`` for consecutive chunks of test rows (no per-sample loop)."""
-    n_test, dim = test_features.shape
     if chunk_size is None:
         chunk_size = default_chunk_size(train.shape[0], num_classes, k)
+    classes = torch.arange(num_classes, device=train.device)
+    for start, stop, top_sim, top_labels in _iter_chunk_neighbours(
+        train, labels, test_features, k, chunk_size
+    ):
+        yield start, stop, _neighbour_scores(top_sim, top_labels, classes, k, tau, weighted)
+
+
+def _iter_chunk_neighbours(
+    train: Tensor,
+    labels: Tensor,
+    test_features: Tensor,
+    k: int,
+    chunk_size: int,
+) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """Yield ``(start, stop, top_sim, top_labels)``: each chunk's k nearest training samples,
+    most similar first, as similarities and labels, both (rows, k)."""
+    n_test, dim = test_features.shape
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk_size = min(chunk_size, max(n_test, 1))
@@ -239,7 +349,6 @@ def _iter_chunk_scores(
     query_buffer = torch.zeros(buffer_rows, dim, device=train.device)
     sim_buffer = torch.empty(buffer_rows, train.shape[0], device=train.device)
     train_t = train.t()
-    classes = torch.arange(num_classes, device=train.device)
     with torch.no_grad():
         for start in range(0, n_test, chunk_size):
             stop = min(start + chunk_size, n_test)
@@ -248,15 +357,22 @@ def _iter_chunk_scores(
             query_buffer[rows:padded_rows] = 0.0
             torch.mm(query_buffer[:padded_rows], train_t, out=sim_buffer[:padded_rows])
             top_sim, top_idx = sim_buffer[:rows].topk(k, dim=1)  # (rows, k), most similar first
-            top_labels = labels[top_idx]
-            if weighted:
-                weights = torch.softmax(top_sim / tau, dim=1)  # exp(s/tau) / row constant
-            else:
-                weights = torch.ones_like(top_sim)
-            scores = _sum_per_class(top_labels, weights, classes)
-            if not weighted:
-                scores /= k
-            yield start, stop, scores
+            yield start, stop, top_sim, labels[top_idx]
+
+
+def _neighbour_scores(
+    top_sim: Tensor, top_labels: Tensor, classes: Tensor, k: int, tau: float, weighted: bool
+) -> Tensor:
+    """Per-class scores (rows, C) of the first ``k`` neighbours (columns) of each row."""
+    top_sim, top_labels = top_sim[:, :k], top_labels[:, :k]
+    if weighted:
+        weights = torch.softmax(top_sim / tau, dim=1)  # exp(s/tau) / row constant
+    else:
+        weights = torch.ones_like(top_sim)
+    scores = _sum_per_class(top_labels, weights, classes)
+    if not weighted:
+        scores /= k
+    return scores
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -1,0 +1,297 @@
+"""Linear probes on frozen, cached features.
+
+Two protocols (see /work/shared/method-notes.md, "Evaluation protocols in use"):
+
+* ``MOCO`` (SEED, MoCo ``main_lincls.py``): fc initialised N(0, 0.01), bias 0; SGD lr 30 x B/256,
+  momentum 0.9, weight decay 0, 100 epochs, lr x0.1 at epochs 60 and 80; the best validation
+  top-1 over the epochs is reported (top-5 is the one of that epoch).
+* ``COMPRESS`` (CompRess / SimReg ``eval_linear.py``): features L2-normalised, then standardised
+  with the training set's per-dimension mean and (biased) variance, held fixed ("full-batch BN",
+  eps 1e-5); ``nn.Linear``'s default init; SGD lr 0.01, momentum 0.9, weight decay 1e-4, 40 epochs,
+  lr x0.1 at 15 and 30.
+
+Differences from the originals, on purpose: training runs on cached features of un-augmented
+images (what CompRess does; MoCo trains on RandomResizedCrop + flip, which this path does not
+have, so MoCo-protocol numbers here are the "cached features" variant and typically somewhat
+lower than with augmentation). "Best validation accuracy" is measured on the set passed as
+``val_*``; when that is the test set (as in the papers) the number is optimistically biased.
+
+The training loop is plain tensor code (no DataLoader, no autograd): each step computes the
+softmax cross-entropy gradient ``(softmax(xW^T + b) - onehot(y)) / B`` by hand and applies the
+same update as ``torch.optim.SGD`` (dampening 0, no Nesterov; weight decay on weight and bias,
+as both originals do). Shuffling and initialisation use a private ``torch.Generator`` seeded
+with ``seed``, so a call is deterministic and leaves the global RNG alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "COMPRESS",
+    "MOCO",
+    "PROTOCOLS",
+    "LinearProtocol",
+    "linear_probe",
+    "prepare_features",
+    "train_linear",
+]
+
+
+@dataclass(frozen=True)
+class LinearProtocol:
+    """Hyper-parameters of a linear-probe protocol. Change one with ``dataclasses.replace``."""
+
+    name: str
+    lr: float
+    """Base learning rate; multiplied by batch_size / 256 when ``scale_lr_with_batch``."""
+    scale_lr_with_batch: bool
+    momentum: float
+    weight_decay: float
+    epochs: int
+    milestones: tuple[int, ...]
+    """Epochs (0-based) from which the lr is multiplied by another ``gamma``."""
+    gamma: float = 0.1
+    l2_normalize: bool = False
+    standardize: bool = False
+    """Subtract the training mean and divide by sqrt(training variance + bn_eps), per dimension."""
+    bn_eps: float = 1e-5
+    init_std: float | None = 0.01
+    """Weight init N(0, init_std), bias 0; None: nn.Linear's U(-1/sqrt(d), 1/sqrt(d)) for both."""
+    select: str = "best"
+    """"best": report the epoch with the best validation top-1; "last": the final epoch."""
+
+    def __post_init__(self) -> None:
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', got {self.select!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+    def with_epochs(self, epochs: int) -> LinearProtocol:
+        """The same protocol over ``epochs`` epochs, milestones scaled in proportion (rounded):
+        MOCO at 20 epochs steps at 12 and 16."""
+        if epochs == self.epochs:
+            return self
+        milestones = tuple(round(m * epochs / self.epochs) for m in self.milestones)
+        return replace(self, epochs=epochs, milestones=milestones)
+
+    def lr_at(self, epoch: int, batch_size: int) -> float:
+        """Learning rate of a (0-based) epoch."""
+        lr = self.lr * (batch_size / 256 if self.scale_lr_with_batch else 1.0)
+        return lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+MOCO = LinearProtocol(
+    name="moco",
+    lr=30.0,
+    scale_lr_with_batch=True,
+    momentum=0.9,
+    weight_decay=0.0,
+    epochs=100,
+    milestones=(60, 80),
+    init_std=0.01,
+)
+
+COMPRESS = LinearProtocol(
+    name="compress",
+    lr=0.01,
+    scale_lr_with_batch=False,
+    momentum=0.9,
+    weight_decay=1e-4,
+    epochs=40,
+    milestones=(15, 30),
+    l2_normalize=True,
+    standardize=True,
+    init_std=None,
+)
+
+PROTOCOLS: dict[str, LinearProtocol] = {p.name: p for p in (MOCO, COMPRESS)}
+
+
+def prepare_features(
+    train_features: Tensor, val_features: Tensor, protocol: LinearProtocol
+) -> tuple[Tensor, Tensor]:
+    """The protocol's fixed feature transform (float32): L2 normalisation and/or standardisation
+    with statistics of the training features only, applied to both sets."""
+    train = train_features.detach().float()
+    val = val_features.detach().float()
+    if protocol.l2_normalize:
+        train, val = F.normalize(train, dim=1), F.normalize(val, dim=1)
+    if protocol.standardize:
+        mean = train.mean(dim=0)
+        inv_std = torch.rsqrt(train.var(dim=0, unbiased=False) + protocol.bn_eps)
+        train, val = (train - mean) * inv_std, (val - mean) * inv_std
+    return train.contiguous(), val.contiguous()
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    val_features: Tensor,
+    val_labels: Tensor,
+    num_classes: int,
+    protocol: LinearProtocol | str = MOCO,
+    batch_size: int = 256,
+    seed: int = 0,
+    epochs: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float | int]:
+    """Train a linear classifier on frozen features; accuracies in percent.
+
+    Args:
+        train_features, val_features: (N, d) float tensors (any float dtype; computed in float32).
+        train_labels, val_labels: integer labels in [0, num_classes).
+        protocol: ``MOCO``, ``COMPRESS``, a name from ``PROTOCOLS`` or any ``LinearProtocol``.
+        batch_size: samples per SGD step (the last step of an epoch takes the remainder).
+        seed: seeds the initialisation and the per-epoch shuffles (private generator).
+        epochs: override the protocol's epochs; milestones scale with it (``with_epochs``).
+        device: where to train; default the training features' device.
+
+    Returns:
+        ``{"linear_top1", "linear_top5", "best_epoch", "final_top1", "final_top5", "epochs"}``:
+        top-1/top-5 of the selected epoch (best validation top-1, earliest on ties, or the last,
+        per ``protocol.select``), its 1-based number, and the final epoch's accuracies. With fewer
+        than 5 classes top-5 is top-C (100).
+    """
+    if isinstance(protocol, str):
+        protocol = PROTOCOLS[protocol]
+    if epochs is not None:
+        protocol = protocol.with_epochs(epochs)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else train_features.device
+    _check(train_features, train_labels, num_classes, "train")
+    _check(val_features, val_labels, num_classes, "val")
+    if val_features.shape[1] != train_features.shape[1]:
+        raise ValueError(
+            f"feature dims differ: train {train_features.shape[1]}, val {val_features.shape[1]}"
+        )
+    x_train, x_val = prepare_features(
+        train_features.to(device), val_features.to(device), protocol
+    )
+    y_train = train_labels.to(device=device, dtype=torch.long)
+    y_val = val_labels.to(device=device, dtype=torch.long)
+
+    best = [-1.0, 0.0, 0]  # top1, top5, epoch
+    last = [0.0, 0.0]
+
+    def on_epoch(epoch: int, weight: Tensor, bias: Tensor) -> None:
+        top1, top5 = _accuracy(x_val, y_val, weight, bias)
+        last[:] = [top1, top5]
+        if top1 > best[0]:
+            best[:] = [top1, top5, epoch + 1]
+
+    train_linear(x_train, y_train, num_classes, protocol, batch_size, seed, on_epoch)
+    if protocol.select == "last":
+        best = [last[0], last[1], protocol.epochs]
+    return {
+        "linear_top1": best[0],
+        "linear_top5": best[1],
+        "best_epoch": best[2],
+        "final_top1": last[0],
+        "final_top5": last[1],
+        "epochs": protocol.epochs,
+    }
+
+
+def train_linear(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    protocol: LinearProtocol,
+    batch_size: int = 256,
+    seed: int = 0,
+    on_epoch: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """SGD on softmax cross-entropy over already prepared features (``prepare_features``); returns
+    (weight (C, d), bias (C,)). ``on_epoch(epoch, weight, bias)`` is called after each (0-based)
+    epoch with the live tensors (do not modify them). Same update as ``torch.optim.SGD`` with the
+    protocol's lr schedule; the tests check it against autograd + ``torch.optim.SGD``."""
+    device = features.device
+    x_all = features.float()
+    y_all = labels.to(device=device, dtype=torch.long)
+    n, dim = x_all.shape
+    gen = torch.Generator().manual_seed(seed)
+    weight, bias = _init(num_classes, dim, protocol.init_std, gen)
+    weight, bias = weight.to(device), bias.to(device)
+    buf_w, buf_b = torch.zeros_like(weight), torch.zeros_like(bias)
+    eye = torch.eye(num_classes, device=device)
+    first = True
+    for epoch in range(protocol.epochs):
+        lr = protocol.lr_at(epoch, batch_size)
+        order = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x, y = x_all[idx], y_all[idx]
+            # d(mean cross-entropy)/d logits = (softmax - onehot) / B
+            grad_logits = torch.softmax(torch.addmm(bias, x, weight.t()), dim=1)
+            grad_logits.sub_(eye[y]).div_(x.shape[0])
+            grad_w = grad_logits.t().mm(x)
+            grad_b = grad_logits.sum(dim=0)
+            _sgd_step(weight, grad_w, buf_w, lr, protocol, first)
+            _sgd_step(bias, grad_b, buf_b, lr, protocol, first)
+            first = False
+        if on_epoch is not None:
+            on_epoch(epoch, weight, bias)
+    return weight, bias
+
+
+def _check(features: Tensor, labels: Tensor, num_classes: int, which: str) -> None:
+    if features.dim() != 2 or not features.is_floating_point():
+        raise ValueError(f"{which} features must be a 2-D float tensor, got {tuple(features.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError(f"{which} features are empty")
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"{which} labels must have shape ({features.shape[0]},)")
+    if labels.is_floating_point():
+        raise TypeError(f"{which} labels must be integers")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"{which} labels must lie in [0, {num_classes})")
+
+
+def _init(
+    num_classes: int, dim: int, init_std: float | None, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    if init_std is None:  # nn.Linear.reset_parameters: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(d))
+        bound = 1.0 / math.sqrt(dim)
+        weight = torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen)
+        bias = torch.empty(num_classes).uniform_(-bound, bound, generator=gen)
+    else:
+        weight = torch.empty(num_classes, dim).normal_(0.0, init_std, generator=gen)
+        bias = torch.zeros(num_classes)
+    return weight, bias
+
+
+def _sgd_step(
+    param: Tensor, grad: Tensor, buf: Tensor, lr: float, protocol: LinearProtocol, first: bool
+) -> None:
+    """torch.optim.SGD's update (dampening 0, no Nesterov): the first step's buffer is the grad."""
+    if protocol.weight_decay:
+        grad = grad.add(param, alpha=protocol.weight_decay)
+    if protocol.momentum:
+        if first:
+            buf.copy_(grad)
+        else:
+            buf.mul_(protocol.momentum).add_(grad)
+        grad = buf
+    param.sub_(grad, alpha=lr)
+
+
+def _accuracy(
+    x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, chunk: int = 8192
+) -> tuple[float, float]:
+    top_n = min(5, weight.shape[0])
+    hits1 = hits5 = 0
+    for start in range(0, x.shape[0], chunk):
+        logits = torch.addmm(bias, x[start : start + chunk], weight.t())
+        ranked = logits.topk(top_n, dim=1).indices
+        hit = ranked == y[start : start + chunk].unsqueeze(1)
+        hits1 += int(hit[:, 0].sum())
+        hits5 += int(hit.any(dim=1).sum())
+    return 100.0 * hits1 / x.shape[0], 100.0 * hits5 / x.shape[0]
