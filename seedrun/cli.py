@@ -13,9 +13,12 @@ EXIT_BAD_INPUT = 2
 
 
 def _db_url(args) -> str:
-    from seedrun.store import default_db_url
+    import os
+    from pathlib import Path
 
-    return args.db or default_db_url()
+    # As seedrun.store.default_db_url, without importing SQLAlchemy.
+    home = Path(os.environ.get("SEEDRUN_HOME", ".seedrun")).absolute()
+    return args.db or os.environ.get("SEEDRUN_DB") or f"sqlite:///{home / 'seedrun.db'}"
 
 
 def _db_exists(url: str) -> bool:
@@ -84,10 +87,11 @@ def _empty_plan(sweep):
 
 
 def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
-    from seedrun.store import load_records
-    from seedrun.tables import build_table, render
+    from seedrun.records import load_records
+    from seedrun.tables import build_table, get_table, render
+    from seedrun.tables.build import config_keys
 
-    records = load_records(db_url, sweep=sweep)
+    records = load_records(db_url, sweep=sweep, keys=config_keys(get_table(ablation)))
     data = build_table(ablation, records, paper=paper)
     output = render(data, fmt)
     if isinstance(output, str):
@@ -118,7 +122,7 @@ def cmd_table(args) -> int:
     get_table(args.ablation)  # an unknown name fails before the database is opened
     db_url = _db_url(args)
     if args.plot:
-        from seedrun.store import load_records
+        from seedrun.records import load_records
         from seedrun.tables import plot_table
 
         plot_table(args.ablation, load_records(db_url, sweep=args.sweep) if _db_exists(db_url) else [], args.plot)
@@ -145,8 +149,8 @@ def cmd_list(args) -> int:
     from seedrun.strategies import STRATEGIES
 
     print("distillation strategies:")
-    for name, description in STRATEGIES.items():
-        print(f"  {name:<18} {description}")
+    for name, strategy in STRATEGIES.items():
+        print(f"  {name:<18} {strategy.description}")
     from seedrun.compose import recipe_groups
 
     print("recipes:")

@@ -23,7 +23,7 @@ import submitit
 from sqlalchemy import select
 
 from seedrun import __version__
-from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, RUNNING, Metric, Run, utcnow
+from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, RUNNING, Run, record_metrics, utcnow
 from seedrun.store import session_scope
 
 LOG = "log.txt"
@@ -52,7 +52,7 @@ class _RecordingHooks:
         with session_scope(self.job.db_url) as session:
             run = session.scalars(select(Run).where(Run.hash == self.job.run_hash)).one()
             run.epoch = epoch
-            session.add_all(Metric(run_id=run.id, name=name, value=float(value), epoch=epoch) for name, value in metrics.items())
+            record_metrics(session, run, metrics, epoch)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
 
@@ -127,8 +127,7 @@ class RunJob(submitit.helpers.Checkpointable):
             prov["end"] = utcnow().isoformat()
             run.provenance = prov
             epoch = run.epoch
-            for name, value in (results or {}).items():
-                session.add(Metric(run_id=run.id, name=name, value=float(value), epoch=epoch))
+            record_metrics(session, run, results or {}, epoch)
 
 
 def _tail(exc: BaseException, lines: int = 8) -> str:

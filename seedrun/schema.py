@@ -58,6 +58,9 @@ class Run(Base):
     error: Mapped[Optional[str]] = mapped_column(Text)
     failure_reason: Mapped[Optional[str]] = mapped_column(String(40))
     provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The last value of each metric, kept next to the run so that status and tables read one row per
+    # run instead of scanning the metrics table (written with every metric by record_metrics).
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
@@ -94,3 +97,10 @@ class Metric(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
+
+
+def record_metrics(session, run: Run, metrics: dict[str, float], epoch: Optional[int]) -> None:
+    """Append metric rows and update the run's summary in the same transaction."""
+    values = {name: float(value) for name, value in metrics.items()}
+    session.add_all(Metric(run_id=run.id, name=name, value=value, epoch=epoch) for name, value in values.items())
+    run.summary = {**(run.summary or {}), **values}

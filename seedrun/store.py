@@ -9,16 +9,15 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from seedrun.schema import Base, Metric, Run, Sweep, SweepRun
+from seedrun.schema import Base
 
 
 def seedrun_home() -> Path:
@@ -78,48 +77,4 @@ def session_scope(url: str, retries: int = 8) -> Iterator[Session]:
                 time.sleep(0.05 * 2**attempt)
 
 
-@dataclass
-class RunRecord:
-    """A run as tables and status see it: plain data, no session attached."""
-
-    hash: str
-    stage: str
-    state: str
-    epoch: int
-    config: dict[str, Any]
-    axes: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # last value of each metric
-    finished_at: Any = None
-    error: Optional[str] = None
-    failure_reason: Optional[str] = None
-    job_id: Optional[str] = None
-    sweep: Optional[str] = None
-
-
-def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = None) -> list[RunRecord]:
-    """Every run (of one sweep, if named) with the last value of each of its metrics."""
-    with session_scope(url) as session:
-        query = select(Run, SweepRun.axes, Sweep.name).join(SweepRun, SweepRun.run_id == Run.id).join(Sweep)
-        if sweep is not None:
-            query = query.where(Sweep.name == sweep)
-        if stage is not None:
-            query = query.where(Run.stage == stage)
-        query = query.order_by(Sweep.id, SweepRun.position)
-        records: dict[int, RunRecord] = {}
-        for run, axes, sweep_name in session.execute(query):
-            if run.id in records:
-                continue
-            records[run.id] = RunRecord(
-                hash=run.hash, stage=run.stage, state=run.state, epoch=run.epoch, config=run.config,
-                axes=axes, finished_at=run.finished_at, error=run.error,
-                failure_reason=run.failure_reason, job_id=run.job_id, sweep=sweep_name,
-            )
-        if records:
-            # Metrics are written in time order, so the last row per (run, name) is the latest value.
-            metric_query = select(Metric.run_id, Metric.name, Metric.value).order_by(Metric.id)
-            if sweep is not None:
-                metric_query = metric_query.where(Metric.run_id.in_(list(records)))
-            for run_id, name, value in session.execute(metric_query):
-                if run_id in records:
-                    records[run_id].metrics[name] = value
-        return list(records.values())
+from seedrun.records import RunRecord, load_records  # noqa: E402,F401  (the read path lives there)

@@ -316,15 +316,23 @@ def _gain_cell(cell: Optional[Cell], baseline: Optional[Cell], paper: Optional[f
 
 # ---- building --------------------------------------------------------------------------------
 
+def config_keys(table: TableDef) -> set[str]:
+    """Every dotted config key the table reads (the database can then fetch only these)."""
+    keys = set(SETTING_KEYS) | set(table.fixed) | ({table.axis} if table.axis else set())
+    for row in table.rows:
+        if row.kind == "runs":
+            for column in table.columns:
+                keys.update(table.filter_for(row, column) or ())
+    return keys - {"stage"}
+
+
 def build(table: TableDef, records: Iterable["RunRecord"], paper: bool = False) -> TableData:
     runs = _latest_per_hash(records)
     published = paper_entry(table.name) if paper else {"values": {}}
 
     defined_filters = [table.filter_for(row, column) for row in table.rows if row.kind == "runs"
                        for column in table.columns]
-    keys = set(SETTING_KEYS) | set(table.fixed) | ({table.axis} if table.axis else set())
-    for flt in defined_filters:
-        keys.update(flt or ())
+    keys = config_keys(table) | {"stage"}
     stages = {flt.get("stage") for flt in defined_filters if flt is not None}
     if None not in stages:  # every cell names its stage: the other runs cannot match
         runs = [run for run in runs if run.stage in stages]

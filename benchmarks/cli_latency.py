@@ -1,0 +1,107 @@
+"""How long `seedrun status` and `seedrun table` take on a big database, as a user runs them.
+
+Builds a SQLite database with 10,000 runs (one sweep per table, configs shaped like real ones) and
+100,000 metrics, then times each command as a fresh process (best of 3). The baseline, measured in
+the same run, is a bare `python -c pass`: interpreter start-up that no command can avoid.
+Target: 0.3 s per command. Run: .venv/bin/python benchmarks/cli_latency.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = 10_000
+METRICS_PER_RUN = 10
+TARGET_S = 0.3
+
+
+def build_database(url: str) -> None:
+    from seedrun.schema import Metric, Run, Sweep, SweepRun
+    from seedrun.store import engine_for
+    from sqlalchemy import insert
+
+    from seedrun.compose import compose_config
+
+    engine = engine_for(url)
+    rng = random.Random(0)
+    # Real configs, as a sweep records them: the paper's recipes composed by Hydra.
+    template = compose_config(["data=imagenet", "teacher=resnet50_mocov2", "student=resnet18"])
+    ablations = {
+        "temperature": ("tau_teacher", [0.3, 0.1, 0.05, 0.01, 0.001]),
+        "queue": ("queue_size", [4096, 16384, 65536, 131072]),
+        "lr": ("lr", [0.003, 0.01, 0.03, 0.1, 0.3]),
+        "wd": ("weight_decay", [1e-6, 1e-5, 1e-4, 5e-4]),
+        "distillation": ("strategy", ["l2", "kmeans", "online_clustering", "binary_contrastive", "seed_mocov2", "seed"]),
+    }
+    runs, members, metrics, sweeps = [], [], [], []
+    per_sweep = RUNS // len(ablations)
+    run_id = 0
+    for sweep_id, (ablation, (key, values)) in enumerate(ablations.items(), start=1):
+        sweeps.append({"id": sweep_id, "name": f"bench-{ablation}", "ablation": ablation, "path": "bench.yaml",
+                       "axes": [f"distill.{key}", "seed"]})
+        for position in range(per_sweep):
+            run_id += 1
+            value = values[position % len(values)]
+            config = json.loads(json.dumps(template))
+            config.update(stage="distill", seed=position // len(values))
+            config["distill"][key] = value
+            state = "completed" if rng.random() < 0.9 else rng.choice(["running", "failed", "pending"])
+            summary = {"loss": 0.0}
+            runs.append({"id": run_id, "hash": f"{run_id:064x}", "stage": "distill", "state": state, "attempts": 1,
+                         "epoch": 200, "run_dir": f"/runs/{run_id}", "config": config, "provenance": {}, "summary": summary})
+            members.append({"sweep_id": sweep_id, "run_id": run_id, "position": position,
+                            "axes": {f"distill.{key}": value, "seed": config["seed"]}})
+            for i in range(METRICS_PER_RUN - 2):
+                metrics.append({"run_id": run_id, "name": "loss", "value": rng.random(), "epoch": i})
+            metrics.append({"run_id": run_id, "name": "knn_top1", "value": 40 + 20 * rng.random(), "epoch": 200})
+            metrics.append({"run_id": run_id, "name": "knn_top5", "value": 70 + 20 * rng.random(), "epoch": 200})
+            summary.update({m["name"]: m["value"] for m in metrics[-METRICS_PER_RUN:]})
+    with engine.begin() as connection:
+        connection.execute(insert(Sweep), sweeps)
+        connection.execute(insert(Run), runs)
+        connection.execute(insert(SweepRun), members)
+        connection.execute(insert(Metric), metrics)
+
+
+def best_of(command: list[str], env: dict, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - start)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed: {result.stderr}")
+    return min(times)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        started = time.perf_counter()
+        build_database(url)
+        print(f"database: {RUNS} runs, {RUNS * METRICS_PER_RUN} metrics, built in {time.perf_counter() - started:.1f} s")
+        env = {**os.environ, "SEEDRUN_DB": url, "COLUMNS": "120"}
+        seedrun = [sys.executable, "-m", "seedrun"]
+        baseline = best_of([sys.executable, "-c", "pass"], env)
+        print(f"baseline `python -c pass`: {baseline:.3f} s")
+        commands = {"status": ["status", "--no-reconcile"], "status --json": ["status", "--json", "--no-reconcile"]}
+        for table in ("temperature", "queue", "lr", "wd", "distillation", "main", "teacher"):
+            commands[f"table --ablation {table}"] = ["table", "--ablation", table]
+        worst = 0.0
+        for label, args in commands.items():
+            seconds = best_of(seedrun + args, env)
+            worst = max(worst, seconds)
+            verdict = "ok" if seconds <= TARGET_S else "OVER TARGET"
+            print(f"seedrun {label:<28} {seconds:6.3f} s   {seconds / baseline:5.1f}x baseline   {verdict}")
+        print(f"slowest: {worst:.3f} s against a target of {TARGET_S} s ({worst / baseline:.1f}x baseline)")
+
+
+if __name__ == "__main__":
+    main()
