@@ -22,9 +22,10 @@ from torch import nn
 from seedrun.augment import augment, normalize
 from seedrun.datasets import ImageSet, load
 from seedrun.evaluate.knn import knn_accuracy
-from seedrun.losses import infonce_loss, seed_loss
+from seedrun.losses import infonce_loss
 from seedrun.models.heads import mlp_head
 from seedrun.models.registry import create_backbone
+from seedrun.objectives import create_objective
 from seedrun.queue import EmbeddingQueue
 
 CHECKPOINT = "checkpoint.pt"  # training state, overwritten as training goes
@@ -285,11 +286,10 @@ def load_teacher(config: dict[str, Any], teacher_dir: Optional[Path]) -> tuple[n
 
 def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Optional[Path],
             data_root: Optional[str] = None) -> dict[str, float]:
-    """SEED: the student matches softmax(z_T . [z_T; queue] / tau_T) with log_softmax(z_S . [z_T; queue] / tau_S)."""
+    """Distil a frozen teacher into the student with `distill.strategy` (SEED by default: the student matches
+    softmax(z_T . [z_T; queue] / tau_T) with log_softmax(z_S . [z_T; queue] / tau_S))."""
     device = setup_torch(config)
     data_cfg, d, s = config["data"], config["distill"], config["student"]
-    if d["strategy"] != "seed":
-        raise ValueError(f"distill.strategy {d['strategy']!r} is not implemented (seed is)")
     train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
     seed = int(config["seed"])
 
@@ -298,10 +298,12 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     torch.manual_seed(seed)
     backbone, head, _ = network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"])
     student = nn.Sequential(backbone, head).to(device)
+    objective = create_objective(d, s["dim"], seed, student).to(device)
     queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device)
     batch_size = _batch_size(d["batch_size"], len(train.images))
     base_lr = d["lr"] * batch_size / 256
-    optimizer = torch.optim.SGD(student.parameters(), lr=base_lr, momentum=d["momentum"], weight_decay=d["weight_decay"])
+    parameters = list(student.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=d["momentum"], weight_decay=d["weight_decay"])
     steps_per_epoch = len(train.images) // batch_size
     loop = Loop(run_dir, hooks, steps_per_epoch, d["epochs"], d["warmup_epochs"], base_lr,
                 d.get("checkpoint_every_steps", 500), d.get("checkpoint_every_minutes", 0))
@@ -310,15 +312,19 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     resumed = load_checkpoint(run_dir)
     if resumed is not None:
         student.load_state_dict(resumed["student"])
+        objective.load_state_dict(resumed["objective"])
+        objective.load_extra_state(resumed["objective_extra"])
         optimizer.load_state_dict(resumed["optimizer"])
         queue.load_state_dict(resumed["queue"])
         set_rng_state(resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
+    objective.prepare(lambda: F.normalize(features(teacher, train, device), dim=1))
 
     def state() -> dict[str, Any]:
-        return {"student": student.state_dict(), "optimizer": optimizer.state_dict(), "queue": queue.state_dict(),
-                "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
+        return {"student": student.state_dict(), "objective": objective.state_dict(),
+                "objective_extra": objective.extra_state(), "optimizer": optimizer.state_dict(),
+                "queue": queue.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
 
     aug = data_cfg["augment"]
     for epoch in range(step // steps_per_epoch, d["epochs"]):
@@ -326,19 +332,23 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         order = epoch_order(len(train.images), seed, epoch)
         started, losses = time.monotonic(), []
         for position in range(step % steps_per_epoch, steps_per_epoch):
-            images = train.images[order[position * batch_size:(position + 1) * batch_size]]
+            indices = order[position * batch_size:(position + 1) * batch_size]
+            images = train.images[indices]
             view = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step)).to(device)
+            another_view = lambda: augment(images, aug, data_cfg["image_size"], train.mean, train.std,  # noqa: E731
+                                           step_generator(seed, step, 1)).to(device)
             loop.set_lr(optimizer, step)
             with autocast(config, device):
                 with torch.no_grad():
                     z_teacher = F.normalize(teacher(view).float(), dim=1)
                 z_student = F.normalize(student(view).float(), dim=1)
-                loss = seed_loss(z_student, z_teacher, queue.embeddings, d["tau_student"], d["tau_teacher"])
+                loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            objective.after_step()
             queue.push(z_teacher)
             losses.append(loss.item())
             step += 1
@@ -349,6 +359,6 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         hooks.epoch_end(epoch + 1, metrics)
 
     net = {"arch": s["arch"], "width": s["width"], "small_images": s["small_images"],
-           "in_chans": data_cfg["channels"], "dim": s["dim"], "method": "seed"}
+           "in_chans": data_cfg["channels"], "dim": s["dim"], "method": d["strategy"]}
     save_atomic(model_file(run_dir, net, backbone, head), run_dir / MODEL)
     return evaluate_knn(backbone, train, test, config, device)

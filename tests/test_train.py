@@ -113,3 +113,27 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     train.save_atomic({"a": torch.ones(3)}, tmp_path / "c.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["a"], torch.ones(3))
+
+
+STRATEGY_OVERRIDES = {
+    "seed": [], "binary_contrastive": [], "l2": [],
+    "kmeans": ["distill.kmeans_k=10", "distill.kmeans_iterations=5"],
+    "online_clustering": ["distill.prototypes=30"],
+    "seed_mocov2": ["distill.moco_momentum=0.99"],
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_OVERRIDES))
+def test_every_strategy_trains_and_resumes_bit_identical(strategy, configs, teacher_dir, tmp_path):
+    config = compose_config(TINY_BASE + ["distill.epochs=2", "teacher.pretrain.epochs=2", f"distill={strategy}"]
+                            + STRATEGY_OVERRIDES[strategy])
+    assert config["distill"]["strategy"] == strategy
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    metrics = train.distill(config, straight, StopAt({}, None), teacher_dir)
+    with pytest.raises(train.Interrupted):
+        train.distill(config, broken, StopAt({}, 7), teacher_dir)
+    assert train.distill(config, broken, StopAt({}, None), teacher_dir) == metrics
+    a, b = _weights(straight, "student"), _weights(broken, "student")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert 10.0 < metrics["knn_top1"] <= 100.0

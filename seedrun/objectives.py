@@ -1,0 +1,148 @@
+"""Distillation objectives: what the student optimises, one class a strategy, chosen by
+`distill.strategy` (names and formulas in seedrun.strategies and seedrun.losses).
+
+Each objective sees a step as: the student's and the frozen teacher's normalised embeddings of one
+augmented view, the queue of past teacher embeddings, and the batch's dataset indices. Objectives
+with parameters of their own (a classifier, prototypes, a momentum student) expose them for the
+optimiser and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, binary_contrastive_loss, infonce_loss,
+                            l2_loss, seed_loss)
+from seedrun.queue import EmbeddingQueue
+
+
+class Objective(nn.Module):
+    """Base: no parameters of its own, nothing to do before or after a step."""
+
+    def __init__(self, d: dict[str, Any] | None = None, **_):
+        super().__init__()
+
+    def prepare(self, teacher_embeddings: Callable[[], Tensor]) -> None:
+        """Called once before training (k-means needs the teacher's view of the whole training set)."""
+
+    def forward(self, z_student: Tensor, z_teacher: Tensor, queue: Tensor, indices: Tensor,
+                another_view: Callable[[], Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class SEED(Objective):
+    def __init__(self, d: dict[str, Any], **_):
+        super().__init__()
+        self.tau_student, self.tau_teacher = d["tau_student"], d["tau_teacher"]
+
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        return seed_loss(z_student, z_teacher, queue, self.tau_student, self.tau_teacher)
+
+
+class BinaryContrastive(Objective):
+    def __init__(self, d: dict[str, Any], **_):
+        super().__init__()
+        self.tau = d["tau_student"]
+
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        return binary_contrastive_loss(z_student, z_teacher, queue, self.tau)
+
+
+class L2(Objective):
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        return l2_loss(z_student, z_teacher)
+
+
+class KMeans(Objective):
+    """Pseudo-labels from k-means on the teacher's embeddings of the (un-augmented) training set."""
+
+    def __init__(self, d: dict[str, Any], dim: int, seed: int, **_):
+        super().__init__()
+        self.k, self.iterations, self.seed = d["kmeans_k"], d["kmeans_iterations"], seed
+        self.classify = KMeansLoss(dim, self.k)
+        self.targets: KMeansTargets | None = None
+
+    def prepare(self, teacher_embeddings):
+        if self.targets is None:
+            self.targets = KMeansTargets.fit(teacher_embeddings(), self.k, self.iterations, self.seed)
+
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        return self.classify(z_student, self.targets[indices].to(z_student.device))
+
+    def extra_state(self):
+        return {"kmeans": self.targets.state_dict()}
+
+    def load_extra_state(self, state):
+        self.targets = KMeansTargets.from_state_dict(state["kmeans"])
+
+
+class OnlineClustering(Objective):
+    def __init__(self, d: dict[str, Any], dim: int, seed: int, **_):
+        super().__init__()
+        self.cluster = OnlineClusteringLoss(dim, d["prototypes"], d["tau_student"], d["sinkhorn_epsilon"],
+                                            d["sinkhorn_iterations"], torch.Generator().manual_seed(seed))
+
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        return self.cluster(z_student, z_teacher, queue)
+
+    def after_step(self):
+        self.cluster.normalize_prototypes()
+
+
+class SEEDMoCoV2(Objective):
+    """SEED plus the student's own MoCo-v2 loss: a momentum copy of the student encodes a second view."""
+
+    def __init__(self, d: dict[str, Any], dim: int, seed: int, student: nn.Module, **_):
+        super().__init__()
+        self.d = d
+        self._student = [student]  # in a list, not a submodule: the optimiser already has its parameters
+        self.momentum_student = [copy.deepcopy(student).requires_grad_(False)]  # in a list: not a submodule
+        self.student_queue = EmbeddingQueue(d["queue_size"], dim, torch.Generator().manual_seed(seed + 1))
+
+    def forward(self, z_student, z_teacher, queue, indices, another_view):
+        momentum = self.momentum_student[0]
+        with torch.no_grad():
+            m = self.d["moco_momentum"]
+            for param_k, param_q in zip(momentum.parameters(), self._student[0].parameters()):
+                param_k.mul_(m).add_(param_q.detach(), alpha=1 - m)
+            key = F.normalize(momentum(another_view()).float(), dim=1)
+        distill = seed_loss(z_student, z_teacher, queue, self.d["tau_student"], self.d["tau_teacher"])
+        own = infonce_loss(z_student, key, self.student_queue.embeddings.to(key.device), self.d["moco_tau"])
+        self._last_key = key
+        return distill + self.d["moco_weight"] * own
+
+    def after_step(self):
+        self.student_queue.push(self._last_key.cpu())
+
+    def extra_state(self):
+        return {"momentum_student": self.momentum_student[0].state_dict(), "student_queue": self.student_queue.state_dict()}
+
+    def load_extra_state(self, state):
+        self.momentum_student[0].load_state_dict(state["momentum_student"])
+        self.student_queue.load_state_dict(state["student_queue"])
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "seed": SEED, "binary_contrastive": BinaryContrastive, "l2": L2, "kmeans": KMeans,
+    "online_clustering": OnlineClustering, "seed_mocov2": SEEDMoCoV2,
+}
+
+
+def create_objective(d: dict[str, Any], dim: int, seed: int, student: nn.Module) -> Objective:
+    if d["strategy"] not in OBJECTIVES:
+        raise ValueError(f"distill.strategy {d['strategy']!r} is unknown; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[d["strategy"]](d=d, dim=dim, seed=seed, student=student)
