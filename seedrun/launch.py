@@ -28,7 +28,7 @@ def _epochs(run: RunSpec) -> int:
 def _label(run: RunSpec) -> str:
     if run.stage == "pretrain":
         p = run.config["pretrain"]
-        return f"teacher {p['method']} {p['arch']} w{p['width']}"
+        return f"{p.get('role', 'teacher')} {p['method']} {p['arch']} w{p['width']}"
     return " ".join(f"{key}={value}" for key, value in run.axes.items()) or f"distill {run.short}"
 
 

@@ -53,15 +53,22 @@ class RunSpec:
 def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[str, Any]:
     """The config of the self-supervised run that trains `section`'s network (its own run, own hash).
 
-    Only what the pre-training uses goes in, so every student that names this teacher shares it.
+    section "teacher": the teacher a distillation run needs. section "student": the student trained
+    alone by the teacher's own recipe (MoCo-v2) for as many epochs as it is distilled, the baseline the
+    paper compares every student with. Only what the pre-training uses goes in, so every run that
+    names the same teacher (or baseline) shares it.
     """
     net = composed[section]
+    recipe = dict(composed["teacher"]["pretrain"])
+    if section == "student":
+        recipe.update(epochs=composed["distill"]["epochs"], seed=composed["seed"], dim=net.get("dim", 128))
     pretrain = {
-        "method": net.get("method", "mocov2"),
+        "role": "teacher" if section == "teacher" else "baseline",
+        "method": composed["teacher"].get("method", "mocov2") if section == "teacher" else "mocov2",
         "arch": net["arch"],
         "width": net.get("width", 64),
         "small_images": net.get("small_images", False),
-        **net["pretrain"],
+        **recipe,
     }
     return {
         "data": composed["data"],

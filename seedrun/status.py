@@ -28,53 +28,94 @@ def _local_alive(pid: int) -> bool:
 
 
 def reconcile(db_url: str) -> int:
-    """Bring in-flight runs up to date with their jobs; returns how many changed."""
-    from sqlalchemy import select
+    """Bring in-flight runs up to date with their jobs; returns how many changed.
 
-    from seedrun.schema import CANCELLED, FAILED, IN_FLIGHT, LOST, Run
+    Slurm is asked once (seedrun.slurm.query_states: one sacct, at most one squeue) for every job in
+    flight. A run is changed only if it is still in flight with the same job id when the answer is
+    written (one conditional UPDATE per run), so a job that records its own result meanwhile wins.
+    Jobs that died without recording are classified from Slurm's state: cancelled, timeout,
+    out_of_memory, node_fail, or exception (failed, with Slurm's exit code). An array task waiting on
+    a teacher that failed (DependencyNeverSatisfied: it would wait forever) is cancelled and marked
+    blocked, or pending when its own teacher completed (`seedrun sweep` then resubmits it).
+    """
+    from sqlalchemy import select, update
+
+    from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, Run
     from seedrun.store import session_scope
 
     with session_scope(db_url) as session:
-        runs = session.scalars(select(Run).where(Run.state.in_(IN_FLIGHT))).all()
-        slurm_runs = [run for run in runs if run.job_id and not run.job_id.startswith(("local:", "pid:"))]
-        changed = 0
-        for run in runs:
-            if run.job_id and run.job_id.startswith(("local:", "pid:")):
-                pid = run.job_id.split(":", 1)[1]
-                if pid.isdigit() and not _local_alive(int(pid)):
-                    run.state, run.error = LOST, "the local job's process is gone"
-                    changed += 1
-        if slurm_runs:
-            from seedrun.slurm import SlurmError, query_states
+        runs = session.execute(select(Run.id, Run.job_id, Run.depends_on).where(Run.state.in_(IN_FLIGHT))).all()
+    changes: list[tuple[int, Optional[str], dict[str, Any]]] = []
+    slurm_runs = []
+    for run_id, job_id, depends_on in runs:
+        if job_id and job_id.startswith(("local:", "pid:")):
+            pid = job_id.split(":", 1)[1]
+            if pid.isdigit() and not _local_alive(int(pid)):
+                changes.append((run_id, job_id, {"state": LOST, "error": "the local job's process is gone"}))
+        elif job_id:
+            slurm_runs.append((run_id, job_id, depends_on))
+    to_cancel: list[str] = []
+    if slurm_runs:
+        from seedrun.slurm import SlurmError, State, query_states
 
-            try:
-                states = query_states([run.job_id for run in slurm_runs])
-            except SlurmError:
-                return changed  # Slurm unreachable: leave states as they are rather than guess
-            from seedrun.slurm import State
+        died_as = {State.TIMEOUT: "timeout", State.OUT_OF_MEMORY: "out_of_memory", State.NODE_FAIL: "node_fail",
+                   State.FAILED: "exception"}
+        try:
+            states = query_states([job_id for _, job_id, _ in slurm_runs])
+        except SlurmError:
+            states = None  # Slurm unreachable: leave states as they are rather than guess
+        upstream_states: dict[str, str] = {}
+        if states is not None:
+            waiting = [depends_on for _, job_id, depends_on in slurm_runs if depends_on and job_id in states
+                       and states[job_id].reason == "DependencyNeverSatisfied"]
+            if waiting:
+                with session_scope(db_url) as session:
+                    upstream_states = dict(session.execute(select(Run.hash, Run.state).where(Run.hash.in_(waiting))).all())
+        for run_id, job_id, depends_on in slurm_runs if states is not None else []:
+            found = states.get(job_id)
+            values: Optional[dict[str, Any]] = None
+            if found is None or found.missing:
+                values = {"state": LOST, "error": f"Slurm job {job_id} is unknown to sacct and squeue"}
+            elif found.state is State.CANCELLED:
+                values = {"state": CANCELLED, "failure_reason": "cancelled", "error": f"Slurm: {found.raw or 'CANCELLED'}"}
+            elif found.state is State.COMPLETED:
+                values = {"state": LOST, "error": "Slurm says COMPLETED but the job recorded no result"}
+            elif found.terminal:
+                # The job died without recording it (killed, node lost, out of memory, time limit).
+                reason = died_as.get(found.state, "exception")
+                code = f", exit code {found.exit_code}" if found.exit_code else ""
+                code += f", signal {found.signal}" if found.signal else ""
+                values = {"state": FAILED, "failure_reason": reason, "error": f"Slurm: {found.raw or found.state}{code}"}
+            elif found.state is State.PENDING and found.reason == "DependencyNeverSatisfied":
+                to_cancel.append(job_id)
+                upstream = upstream_states.get(depends_on or "", "unknown")
+                if upstream == COMPLETED:
+                    values = {"state": PENDING, "job_id": None,
+                              "error": "its array waited on another teacher that failed; `seedrun sweep` resubmits it"}
+                else:
+                    values = {"state": BLOCKED, "failure_reason": "blocked",
+                              "error": f"upstream run {(depends_on or '')[:12]} is {upstream}"}
+            if values is not None:
+                changes.append((run_id, job_id, values))
+    changed = 0
+    if changes:
+        with session_scope(db_url) as session:
+            for run_id, job_id, values in changes:
+                result = session.execute(update(Run).where(Run.id == run_id, Run.state.in_(IN_FLIGHT), Run.job_id == job_id)
+                                         .values(**values))
+                changed += result.rowcount or 0
+    if to_cancel:
+        from seedrun.slurm import SlurmError, cancel
 
-            for run in slurm_runs:
-                found = states.get(run.job_id)
-                if found is None or found.missing:
-                    run.state, run.error = LOST, f"Slurm job {run.job_id} is unknown to sacct and squeue"
-                    changed += 1
-                elif found.state is State.CANCELLED:
-                    run.state, run.failure_reason = CANCELLED, "cancelled"
-                    changed += 1
-                elif found.terminal and found.state is not State.COMPLETED:
-                    # The job died without recording it (killed, node lost, out of memory, time limit).
-                    run.state = FAILED
-                    run.failure_reason = run.failure_reason or str(found.state).lower()
-                    run.error = run.error or f"Slurm: {found.raw or found.state}"
-                    changed += 1
-                elif found.terminal:
-                    run.state, run.error = LOST, "Slurm says COMPLETED but the job recorded no result"
-                    changed += 1
-        return changed
+        try:
+            cancel(to_cancel)
+        except SlurmError:
+            pass
+    return changed
 
 
 # What status shows of a config (the rest stays in the database: `sqlite3` or the run's config.json).
-STATUS_KEYS = ("distill.epochs", "pretrain.epochs", "pretrain.method", "pretrain.arch")
+STATUS_KEYS = ("distill.epochs", "pretrain.epochs", "pretrain.method", "pretrain.arch", "pretrain.role")
 
 
 def _main_metric(metrics: dict[str, float]) -> Optional[float]:
@@ -91,7 +132,7 @@ def _describe(record) -> str:
         return " ".join(f"{key}={value}" for key, value in record.axes.items())
     if record.stage == "pretrain":
         p = record.config.get("pretrain", {})
-        return f"{p.get('method')} {p.get('arch')} (teacher)"
+        return f"{p.get('method')} {p.get('arch')} ({p.get('role') or 'teacher'})"
     return ""
 
 

@@ -11,6 +11,7 @@ A sweep file:
       distill.lr: [0.03, 0.06]
       distill.weight_decay: [1e-4, 5e-4]
     seeds: [0, 1]                    # innermost axis (the student's `seed`)
+    baselines: true                  # also train each student alone with MoCo-v2 (the paper's baseline)
     launcher: {name: local}          # or slurm: partition, timeout_min, ... (recipes/launcher/)
 
 Keys and values are Hydra overrides: `teacher: resnet50_mocov2` picks a recipe, `distill.K: ...` sets a
@@ -30,7 +31,7 @@ from seedrun.compose import check_overrides, compose_config
 from seedrun.errors import InputError
 from seedrun.spec import RunSpec, pretrain_config
 
-TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher"}
+TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
 
 
 @dataclass
@@ -137,6 +138,9 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
     seeds = data.get("seeds", [None])
     if not isinstance(seeds, list) or not seeds or not all(seed is None or isinstance(seed, int) for seed in seeds):
         raise InputError(path, "seeds", "expected a non-empty list of integers")
+    baselines = data.get("baselines", False)
+    if not isinstance(baselines, bool):
+        raise InputError(path, "baselines", f"expected true or false, got {baselines!r}")
     launcher = data.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
@@ -176,6 +180,9 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
                 else:
                     _check_path(config["teacher"]["checkpoint"], path, _label("teacher.checkpoint", values),
                                 "teacher checkpoint", dry_run, warnings)
+                if baselines:
+                    baseline = RunSpec("pretrain", pretrain_config(config, "student"), axes={})
+                    pretrain_runs.setdefault(baseline.hash, baseline)
                 config.pop("stage", None)
                 distill_runs.append(RunSpec("distill", config, axes=values,
                                             depends_on=teacher_run.hash if teacher_run else None))

@@ -87,3 +87,23 @@ def test_shell_metacharacters_in_values_stay_inert(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + f"  launcher.timeout_min: 5\n  data.name: {json.dumps(nasty)}\n")
     (run,) = expand(path).stage("distill")
     assert run.config["data"]["name"] == nasty
+
+
+def test_students_share_one_teacher_and_baselines_are_their_own_runs(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + """
+grid:
+  student: [small_resnet18, resnet18]
+  distill.tau_teacher: [0.1, 0.01]
+seeds: [0]
+baselines: true
+""")
+    sweep = expand(path)
+    pretrain = sweep.stage("pretrain")
+    roles = sorted(run.config["pretrain"]["role"] for run in pretrain)
+    assert roles == ["baseline", "baseline", "teacher"]  # one teacher for 4 students, one baseline per student
+    (teacher,) = [run for run in pretrain if run.config["pretrain"]["role"] == "teacher"]
+    assert {run.depends_on for run in sweep.stage("distill")} == {teacher.hash}
+    for baseline in (run for run in pretrain if run.config["pretrain"]["role"] == "baseline"):
+        assert baseline.config["pretrain"]["method"] == "mocov2"
+        assert baseline.config["pretrain"]["epochs"] == sweep.stage("distill")[0].config["distill"]["epochs"]
+    assert {run.config["pretrain"]["width"] for run in pretrain if run.config["pretrain"]["role"] == "baseline"} == {16, 64}

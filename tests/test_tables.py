@@ -47,8 +47,10 @@ def distill(state="completed", metrics=None, seed=0, minute=0, strategy="seed", 
     return _record("distill", config, state, metrics, minute)
 
 
-def pretrain(state="completed", metrics=None, seed=0, minute=0, method="mocov2", arch="resnet18", epochs=200):
-    config = {"pretrain": {"method": method, "arch": arch, "epochs": epochs}, "data": {"name": "imagenet"}, "seed": seed}
+def pretrain(state="completed", metrics=None, seed=0, minute=0, method="mocov2", arch="resnet18", epochs=200, role=None):
+    role = role or ("teacher" if arch.startswith(("resnet50", "resnet101", "resnet152")) else "baseline")
+    config = {"pretrain": {"method": method, "arch": arch, "epochs": epochs, "role": role}, "data": {"name": "imagenet"},
+              "seed": seed}
     return _record("pretrain", config, state, metrics, minute)
 
 

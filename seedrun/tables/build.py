@@ -31,7 +31,7 @@ SETTING_KEYS = (
     "distill.strategy", "distill.tau_teacher", "distill.tau_student", "distill.queue_size",
     "distill.lr", "distill.weight_decay", "distill.epochs",
     "teacher.arch", "teacher.method", "teacher.pretrain_epochs", "student.arch",
-    "pretrain.method", "pretrain.arch", "pretrain.epochs",
+    "pretrain.method", "pretrain.arch", "pretrain.epochs", "pretrain.role",
 )
 
 # Cell states besides the run states shown as they are.

@@ -92,7 +92,7 @@ def axis_row(key: str, value: float) -> Row:
 
 def student_alone(arch: str) -> Filter:
     """The baseline every table compares with: the student trained by MoCo-v2 on its own."""
-    return {"stage": "pretrain", "pretrain.method": "mocov2", "pretrain.arch": arch}
+    return {"stage": "pretrain", "pretrain.role": "baseline", "pretrain.method": "mocov2", "pretrain.arch": arch}
 
 
 # ---- columns shared by several tables --------------------------------------------------------
@@ -159,7 +159,7 @@ def _main_cell(table: TableDef, row: Row, column: Column) -> Optional[Filter]:
     if column.teacher:
         if not row.match:
             return None  # the MoCo-v2 row has no teacher
-        return {"stage": "pretrain", "pretrain.arch": row.match["teacher.arch"]}
+        return {"stage": "pretrain", "pretrain.role": "teacher", "pretrain.arch": row.match["teacher.arch"]}
     if not row.match:
         return student_alone(column.match["student.arch"])
     return {**table.fixed, **row.match, **column.match}
@@ -177,7 +177,7 @@ def _teacher_cell(table: TableDef, row: Row, column: Column) -> Optional[Filter]
     if column.teacher:
         if not row.match:
             return None
-        return {"stage": "pretrain", "pretrain.method": row.match["teacher.method"],
+        return {"stage": "pretrain", "pretrain.role": "teacher", "pretrain.method": row.match["teacher.method"],
                 "pretrain.epochs": row.match["teacher.pretrain_epochs"]}
     if not row.match:
         return student_alone(ABLATION_STUDENT)
