@@ -100,6 +100,11 @@ def load(data: dict[str, Any], split: str, data_root: Optional[str] = None) -> I
     if subset:
         index = balanced_subset(labels, int(subset), data["num_classes"])
         images, labels = images[index], labels[index]
+    size = data["image_size"]
+    if images.shape[-1] != size or images.shape[-2] != size:
+        # Resized once at load (antialiased), so every step trains at the configured size.
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
     channels = data.get("channels", images.shape[1])
     if images.shape[1] != channels:
         images = images.expand(-1, channels, -1, -1).contiguous() if images.shape[1] == 1 else images[:, :channels]
