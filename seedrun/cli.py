@@ -77,7 +77,23 @@ def cmd_sweep(args) -> int:
         console.print("nothing to run: every run is done or in flight")
     if sweep.ablation:
         _print_table(console, sweep.ablation, db_url, sweep.name, "rich", paper=True)
+        _print_references(db_url, sweep.name)
     return 0
+
+
+def _print_references(db_url: str, sweep: str) -> None:
+    """The sweep's teachers and baselines, and raw pixels: what a reader judges the table's numbers by."""
+    from seedrun.records import load_records
+
+    for record in load_records(db_url, sweep=sweep, stage="pretrain"):
+        p, top1 = record.config.get("pretrain", {}), record.metrics.get("knn_top1")
+        if top1 is None:
+            continue
+        who = "teacher" if p.get("role", "teacher") == "teacher" else "student alone (baseline)"
+        print(f"{who}: {p.get('method')} {p.get('arch')} width {p.get('width')}, {p.get('epochs')} epochs: "
+              f"k-NN top-1 {top1:.1f}")
+        if "pixels_knn_top1" in record.metrics and who == "teacher":
+            print(f"raw pixels, same k-NN: top-1 {record.metrics['pixels_knn_top1']:.1f}")
 
 
 def _empty_plan(sweep):
@@ -134,6 +150,52 @@ def cmd_table(args) -> int:
 
         output = render(build_table(args.ablation, [], paper=args.paper), args.format)
         Console().print(output) if not isinstance(output, str) else print(output, end="")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate finished runs with one protocol, as evaluation runs of their own; nothing retrains."""
+    from rich.console import Console
+
+    from seedrun.errors import InputError
+    from seedrun.plan import Plan, add_runs, read_plan
+    from seedrun.records import load_records
+    from seedrun.spec import RunSpec
+    from seedrun.sweep import Sweep, evaluation_run
+
+    db_url = _db_url(args)
+    if not _db_exists(db_url):
+        raise InputError("eval", "TARGET", f"no runs recorded yet ({db_url})")
+    records = [r for r in load_records(db_url) if r.stage in ("pretrain", "distill")]
+    chosen = [r for r in records if r.sweep == args.target] or [r for r in records if r.hash.startswith(args.target)]
+    if not chosen:
+        raise InputError("eval", "TARGET", f"no sweep or run matches {args.target!r}")
+    unfinished = [r.hash[:12] for r in chosen if r.state != "completed"]
+    chosen = [r for r in chosen if r.state == "completed"]
+    by_sweep: dict[str, list] = {}
+    for record in chosen:
+        trained = RunSpec(record.stage, record.config, axes=record.axes)
+        trained.hash = record.hash
+        by_sweep.setdefault(record.sweep, []).append(evaluation_run(trained, args.protocol, "eval --protocol"))
+    console = Console()
+    if unfinished:
+        console.print(f"skipping {len(unfinished)} unfinished run(s): {' '.join(unfinished)}")
+    for sweep_name, specs in by_sweep.items():
+        add_runs(db_url, sweep_name, specs)
+        sweep = Sweep(name=sweep_name, path="eval", ablation=None, runs=specs, axes=[], launcher={})
+        plan = read_plan(sweep, db_url)
+        todo = plan.to_run(retry_failed=args.retry_failed)
+        console.print(f"{sweep_name}: {len(specs)} evaluation(s) with {args.protocol}, {len(todo)} to run")
+        if not todo:
+            continue
+        if (specs[0].config.get("launcher") or {}).get("name") == "slurm":
+            from seedrun.submit import submit_slurm
+
+            submit_slurm(plan, todo, db_url, args.data_root, console)
+        else:
+            from seedrun.launch import run_local
+
+            run_local(plan, todo, db_url, args.data_root, console)
     return 0
 
 
@@ -200,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("eval", help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
+    p.add_argument("target", help="a sweep name or a run hash prefix")
+    p.add_argument("--protocol", required=True, choices=["knn", "linear", "semisup", "transfer"])
+    p.add_argument("--retry-failed", action="store_true", help="rerun evaluations that failed")
+    p.add_argument("--data-root", help="folder holding the data sets")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("list", help="the registered networks, methods, strategies and recipes")
     p.set_defaults(func=cmd_list)

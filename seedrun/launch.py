@@ -18,9 +18,12 @@ from seedrun.spec import RunSpec
 from seedrun.store import seedrun_home, session_scope
 
 POLL_SECONDS = 1.0
+STAGE_ORDER = ("pretrain", "distill", "eval")
 
 
 def _epochs(run: RunSpec) -> int:
+    if run.stage == "eval":
+        return 1
     section = run.config["pretrain"] if run.stage == "pretrain" else run.config["distill"]
     return int(section["epochs"])
 
@@ -29,7 +32,7 @@ def _label(run: RunSpec) -> str:
     if run.stage == "pretrain":
         p = run.config["pretrain"]
         return f"{p.get('role', 'teacher')} {p['method']} {p['arch']} w{p['width']}"
-    return " ".join(f"{key}={value}" for key, value in run.axes.items()) or f"distill {run.short}"
+    return " ".join(f"{key}={value}" for key, value in run.axes.items()) or f"{run.stage} {run.short}"
 
 
 def _state(db_url: str, run_hash: str) -> tuple[str, int, Optional[str]]:
@@ -49,7 +52,7 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     executor = submitit.LocalExecutor(folder=str(folder) + "/%j")
     timeout = int(launcher.get("timeout_min") or 0) or 60 * 24 * 7
     executor.update_parameters(timeout_min=timeout)
-    ordered = [run for run in runs if run.stage == "pretrain"] + [run for run in runs if run.stage != "pretrain"]
+    ordered = sorted(runs, key=lambda run: STAGE_ORDER.index(run.stage))  # stable: sweep order within a stage
     outcome = {"completed": 0, "failed": 0, "blocked": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:

@@ -77,3 +77,23 @@ def record(plan: Plan, db_url: str) -> None:
                 session.flush()
             if run.id not in members:
                 session.add(SweepRun(sweep_id=row.id, run_id=run.id, position=position, axes=spec.axes))
+
+
+def add_runs(db_url: str, sweep_name: str, specs: list[RunSpec]) -> None:
+    """Append runs to an existing sweep (evaluations of its runs); runs already members stay as they are."""
+    from sqlalchemy import func
+
+    with session_scope(db_url) as session:
+        row = session.scalars(select(SweepRow).where(SweepRow.name == sweep_name)).one()
+        position = (session.scalar(select(func.max(SweepRun.position)).where(SweepRun.sweep_id == row.id)) or 0) + 1
+        members = {m.run_id for m in session.scalars(select(SweepRun).where(SweepRun.sweep_id == row.id))}
+        for spec in specs:
+            run = session.scalars(select(Run).where(Run.hash == spec.hash)).one_or_none()
+            if run is None:
+                run = Run(hash=spec.hash, stage=spec.stage, state=PENDING, run_dir=str(run_dir_for(spec.hash)),
+                          config=spec.config, depends_on=spec.depends_on, attempts=0, epoch=0, provenance={})
+                session.add(run)
+                session.flush()
+            if run.id not in members:
+                session.add(SweepRun(sweep_id=row.id, run_id=run.id, position=position, axes=spec.axes))
+                position += 1

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 # Keys that do not change a run's result: moving the data or the cluster must not retrain it.
 EXECUTION_KEYS = ("launcher", "device", "threads")
-EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"))
+# Which evaluations follow a run (eval.after, eval.protocols) are runs of their own: not this run's content.
+EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"), ("eval", "after"), ("eval", "protocols"))
 
 
 def canonical_json(value: Any) -> str:
@@ -76,4 +77,17 @@ def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[
         "eval": composed["eval"],
         "precision": composed.get("precision", "auto"),
         **{key: composed[key] for key in EXECUTION_KEYS if key in composed},
+    }
+
+
+def evaluation_config(trained: "RunSpec", protocol: str) -> dict[str, Any]:
+    """The config of evaluating `trained` with `protocol`: its own run, keyed by the trained run and the settings."""
+    config = trained.config
+    return {
+        "protocol": protocol,
+        "settings": config["eval"]["protocols"][protocol],
+        "source": trained.hash,
+        "data": config["data"],
+        "seed": config.get("seed", 0),
+        **{key: config[key] for key in EXECUTION_KEYS if key in config},
     }

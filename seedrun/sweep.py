@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from seedrun.compose import check_overrides, compose_config
 from seedrun.errors import InputError
-from seedrun.spec import RunSpec, pretrain_config
+from seedrun.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
 
@@ -188,11 +188,21 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
                                             depends_on=teacher_run.hash if teacher_run else None))
     for run in list(pretrain_runs.values()) + distill_runs:
         _check_data(run.config["data"], path, dry_run, warnings, data_root)
+    trained = [run for run in pretrain_runs.values() if run.config["pretrain"].get("role") == "baseline"] + distill_runs
+    evaluation_runs = [evaluation_run(run, protocol, path) for run in trained for protocol in run.config["eval"].get("after", [])]
     unique: dict[str, RunSpec] = {}
-    for run in list(pretrain_runs.values()) + distill_runs:
+    for run in list(pretrain_runs.values()) + distill_runs + evaluation_runs:
         unique.setdefault(run.hash, run)
     return Sweep(name=data["name"], path=path, ablation=data.get("ablation"), runs=list(unique.values()),
                  axes=axes, launcher=launcher, warnings=sorted(set(warnings)))
+
+
+def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") -> RunSpec:
+    protocols = trained.config["eval"].get("protocols", {})
+    if protocol not in protocols:
+        raise InputError(path, "eval.after", f"unknown protocol {protocol!r}; known: {', '.join(protocols)}")
+    return RunSpec("eval", evaluation_config(trained, protocol), axes={**trained.axes, "protocol": protocol},
+                   depends_on=trained.hash)
 
 
 def _launcher_settings(recipe: dict, block: dict, path: str) -> dict:

@@ -1,0 +1,101 @@
+"""An evaluation run: one protocol applied to one finished run's model, without retraining it.
+
+The run's config names the protocol and its settings and the source run (by hash); the source's
+model.pt is only read. Frozen features are cached per (model sha256, data set, split, size) under
+$SEEDRUN_HOME/features, so every linear or transfer probe of a model extracts them once. Metrics are
+recorded on the evaluation run and, under the same names, on the source run at its final epoch, so
+tables read a student's linear top-1 where they read its k-NN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from seedrun.datasets import load
+from seedrun.evaluate.features import cached_features, extract_features, file_sha256
+from seedrun.evaluate.knn import knn_variants
+from seedrun.evaluate.linear import linear_probe
+from seedrun.evaluate.semisup import labelled_subset, save_subset, finetune, split_validation
+
+PROTOCOLS = ("knn", "linear", "semisup", "transfer")
+
+
+def _features(model_path: Path, backbone: nn.Module, images, mean, std, what: dict[str, Any], device) -> torch.Tensor:
+    from seedrun.store import seedrun_home
+
+    key = {"checkpoint_sha256": file_sha256(model_path), **what}
+    return cached_features(seedrun_home() / "features", key,
+                           lambda: extract_features(backbone, images, mean, std, device=device))
+
+
+def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root: Optional[str] = None,
+             log=print) -> dict[str, float]:
+    from seedrun.train import MODEL, load_own_model, setup_torch
+
+    device = setup_torch(config)
+    protocol, settings, data_cfg = config["protocol"], config["settings"], config["data"]
+    model_path = source_dir / MODEL
+    backbone, _head = load_own_model(model_path, data_cfg["channels"])
+    backbone = backbone.to(device).eval()
+    train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
+    data_key = {"dataset": data_cfg["name"], "size": data_cfg["image_size"], "train_subset": data_cfg.get("train_subset"),
+                "test_subset": data_cfg.get("test_subset"), "transform": "none"}
+
+    def feats(split, data):
+        return _features(model_path, backbone, data.images, data.mean, data.std, {**data_key, "split": split}, device)
+
+    if protocol == "knn":
+        variants = tuple((int(k), tau) for k, tau in settings["variants"])
+        return knn_variants(feats("train", train), train.labels, feats("test", test), test.labels, train.num_classes,
+                            variants=variants)
+    if protocol == "linear":
+        result = linear_probe(feats("train", train), train.labels, feats("test", test), test.labels, train.num_classes,
+                              protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
+                              epochs=settings.get("epochs"), device=device)
+        return {"linear_top1": result["linear_top1"], "linear_top5": result["linear_top5"],
+                "linear_best_epoch": result["best_epoch"]}
+    if protocol == "semisup":
+        metrics = {}
+        for fraction in settings["fractions"]:
+            subset = labelled_subset(train.labels, fraction, seed=settings["subset_seed"])
+            save_subset(run_dir / f"subset-{fraction:g}.json", subset, seed=settings["subset_seed"], fraction=fraction,
+                        labels=train.labels)
+            student, _ = load_own_model(model_path, data_cfg["channels"])
+            head = nn.Linear(_feature_dim(student, train, device), train.num_classes)
+            result = finetune(student, head, train.images, train.labels, subset, test.images, test.labels,
+                              train.mean, train.std, epochs=settings["epochs"], lr=settings["lr"],
+                              batch_size=settings["batch_size"], seed=config["seed"], device=device)
+            percent = f"{100 * fraction:g}".replace(".", "_")
+            metrics[f"semisup{percent}_top1"] = result["finetune_top1"]
+            metrics[f"semisup{percent}_top5"] = result["finetune_top5"]
+            log(f"semi-supervised {100 * fraction:g}% labels ({len(subset)} images): top-1 {result['finetune_top1']:.2f}")
+        return metrics
+    if protocol == "transfer":
+        from seedrun.evaluate import transfer
+
+        metrics = {}
+        for name in settings["datasets"]:
+            if name != "digits":
+                raise ValueError(f"transfer data set {name!r}: only 'digits' is bundled; cifar10/cifar100 need a root")
+            data = transfer.load_digits_dataset(image_size=data_cfg["image_size"], channels=data_cfg["channels"])
+            what = {"dataset": f"transfer-{name}", "size": data_cfg["image_size"], "transform": "none"}
+            train_f = _features(model_path, backbone, data.train_images, data.mean, data.std, {**what, "split": "train"}, device)
+            test_f = _features(model_path, backbone, data.test_images, data.mean, data.std, {**what, "split": "test"}, device)
+            result = linear_probe(train_f, data.train_labels, test_f, data.test_labels, data.num_classes,
+                                  protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
+                                  epochs=settings.get("epochs"), device=device)
+            metrics[f"transfer_{name}_top1"] = result["linear_top1"]
+        return metrics
+    raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def _feature_dim(backbone: nn.Module, data, device) -> int:
+    with torch.no_grad():
+        return int(backbone.eval().to(device)(data.images[:1].float().to(device)).shape[1])
+
+
+__all__ = ["PROTOCOLS", "evaluate", "split_validation"]
