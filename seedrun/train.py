@@ -8,7 +8,6 @@ run needs only its step to draw exactly what an uninterrupted run would have dra
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -22,10 +21,10 @@ from torch import nn
 from seedrun.augment import augment, normalize
 from seedrun.datasets import ImageSet, load
 from seedrun.evaluate.knn import knn_accuracy
-from seedrun.losses import infonce_loss
-from seedrun.models.heads import mlp_head
+from seedrun.models.heads import head_from_state_dict, mlp_head, teacher_head
 from seedrun.models.registry import create_backbone
 from seedrun.objectives import create_objective
+from seedrun.pretext import create_pretext
 from seedrun.queue import EmbeddingQueue
 
 CHECKPOINT = "checkpoint.pt"  # training state, overwritten as training goes
@@ -185,22 +184,21 @@ def _batch_size(requested: int, n: int) -> int:
 # ---- MoCo-v2 pre-training (He et al. 2020; Chen et al. 2020, official moco/builder.py) ---------
 
 def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Optional[str] = None) -> dict[str, float]:
-    """Self-supervised MoCo-v2: momentum key encoder, queue of keys, InfoNCE, MLP head, two views."""
+    """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.pretext) on two views."""
     device = setup_torch(config)
     data_cfg, p = config["data"], config["pretrain"]
-    if p["method"] != "mocov2":
-        raise ValueError(f"pretrain.method {p['method']!r} is not implemented (mocov2 is)")
     train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
     seed = int(p["seed"])
 
     torch.manual_seed(seed)
-    backbone, head, _ = network(p["arch"], p["width"], p["small_images"], data_cfg["channels"], p["dim"])
-    encoder_q = nn.Sequential(backbone, head).to(device)
-    encoder_k = copy.deepcopy(encoder_q).requires_grad_(False)
-    queue = EmbeddingQueue(p["queue_size"], p["dim"], torch.Generator().manual_seed(seed)).to(device)
+    backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"])
+    head = teacher_head(p["method"], d, p["dim"])
+    encoder = nn.Sequential(backbone, head).to(device)
+    pretext = create_pretext(p, encoder, seed).to(device)
     batch_size = _batch_size(p["batch_size"], len(train.images))
     base_lr = p["lr"] * batch_size / 256
-    optimizer = torch.optim.SGD(encoder_q.parameters(), lr=base_lr, momentum=p["momentum"], weight_decay=p["weight_decay"])
+    parameters = [param for param in list(encoder.parameters()) + list(pretext.parameters()) if param.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=p["momentum"], weight_decay=p["weight_decay"])
     steps_per_epoch = len(train.images) // batch_size
     loop = Loop(run_dir, hooks, steps_per_epoch, p["epochs"], p.get("warmup_epochs", 0), base_lr,
                 p.get("checkpoint_every_steps", 500), p.get("checkpoint_every_minutes", 0))
@@ -208,44 +206,36 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     step = 0
     resumed = load_checkpoint(run_dir)
     if resumed is not None:
-        encoder_q.load_state_dict(resumed["encoder_q"])
-        encoder_k.load_state_dict(resumed["encoder_k"])
+        encoder.load_state_dict(resumed["encoder"])
+        pretext.load_state_dict(resumed["pretext"])
+        pretext.load_extra_state(resumed["pretext_extra"])
         optimizer.load_state_dict(resumed["optimizer"])
-        queue.load_state_dict(resumed["queue"])
         set_rng_state(resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
 
     def state() -> dict[str, Any]:
-        return {"encoder_q": encoder_q.state_dict(), "encoder_k": encoder_k.state_dict(),
-                "optimizer": optimizer.state_dict(), "queue": queue.state_dict(), "rng": rng_state(),
-                "step": step, "epoch": step // steps_per_epoch}
+        return {"encoder": encoder.state_dict(), "pretext": pretext.state_dict(), "pretext_extra": pretext.extra_state(),
+                "optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
 
     aug = data_cfg["augment"]
     for epoch in range(step // steps_per_epoch, p["epochs"]):
-        encoder_q.train()
-        encoder_k.train()  # as in MoCo: the key encoder's BN uses batch statistics
+        encoder.train()
         order = epoch_order(len(train.images), seed, epoch)
         started, losses = time.monotonic(), []
         for position in range(step % steps_per_epoch, steps_per_epoch):
             images = train.images[order[position * batch_size:(position + 1) * batch_size]]
-            view_q = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 0)).to(device)
-            view_k = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 1)).to(device)
+            view_a = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 0)).to(device)
+            view_b = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 1)).to(device)
             loop.set_lr(optimizer, step)
             with autocast(config, device):
-                q = F.normalize(encoder_q(view_q).float(), dim=1)
-                with torch.no_grad():
-                    m = p["encoder_momentum"]
-                    for param_k, param_q in zip(encoder_k.parameters(), encoder_q.parameters()):
-                        param_k.mul_(m).add_(param_q.detach(), alpha=1 - m)
-                    k = F.normalize(encoder_k(view_k).float(), dim=1)
-                loss = infonce_loss(q, k, queue.embeddings, p["tau"])
+                loss = pretext(encoder, view_a, view_b)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            queue.push(k)
+            pretext.after_step()
             losses.append(loss.item())
             step += 1
             loop.after_step(step, state)
@@ -257,16 +247,26 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     net = {"arch": p["arch"], "width": p["width"], "small_images": p["small_images"],
            "in_chans": data_cfg["channels"], "dim": p["dim"], "method": p["method"]}
     save_atomic(model_file(run_dir, net, backbone, head), run_dir / MODEL)
-    return evaluate_knn(backbone, train, test, config, device)
+    return {**evaluate_knn(backbone, train, test, config, device), **pixel_reference(train, test, config)}
+
+
+def pixel_reference(train: ImageSet, test: ImageSet, config: dict[str, Any]) -> dict[str, float]:
+    """k-NN on raw pixels with the same protocol: the floor a learned representation should clear."""
+    knn = config["eval"]["knn"]
+    flat = lambda data: normalize(data.images, data.mean, data.std).flatten(1)  # noqa: E731
+    result = knn_accuracy(flat(train), train.labels, flat(test), test.labels, train.num_classes, k=knn["k"], tau=knn["tau"])
+    return {"pixels_knn_top1": result["top1"], "pixels_knn_top5": result["top5"]}
 
 
 # ---- SEED distillation (Fang et al. 2021, official seed/builder.py and main.py) -----------------
 
 def load_own_model(path: Path, channels: int) -> tuple[nn.Module, nn.Module]:
+    """A seedrun model.pt: the backbone by name, the head (any method's) sized from its tensors."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = state["seedrun"]
-    backbone, head, _ = network(net["arch"], net["width"], net["small_images"], channels, net["dim"])
+    backbone, _ = create_backbone(net["arch"], small_images=net["small_images"], in_chans=channels, width=net["width"])
     backbone.load_state_dict(state["backbone"])
+    head = head_from_state_dict(state["head"])
     head.load_state_dict(state["head"])
     return backbone, head
 

@@ -17,7 +17,7 @@ base:
 
 CASES = {
     "invalid_yaml": (GOOD + "grid:\n  distill.tau_teacher: [0.1, 0.01\n", ["line "], "invalid YAML"),
-    "unknown_recipe": (GOOD + "grid:\n  student: [resnet18, resnet9000]\n", ["grid.student"], "known: resnet18, small_resnet18"),
+    "unknown_recipe": (GOOD + "grid:\n  student: [resnet18, resnet9000]\n", ["grid.student"], "known: efficientnet_b0, efficientnet_b1, mobilenetv3_large, resnet18"),
     "unknown_key": (GOOD + "grid:\n  distill.tau_teachr: [0.1]\n", ["grid.distill.tau_teachr"], "unknown config key"),
     "zero_temperature": (GOOD + "grid:\n  distill.tau_teacher: [0.1, 0.0]\n", ["distill.tau_teacher"], "expected a temperature > 0"),
     "negative_student_temperature": (GOOD + "  distill.tau_student: -0.2\n", ["distill.tau_student"], "expected a temperature > 0"),

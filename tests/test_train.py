@@ -52,10 +52,11 @@ def test_pretrain_resumes_bit_identical(configs, tmp_path):
         train.pretrain(configs[0], broken, StopAt({}, 13))  # mid second epoch
     assert torch.load(broken / train.CHECKPOINT, weights_only=True)["step"] == 13
     resumed = train.pretrain(configs[0], broken, StopAt({}, None))
-    for key in ("encoder_q", "encoder_k"):
+    for key in ("encoder", "pretext"):  # the pretext holds MoCo's key encoder
         a, b = _weights(straight, key), _weights(broken, key)
-        assert all(torch.equal(a[name], b[name]) for name in a), key
-    assert torch.equal(_weights(straight, "queue")["embeddings"], _weights(broken, "queue")["embeddings"])
+        assert a and all(torch.equal(a[name], b[name]) for name in a), key
+    queues = [_weights(d, "pretext_extra")["queue"]["embeddings"] for d in (straight, broken)]
+    assert torch.equal(*queues)
     assert metrics == resumed
 
 
@@ -137,3 +138,22 @@ def test_every_strategy_trains_and_resumes_bit_identical(strategy, configs, teac
     a, b = _weights(straight, "student"), _weights(broken, "student")
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert 10.0 < metrics["knn_top1"] <= 100.0
+
+
+@pytest.mark.parametrize("teacher", ["small_resnet_simclr", "small_resnet_swav"])
+def test_simclr_and_swav_teachers_train_and_resume_bit_identical(teacher, tmp_path):
+    base = [o for o in TINY_BASE if not o.startswith("teacher.pretrain.queue_size")]  # MoCo's only
+    config = pretrain_config(compose_config(base + [f"teacher={teacher}", "teacher.width=8", "teacher.pretrain.epochs=2",
+                                                         "teacher.pretrain.batch_size=32"]))
+    assert config["pretrain"]["method"] == teacher.split("_")[-1]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    metrics = train.pretrain(config, straight, StopAt({}, None))
+    with pytest.raises(train.Interrupted):
+        train.pretrain(config, broken, StopAt({}, 6))
+    assert train.pretrain(config, broken, StopAt({}, None)) == metrics
+    a, b = _weights(straight, "encoder"), _weights(broken, "encoder")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    # the saved model (backbone + the method's own head) is what a distillation run loads as its teacher
+    backbone, head = train.load_own_model(straight / train.MODEL, config["data"]["channels"])
+    assert head(backbone(torch.zeros(2, 3, 16, 16))).shape == (2, 128)
