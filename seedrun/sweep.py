@@ -181,6 +181,11 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
                     _check_path(config["teacher"]["checkpoint"], path, _label("teacher.checkpoint", values),
                                 "teacher checkpoint", dry_run, warnings)
                 if baselines:
+                    missing = {"queue_size", "encoder_momentum", "tau"} - set(config["teacher"].get("pretrain") or {})
+                    if missing:
+                        raise InputError(path, "baselines", f"the student-alone MoCo-v2 baseline borrows the teacher "
+                                         f"recipe's MoCo-v2 settings, and teacher {config['teacher']['name']!r} lacks "
+                                         f"{', '.join(sorted(missing))}; set baselines: false")
                     baseline = RunSpec("pretrain", pretrain_config(config, "student"), axes={})
                     pretrain_runs.setdefault(baseline.hash, baseline)
                 config.pop("stage", None)
