@@ -199,6 +199,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_teacher_inspect(args) -> int:
+    from seedrun.checkpoints import format_inspection, inspect
+
+    result = inspect(args.path)
+    print(format_inspection(result))
+    return 0 if result.get("verdict") == "ok" else EXIT_BAD_INPUT
+
+
 def cmd_list(args) -> int:
     from seedrun.models.catalog import METHODS, NETWORKS
 
@@ -269,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun evaluations that failed")
     p.add_argument("--data-root", help="folder holding the data sets")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("teacher", help="teacher checkpoints: `seedrun teacher inspect PATH`")
+    teacher_sub = p.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
+    q = teacher_sub.add_parser("inspect", help="detected format (MoCo-v2, SwAV, SimCLR, torchvision, seedrun), "
+                                               "architecture, head shape and whether it loads")
+    q.add_argument("path")
+    q.set_defaults(func=cmd_teacher_inspect)
 
     p = sub.add_parser("list", help="the registered networks, methods, strategies and recipes")
     p.set_defaults(func=cmd_list)

@@ -258,3 +258,20 @@ def test_head_builders():
         rebuilt = head_from_state_dict(head.state_dict())
         assert [type(m) for m in rebuilt.modules()] == [type(m) for m in head.modules()]
         rebuilt.load_state_dict(head.state_dict())
+
+
+def test_teacher_inspect_command(tmp_path, cli):
+    import torchvision
+
+    source = torchvision.models.resnet18()
+    state = {f"module.encoder_q.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    state.update({"module.encoder_q.fc.0.weight": torch.zeros(512, 512), "module.encoder_q.fc.0.bias": torch.zeros(512),
+                  "module.encoder_q.fc.2.weight": torch.zeros(128, 512), "module.encoder_q.fc.2.bias": torch.zeros(128)})
+    good = tmp_path / "moco_v2.pth.tar"
+    torch.save({"state_dict": state, "epoch": 200}, good)
+    out = cli("teacher", "inspect", str(good)).stdout
+    assert "mocov2" in out and "resnet18" in out and "512 -> 512 -> 128" in out and "verdict         ok" in out
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    result = cli("teacher", "inspect", str(truncated), check=False)
+    assert result.returncode == 2 and str(truncated) in result.stdout
