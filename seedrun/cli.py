@@ -199,6 +199,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from seedrun.manage import show_logs
+
+    return show_logs(_db_url(args), args.run)
+
+
+def cmd_retry(args) -> int:
+    from seedrun.manage import retry
+
+    return retry(_db_url(args), failed=args.failed, reason=args.reason, sweep=args.sweep)
+
+
+def cmd_cancel(args) -> int:
+    from seedrun.manage import cancel
+
+    return cancel(_db_url(args), args.target)
+
+
 def cmd_teacher_inspect(args) -> int:
     from seedrun.checkpoints import format_inspection, inspect
 
@@ -278,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder holding the data sets")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("logs", help="a run's state, failure, budget events and logs (every attempt)")
+    p.add_argument("run", metavar="RUN", help="run hash or prefix (at least 4 hex digits)")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("retry", help="resubmit failed runs through the launcher they were recorded with")
+    p.add_argument("--failed", action="store_true", help="failed, blocked, cancelled and lost runs")
+    p.add_argument("--reason", help="only this failure_reason: out_of_memory, nan_loss, timeout, preempted, "
+                                    "node_fail, cancelled, exception, blocked")
+    p.add_argument("--sweep", help="only this sweep's runs")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("cancel", help="cancel a sweep's unfinished runs or one run (one scancel)")
+    p.add_argument("target", metavar="SWEEP|RUN")
+    p.set_defaults(func=cmd_cancel)
+
     p = sub.add_parser("teacher", help="teacher checkpoints: `seedrun teacher inspect PATH`")
     teacher_sub = p.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
     q = teacher_sub.add_parser("inspect", help="detected format (MoCo-v2, SwAV, SimCLR, torchvision, seedrun), "
@@ -300,6 +333,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `seedrun status | head`: the reader has gone, which is fine
+        sys.stderr.close()
+        return 0
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,12 +2,36 @@
 
 It reads its run from the database, trains in the run's fixed directory (resuming from its
 checkpoint if there is one), and records state, per-epoch metrics, final metrics, failures and
-provenance. It is a submitit Checkpointable: on a timeout or preemption signal submitit calls
-`checkpoint()`, which asks the loop to save and requeues the same job into the same directory.
+provenance. It is a submitit Checkpointable.
+
+Stopping, checkpointing and requeueing (checked against the one-node test cluster,
+tests/test_slurm_sweep.py):
+
+- USR2 comes `signal_delay_s` before the time limit, on a preemption notice, or from submitit's
+  `job._interrupt()`. submitit's own handler would call `checkpoint()`, run `scontrol requeue` and
+  `sys.exit` at once, in the middle of a training step, where no consistent state can be saved. So
+  while the run trains, RunJob puts its own handler in front: it only sets `stop_requested`.
+  train.Loop asks `hooks.should_stop()` after every step, writes an atomic checkpoint at that step
+  boundary and raises train.Interrupted; RunJob then counts the interruption against its budget and
+  hands over to submitit's handler, which calls `checkpoint()`, requeues and exits. Should no step
+  boundary come within a grace period (a long evaluation, a stuck step), an alarm hands over anyway
+  and the requeued job resumes from the last periodic checkpoint (`checkpoint_every_steps`).
+- SIGTERM comes from `scontrol requeue`, from Slurm's own preemption and from scancel, each followed by
+  SIGKILL after KillWait; submitit never calls `checkpoint()` for it. The loop stops at the next step
+  with a checkpoint written, then the job waits for Slurm to kill it (or for a USR2: `_interrupt()`
+  sends SIGTERM, then USR2). If the job is rerun, it resumes from that checkpoint and counts a
+  preemption.
+
+Budgets (config["launcher"], or the launcher recorded at submission): `max_preemptions` (-1 = no
+limit), `max_timeouts` (default 3), `max_failures` (retries of a run that raised; default 0; a NaN
+loss is never retried: the rerun would reproduce it). The counts live in run.provenance as
+`preemptions`, `timeouts`, `failures`, with an `events` list; a spent budget fails the run with
+failure_reason `preempted`, `timeout` or the failure's own class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,16 +41,23 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import submitit
 from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
 from seedrun import __version__
-from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, RUNNING, Run, record_metrics, utcnow
+from seedrun.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, SUBMITTED, Run, record_metrics,
+                            utcnow)
 from seedrun.store import session_scope
 
 LOG = "log.txt"
+#: After a SIGTERM the job waits this long for SIGKILL (Slurm's KillWait) or a USR2 before it exits.
+SIGTERM_WAIT_S = 120.0
+#: Events kept in provenance["events"].
+MAX_EVENTS = 50
+DEFAULT_BUDGETS = {"max_preemptions": -1, "max_timeouts": 3, "max_failures": 0}
 
 
 def classify_failure(exc: BaseException) -> str:
@@ -36,6 +67,14 @@ def classify_failure(exc: BaseException) -> str:
     if isinstance(exc, FloatingPointError) or "nan" in text.lower().split():
         return "nan_loss"
     return "exception"
+
+
+class Stopped(Exception):
+    """Training stopped at a step boundary on request; a checkpoint has been written."""
+
+
+class _Exit(BaseException):
+    """The attempt is over and already recorded: leave without being recorded again as a failure."""
 
 
 class _RecordingHooks:
@@ -53,6 +92,7 @@ class _RecordingHooks:
             run = session.scalars(select(Run).where(Run.hash == self.job.run_hash)).one()
             run.epoch = epoch
             record_metrics(session, run, metrics, epoch)
+            run.provenance = {**(run.provenance or {}), "heartbeat": time.time()}
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
 
@@ -61,102 +101,457 @@ class _RecordingHooks:
 
 
 class RunJob(submitit.helpers.Checkpointable):
+    """One run, by hash. The pickle submitit ships holds only these three strings: the run's config
+    (every sweep value) is read from the database, never passed through a shell or a command line."""
+
     def __init__(self, run_hash: str, db_url: str, data_root: Optional[str] = None):
         self.run_hash, self.db_url, self.data_root = run_hash, db_url, data_root
+        self._reset()
+
+    def _reset(self) -> None:
         self.stop_requested = False
+        self._signal: Optional[int] = None  # the USR2 received, if any
+        self._sigterm = False
+        self._submitit_handler: Any = None  # submitit's USR2 handler, called at a step boundary
+        self._previous_handlers: dict[int, Any] = {}
+        self._handed_over = False
+        self._accounted = False
+        self._started = time.time()
+        self._budgets = dict(DEFAULT_BUDGETS)
+        self._grace_s = 60.0
+        self._hooks: Optional[_RecordingHooks] = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
+        return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # ---- the attempt ----------------------------------------------------------------------------
 
     def __call__(self) -> dict[str, float]:
-        self.stop_requested = False
-        # `scontrol requeue` and a local kill send SIGTERM: save at the next step, then exit.
-        signal.signal(signal.SIGTERM, self._request_stop)
-        with session_scope(self.db_url) as session:
-            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
-            upstream = session.scalars(select(Run).where(Run.hash == run.depends_on)).one_or_none() if run.depends_on else None
-            if upstream is not None and upstream.state != COMPLETED:
-                run.state, run.error = BLOCKED, f"upstream run {upstream.hash[:12]} is {upstream.state}"
-                return {}
-            run.state, run.attempts = RUNNING, run.attempts + 1
-            run.started_at = run.started_at or utcnow()
-            run.job_id = _job_id()
-            run.error = run.failure_reason = None
-            run.provenance = {**(run.provenance or {}), **provenance()}
-            config, run_dir, stage = run.config, Path(run.run_dir), run.stage
-            teacher_dir = Path(upstream.run_dir) if upstream is not None else None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        hooks = _RecordingHooks(self, run_dir)
+        self._reset()
+        self._install_handlers()
+        try:
+            return self._attempt()
+        finally:
+            self._restore_handlers()
+
+    def _attempt(self) -> dict[str, float]:
+        start = self._start()
+        if start is None:
+            return {}
+        config, run_dir, stage, teacher_dir = start
+        hooks = self._hooks = _RecordingHooks(self, run_dir)
         hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {_job_id()}")
-        started = time.time()
+        try:
+            results = self._train(stage, config, run_dir, hooks, teacher_dir)
+        except Stopped:
+            self._after_stop()
+            raise
+        except _Exit:
+            raise
+        except Exception as exc:
+            self._after_failure(exc)
+            raise
+        if self._signal is not None:
+            self._disarm_alarm()  # finished before the step boundary came: nothing to requeue
+        hooks.log("results " + json.dumps(results))
+        self._finish(COMPLETED, results=results)
+        return results
+
+    def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
+               teacher_dir: Optional[Path]) -> dict[str, float]:
+        """The training itself (train.py); tests override this to record without training."""
         from seedrun import train
 
         try:
             if stage == "pretrain":
-                results = train.pretrain(config, run_dir, hooks, self.data_root)
-            else:
-                results = train.distill(config, run_dir, hooks, teacher_dir, self.data_root)
-        except train.Interrupted:
-            hooks.log("interrupted: checkpoint written, waiting to be requeued")
-            raise
-        except BaseException as exc:
-            hooks.log("".join(traceback.format_exception(exc)).rstrip())
-            self._finish(FAILED, started, error=_tail(exc), reason=classify_failure(exc))
-            raise
-        hooks.log("results " + json.dumps(results))
-        self._finish(COMPLETED, started, results=results)
-        return results
+                return train.pretrain(config, run_dir, hooks, self.data_root)
+            if stage == "eval":  # teacher_dir is the evaluated run's directory
+                from seedrun.evaluate.run import evaluate
 
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+                results = evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
+                self._record_on_source(results)
+                return results
+            return train.distill(config, run_dir, hooks, teacher_dir, self.data_root)
+        except train.Interrupted as exc:
+            raise Stopped(str(exc)) from None
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        self.stop_requested = True
-        return submitit.helpers.DelayedSubmission(RunJob(self.run_hash, self.db_url, self.data_root))
-
-    def _finish(self, state: str, started: float, results: Optional[dict] = None, error: Optional[str] = None,
-                reason: Optional[str] = None) -> None:
+    def _record_on_source(self, results: dict[str, float]) -> None:
+        """An evaluation's numbers also belong to the run it evaluated (at that run's final epoch)."""
         with session_scope(self.db_url) as session:
             run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
+            source = session.scalars(select(Run).where(Run.hash == run.depends_on)).one()
+            record_metrics(session, source, results, source.epoch)
+
+    def _start(self) -> Optional[tuple[dict[str, Any], Path, str, Optional[Path]]]:
+        """Mark the run running (or blocked, or out of budget); None when it must not train."""
+        info = provenance()
+        with session_scope(self.db_url) as session:
+            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
+            if run.state in (CANCELLED, COMPLETED):  # cancelled while queued, or a duplicate of a finished run
+                return None
+            upstream = session.scalars(select(Run).where(Run.hash == run.depends_on)).one_or_none() if run.depends_on else None
+            if upstream is not None and upstream.state != COMPLETED:
+                run.state, run.error = BLOCKED, f"upstream run {upstream.hash[:12]} is {upstream.state}"
+                run.failure_reason, run.finished_at = "blocked", utcnow()
+                return None
+            prov = dict(run.provenance or {})
+            launcher = {**(run.config.get("launcher") or {}), **(prov.get("launcher") or {})}
+            self._budgets = {key: _int(launcher.get(key), default) for key, default in DEFAULT_BUDGETS.items()}
+            delay = _int(launcher.get("signal_delay_s"), 120)
+            self._grace_s = float(min(60, max(5, delay // 3)))
+            if prov.get("attempt_open"):
+                # The previous attempt ended without recording how: SIGTERM (requeue, preemption) or a kill.
+                prov["preemptions"] = prov.get("preemptions", 0) + 1
+                _add_hours(prov, max(0.0, prov.get("heartbeat", 0) - prov.get("attempt_started", 0)))
+                _event(prov, run.attempts, "preempted", "the previous attempt was stopped or killed and requeued")
+                limit = self._budgets["max_preemptions"]
+                if 0 <= limit < prov["preemptions"]:
+                    prov["attempt_open"] = False
+                    run.provenance = prov
+                    run.state, run.failure_reason, run.finished_at = FAILED, "preempted", utcnow()
+                    run.error = f"preemption budget spent: {prov['preemptions']} preemptions > max_preemptions={limit}"
+                    return None
+            run.state, run.attempts = RUNNING, run.attempts + 1
+            run.started_at = run.started_at or utcnow()
+            run.job_id = _job_id()
+            run.error = run.failure_reason = None
+            prov.update(info)
+            prov.update(_submitit_paths())
+            prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
+            config, run_dir, stage = run.config, Path(run.run_dir), run.stage
+            teacher_dir = Path(upstream.run_dir) if upstream is not None else None
+            teacher_file = _teacher_file(config, stage, teacher_dir)
+            if teacher_file is not None:
+                prov.update(_teacher_digest(teacher_file, prov))
+            run.provenance = prov
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        return config, run_dir, stage, teacher_dir
+
+    # ---- signals --------------------------------------------------------------------------------
+
+    def _install_handlers(self) -> None:
+        try:
+            usr2 = submitit.JobEnvironment._usr_sig()
+            self._previous_handlers = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), usr2: signal.getsignal(usr2),
+                                       signal.SIGALRM: signal.getsignal(signal.SIGALRM)}
+            current = self._previous_handlers[usr2]
+            self._submitit_handler = current if callable(current) else None
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            signal.signal(usr2, self._on_usr2)
+        except ValueError:  # not the main thread (e.g. submitit's debug executor): no signals to handle
+            self._previous_handlers = {}
+
+    def _restore_handlers(self) -> None:
+        self._disarm_alarm()
+        for signum, handler in self._previous_handlers.items():
+            try:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            except (ValueError, TypeError):
+                pass
+        self._previous_handlers = {}
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._sigterm = True
+        self.stop_requested = True
+
+    def _on_usr2(self, signum, frame) -> None:
+        if self._signal is not None:
+            return
+        self._signal = signum
+        self.stop_requested = True
+        try:
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, self._grace_s)
+        except ValueError:
+            pass
+
+    def _on_alarm(self, signum, frame) -> None:
+        # No step boundary within the grace period: requeue from the last periodic checkpoint.
+        self._log(f"no step boundary {self._grace_s:.0f}s after the signal: requeueing from the last checkpoint")
+        self._hand_over()
+
+    def _disarm_alarm(self) -> None:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except ValueError:
+            pass
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's USR2 handler, which RunJob only lets run once the loop has written its
+        checkpoint at a step boundary (see the module doc): the requeued job is the same run, and it
+        resumes from run_dir/checkpoint.pt."""
+        self.stop_requested = True
+        return submitit.helpers.DelayedSubmission(type(self)(self.run_hash, self.db_url, self.data_root))
+
+    def _after_stop(self) -> None:
+        self._disarm_alarm()
+        if self._signal is None:
+            # SIGTERM only: Slurm kills the job after KillWait and requeues or cancels it.
+            self._account(keep_open=True)
+            self._log("stopped on SIGTERM: checkpoint written; waiting for Slurm to requeue or cancel the job")
+            deadline = time.monotonic() + SIGTERM_WAIT_S
+            while self._signal is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if self._signal is None:
+                self._log(f"not killed {SIGTERM_WAIT_S:.0f}s after SIGTERM: exiting; `seedrun sweep` resumes the run")
+                self._update(lambda run, prov: _set(run, state=PENDING, error="stopped by SIGTERM; resumable"))
+                raise _Exit("stopped by SIGTERM")
+            self._disarm_alarm()
+        self._log("stopped: checkpoint written")
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Count the interruption; then let submitit requeue (it calls checkpoint() and exits)."""
+        if self._handed_over:
+            return
+        self._handed_over = True
+        self._disarm_alarm()
+        handler = self._submitit_handler
+        owner = getattr(handler, "__self__", None)
+        timed_out = bool(owner.has_timed_out()) if hasattr(owner, "has_timed_out") else False
+        kind = "timeouts" if timed_out else "preemptions"
+        limit = self._budgets["max_timeouts" if timed_out else "max_preemptions"]
+        outcome: dict[str, Any] = {}
+
+        def record(run: Run, prov: dict[str, Any]) -> None:
+            if run.state == CANCELLED:
+                outcome["requeue"] = False
+                return
+            prov[kind] = prov.get(kind, 0) + 1
+            _event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
+            if 0 <= limit < prov[kind]:
+                what = "timeout" if timed_out else "preemption"
+                _set(run, state=FAILED, failure_reason="timeout" if timed_out else "preempted", finished_at=utcnow(),
+                     error=f"{what} budget spent: {prov[kind]} {kind} > max_{kind}={limit}")
+                outcome["requeue"] = False
+            elif handler is None:
+                _set(run, state=PENDING, error="interrupted outside submitit: `seedrun sweep` resumes it")
+                outcome["requeue"] = False
+            else:
+                _set(run, state=SUBMITTED, error=None)
+                outcome["requeue"] = True
+            outcome["count"] = prov[kind]
+
+        self._account(extra=record)
+        if not outcome.get("requeue"):
+            self._log(f"not requeued ({kind}: {outcome.get('count')}, limit {limit})")
+            raise _Exit(f"interrupted, not requeued ({kind})")
+        self._log(f"requeueing after {'a timeout' if timed_out else 'a preemption'} ({kind}: {outcome['count']}"
+                  + (f" of {limit})" if limit >= 0 else ")"))
+        try:
+            handler(self._signal, None)  # submitit: checkpoint(), dump, `scontrol requeue`, sys.exit
+        except Exception as exc:
+            self._update(lambda run, prov: _set(run, state=FAILED, failure_reason="exception",
+                                                error=f"requeue failed: {_tail(exc)}"))
+            raise _Exit("requeue failed") from exc
+        raise _Exit("submitit did not exit after requeueing")
+
+    # ---- failures and results -------------------------------------------------------------------
+
+    def _after_failure(self, exc: BaseException) -> None:
+        reason = classify_failure(exc)
+        self._log("".join(traceback.format_exception(exc)).rstrip())
+        limit = self._budgets["max_failures"]
+        env = _environment()
+        outcome: dict[str, Any] = {}
+
+        def record(run: Run, prov: dict[str, Any]) -> None:
+            prov["failures"] = prov.get("failures", 0) + 1
+            _event(prov, run.attempts, "failure", f"{reason}: {str(exc)[:200]}")
+            retry = (run.state != CANCELLED and env is not None and reason != "nan_loss"
+                     and (limit < 0 or prov["failures"] <= limit))
+            if retry:
+                _set(run, state=SUBMITTED, error=_tail(exc), failure_reason=None)
+            elif run.state != CANCELLED:
+                _set(run, state=FAILED, error=_tail(exc), failure_reason=reason, finished_at=utcnow())
+            outcome["retry"], outcome["count"] = retry, prov["failures"]
+
+        self._account(extra=record)
+        if outcome.get("retry"):
+            self._log(f"failed ({reason}); retrying (failure {outcome['count']} of {'any' if limit < 0 else limit})")
+            env._requeue(10**6)  # Slurm: `scontrol requeue`; local: exits with submitit's requeue code
+            sys.exit(-1)
+
+    def _finish(self, state: str, results: Optional[dict] = None, error: Optional[str] = None,
+                reason: Optional[str] = None) -> None:
+        def record(run: Run, prov: dict[str, Any]) -> None:
             if run.state == CANCELLED:
                 return
-            run.state, run.error, run.failure_reason = state, error, reason
-            run.finished_at = utcnow()
-            hours = (time.time() - started) / 3600
-            prov = dict(run.provenance or {})
-            prov["wall_hours"] = prov.get("wall_hours", 0.0) + hours
-            prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * _gpus()
+            _set(run, state=state, error=error, failure_reason=reason, finished_at=utcnow())
             prov["end"] = utcnow().isoformat()
+            record_metrics(object_session(run), run, results or {}, run.epoch)
+
+        self._account(extra=record)
+
+    def _account(self, keep_open: bool = False, extra: Optional[Callable[[Run, dict], None]] = None) -> None:
+        """Add this attempt's wall and GPU hours to provenance (once), then apply `extra` in the same
+        transaction. `keep_open`: the attempt may still be killed (SIGTERM): the next start counts it."""
+
+        def update(run: Run, prov: dict[str, Any]) -> None:
+            if not self._accounted:
+                _add_hours(prov, time.time() - self._started)
+                prov["heartbeat"] = time.time()
+                prov["attempt_started"] = time.time()  # a later kill adds only what follows
+                prov.update(_accelerator())
+            prov["attempt_open"] = keep_open
+            if extra is not None:
+                extra(run, prov)
+
+        self._update(update)
+        self._accounted = True
+
+    def _update(self, fn: Callable[[Run, dict], None]) -> None:
+        with session_scope(self.db_url) as session:
+            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
+            prov = dict(run.provenance or {})
+            fn(run, prov)
             run.provenance = prov
-            epoch = run.epoch
-            record_metrics(session, run, results or {}, epoch)
+
+    def _log(self, message: str) -> None:
+        if self._hooks is not None:
+            self._hooks.log(message)
+        else:
+            print(message, flush=True)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _set(run: Run, **values: Any) -> None:
+    for key, value in values.items():
+        setattr(run, key, value)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _event(prov: dict[str, Any], attempt: int, kind: str, detail: str) -> None:
+    events = list(prov.get("events") or [])
+    events.append({"attempt": attempt, "event": kind, "detail": detail, "at": utcnow().isoformat(timespec="seconds")})
+    prov["events"] = events[-MAX_EVENTS:]
+
+
+def _add_hours(prov: dict[str, Any], seconds: float) -> None:
+    hours = max(0.0, seconds) / 3600
+    prov["wall_hours"] = prov.get("wall_hours", 0.0) + hours
+    prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * _gpus()
+
+
+def _signal_name(signum: Optional[int]) -> str:
+    try:
+        return signal.Signals(signum).name if signum is not None else "SIGTERM"
+    except ValueError:
+        return str(signum)
 
 
 def _tail(exc: BaseException, lines: int = 8) -> str:
     return "\n".join("".join(traceback.format_exception(exc)).rstrip().splitlines()[-lines:])
 
 
-def _job_id() -> str:
+def _environment() -> Any:
+    """submitit's JobEnvironment when running under submitit, else None."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
     try:
-        return str(submitit.JobEnvironment().job_id)
+        return submitit.JobEnvironment()
     except RuntimeError:
+        return None
+
+
+def _job_id() -> str:
+    env = _environment()
+    if env is None:
         return f"pid:{os.getpid()}"
+    return f"local:{env.job_id}" if env.cluster == "local" else str(env.job_id)
+
+
+def _submitit_paths() -> dict[str, Any]:
+    env = _environment()
+    if env is None:
+        return {}
+    try:
+        paths = env.paths
+        return {"submitit_folder": str(paths.folder), "log_out": str(paths.stdout), "log_err": str(paths.stderr)}
+    except (KeyError, ValueError):
+        return {}
 
 
 def _gpus() -> int:
-    import torch
+    """GPUs this attempt holds: Slurm's allocation, else CUDA_VISIBLE_DEVICES, else what torch sees."""
+    on_node = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if on_node.isdigit():
+        return int(on_node)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 0
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+def _accelerator() -> dict[str, Any]:
+    info: dict[str, Any] = {"gpus": _gpus()}
+    torch = sys.modules.get("torch")  # loaded by training; never imported just for this
+    if torch is not None:
+        info["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["gpu_name"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _teacher_file(config: dict[str, Any], stage: str, teacher_dir: Optional[Path]) -> Optional[Path]:
+    if stage != "distill":  # pre-training has no teacher; an evaluation's upstream is the run it evaluates
+        return None
+    if teacher_dir is not None:
+        return teacher_dir / "model.pt"
+    checkpoint = (config.get("teacher") or {}).get("checkpoint")
+    return Path(checkpoint) if checkpoint else None
+
+
+def _teacher_digest(path: Path, prov: dict[str, Any]) -> dict[str, Any]:
+    """sha256 of the teacher's weights file (reused while its path, size and mtime are unchanged)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return {"teacher_path": str(path), "teacher_sha256": None}
+    key = [str(path), stat.st_size, stat.st_mtime_ns]
+    if prov.get("teacher_file_key") == key and prov.get("teacher_sha256"):
+        return {}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"teacher_path": str(path), "teacher_sha256": digest.hexdigest(), "teacher_file_key": key}
 
 
 def provenance() -> dict[str, Any]:
-    """Where and with what this attempt ran: enough to reproduce it and to say what it cost."""
-    import torch
+    """Where and with what this attempt ran: enough to reproduce it and to say what it cost.
 
+    Does not import torch (the job records its start before training loads it); the CUDA version
+    and GPU name are added when the attempt ends.
+    """
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
     root = Path(__file__).resolve().parent.parent
     info: dict[str, Any] = {
-        "seedrun_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "host": socket.gethostname(), "start": utcnow().isoformat(),
+        "seedrun_version": __version__, "python": platform.python_version(), "torch": torch_version,
+        "host": socket.gethostname(), "start": utcnow().isoformat(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "packages_sha256": _packages_hash(),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+        "packages_sha256": _packages_hash(),
     }
     info.update(_git(root))
     return info
@@ -177,7 +572,6 @@ def _git(root: Path) -> dict[str, Any]:
 
 
 def _packages_hash() -> str:
-    import hashlib
     from importlib import metadata
 
     names = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 
 from seedrun.plan import Plan
-from seedrun.schema import BLOCKED, COMPLETED, FAILED, SUBMITTED, Run
+from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, SUBMITTED, Run
 from seedrun.spec import RunSpec
 from seedrun.store import seedrun_home, session_scope
 
@@ -74,7 +74,7 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 progress.update(task, completed=epoch, note=state)
                 time.sleep(POLL_SECONDS)
             state, epoch, error = _state(db_url, run.hash)
-            if state not in (COMPLETED, FAILED, BLOCKED):  # died without recording (killed, OOM-killed)
+            if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
                 _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result")
                 state = FAILED
             note = state

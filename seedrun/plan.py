@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from seedrun.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow,
                             SweepRun)
@@ -56,7 +56,10 @@ def read_plan(sweep: Sweep, db_url: str) -> Plan:
 
 
 def record(plan: Plan, db_url: str) -> None:
-    """Insert the sweep, its new runs and memberships (existing runs are linked, not touched)."""
+    """Insert the sweep, its new runs and memberships (existing runs are linked, not touched).
+
+    Bulk inserts: one statement for the runs and one for the memberships, however large the sweep.
+    """
     sweep = plan.sweep
     with session_scope(db_url) as session:
         row = session.scalars(select(SweepRow).where(SweepRow.name == sweep.name)).one_or_none()
@@ -66,17 +69,31 @@ def record(plan: Plan, db_url: str) -> None:
             session.flush()
         else:
             row.ablation, row.axes, row.path = sweep.ablation, sweep.axes, str(Path(sweep.path).absolute())
-        existing = {run.hash: run for run in session.scalars(select(Run).where(Run.hash.in_([r.hash for r in sweep.runs])))}
-        members = {m.run_id for m in session.scalars(select(SweepRun).where(SweepRun.sweep_id == row.id))}
+        hashes = list(dict.fromkeys(spec.hash for spec in sweep.runs))
+
+        def ids() -> dict[str, int]:
+            found: dict[str, int] = {}
+            for start in range(0, len(hashes), 500):
+                found.update(session.execute(select(Run.hash, Run.id).where(Run.hash.in_(hashes[start:start + 500]))).all())
+            return found
+
+        existing = ids()
+        new = {spec.hash: spec for spec in sweep.runs if spec.hash not in existing}
+        if new:
+            session.execute(insert(Run), [
+                {"hash": spec.hash, "stage": spec.stage, "state": PENDING, "run_dir": str(run_dir_for(spec.hash)),
+                 "config": spec.config, "depends_on": spec.depends_on, "attempts": 0, "epoch": 0, "provenance": {}}
+                for spec in new.values()])
+            existing = ids()
+        members = set(session.scalars(select(SweepRun.run_id).where(SweepRun.sweep_id == row.id)))
+        rows, seen = [], set(members)
         for position, spec in enumerate(sweep.runs):
-            run = existing.get(spec.hash)
-            if run is None:
-                run = Run(hash=spec.hash, stage=spec.stage, state=PENDING, run_dir=str(run_dir_for(spec.hash)),
-                          config=spec.config, depends_on=spec.depends_on, attempts=0, epoch=0, provenance={})
-                session.add(run)
-                session.flush()
-            if run.id not in members:
-                session.add(SweepRun(sweep_id=row.id, run_id=run.id, position=position, axes=spec.axes))
+            run_id = existing[spec.hash]
+            if run_id not in seen:
+                seen.add(run_id)
+                rows.append({"sweep_id": row.id, "run_id": run_id, "position": position, "axes": spec.axes})
+        if rows:
+            session.execute(insert(SweepRun), rows)
 
 
 def add_runs(db_url: str, sweep_name: str, specs: list[RunSpec]) -> None:

@@ -106,4 +106,4 @@ baselines: true
     for baseline in (run for run in pretrain if run.config["pretrain"]["role"] == "baseline"):
         assert baseline.config["pretrain"]["method"] == "mocov2"
         assert baseline.config["pretrain"]["epochs"] == sweep.stage("distill")[0].config["distill"]["epochs"]
-    assert {run.config["pretrain"]["width"] for run in pretrain if run.config["pretrain"]["role"] == "baseline"} == {16, 64}
+    assert {run.config["pretrain"]["width"] for run in pretrain if run.config["pretrain"]["role"] == "baseline"} == {8, 64}
