@@ -7,6 +7,7 @@ was expected (the known recipes of a group, or the keys of a section) rather tha
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -75,21 +76,52 @@ def check_overrides(overrides: Iterable[tuple[str, str]], source: str) -> None:
 
 @lru_cache(maxsize=256)
 def _compose_cached(overrides: tuple[str, ...]) -> dict[str, Any]:
+    return _to_container(_compose_groups(overrides))
+
+
+@lru_cache(maxsize=256)
+def _compose_groups(overrides: tuple[str, ...]):
+    """Hydra's composition (unresolved) for a set of overrides; cached, since it costs ~0.2 s a call."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _to_container(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_container(cfg, resolve=True)
 
 
 def compose_config(overrides: list[str], source: str = "overrides") -> dict[str, Any]:
-    """The fully resolved config for a list of overrides (checked first; errors are InputError)."""
+    """The fully resolved config for a list of overrides (checked first; errors are InputError).
+
+    Recipe choices (`student=resnet18`) go through Hydra's compose, cached per set of choices; value
+    overrides are parsed by Hydra's own override grammar and applied to a copy with OmegaConf before
+    interpolations are resolved, which is what Hydra does, at a fraction of the cost: a 1,000-run
+    sweep composes in seconds, not minutes.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return _deep_copy(_compose_cached(tuple(overrides)))
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+        groups = set(recipe_groups())
+        is_choice = [override.key_or_group in groups and override.package is None for override in parsed]
+        choices = tuple(text for text, choice in zip(overrides, is_choice) if choice)
+        values = [override for override, choice in zip(parsed, is_choice) if not choice]
+        if any(override.is_delete() or override.is_sweep_override() for override in values):
+            return _deep_copy(_compose_cached(tuple(overrides)))  # rare forms: let Hydra do all of it
+        if not values:
+            return _deep_copy(_compose_cached(choices))
+        cfg = copy.deepcopy(_compose_groups(choices))
+        for override in values:
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
+                             force_add=override.is_add() or override.is_force_add())
+        return _to_container(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(source, None, f"could not compose recipes with {' '.join(overrides)}: {first}") from None
