@@ -167,6 +167,8 @@ class Loop:
 
     def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
+        if step % self.steps_per_epoch == 0:
+            return  # the epoch's end saves and records, then stop_if_asked() runs
         stop = self.hooks.should_stop()
         due = (self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)
@@ -174,6 +176,12 @@ class Loop:
             save_atomic(state(), self.run_dir / CHECKPOINT)
             self.last_save = time.monotonic()
         if stop:
+            raise Interrupted(f"stopped at step {step}")
+
+    def stop_if_asked(self, step: int) -> None:
+        """At an epoch's end, after its checkpoint and metrics: stop here if the job was asked to."""
+        self.last_save = time.monotonic()
+        if self.hooks.should_stop():
             raise Interrupted(f"stopped at step {step}")
 
 
@@ -243,6 +251,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         hooks.log(f"epoch {epoch + 1}/{p['epochs']} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
         save_atomic(state(), run_dir / CHECKPOINT)
         hooks.epoch_end(epoch + 1, metrics)
+        loop.stop_if_asked(step)
 
     net = {"arch": p["arch"], "width": p["width"], "small_images": p["small_images"],
            "in_chans": data_cfg["channels"], "dim": p["dim"], "method": p["method"]}
@@ -357,6 +366,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         hooks.log(f"epoch {epoch + 1}/{d['epochs']} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
         save_atomic(state(), run_dir / CHECKPOINT)
         hooks.epoch_end(epoch + 1, metrics)
+        loop.stop_if_asked(step)
 
     net = {"arch": s["arch"], "width": s["width"], "small_images": s["small_images"],
            "in_chans": data_cfg["channels"], "dim": s["dim"], "method": d["strategy"]}

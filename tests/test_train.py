@@ -65,10 +65,15 @@ def test_distill_resumes_bit_identical(configs, teacher_dir, tmp_path):
     straight.mkdir(), broken.mkdir()
     config = configs[1]
     metrics = train.distill(config, straight, StopAt({}, None), teacher_dir)
-    for stop in (4, 9):  # interrupted twice, once mid-epoch and once across the epoch boundary
+    recorded = []
+    for stop in (4, 6):  # interrupted mid-epoch, then exactly at the end of the first epoch (step 10)
+        hooks = StopAt({}, stop)
         with pytest.raises(train.Interrupted):
-            train.distill(config, broken, StopAt({}, stop), teacher_dir)
-    resumed = train.distill(config, broken, StopAt({}, None), teacher_dir)
+            train.distill(config, broken, hooks, teacher_dir)
+        recorded += hooks.epochs
+    hooks = StopAt({}, None)
+    resumed = train.distill(config, broken, hooks, teacher_dir)
+    assert recorded + hooks.epochs == [1, 2]  # every epoch's metrics recorded exactly once
     a, b = _weights(straight, "student"), _weights(broken, "student")
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert metrics == resumed
