@@ -40,10 +40,11 @@ def cmd_sweep(args) -> int:
     db_url = _db_url(args)
     plan = read_plan(sweep, db_url) if (_db_exists(db_url) or not args.dry_run) else _empty_plan(sweep)
     counts = plan.counts()
-    stages = {stage: len(sweep.stage(stage)) for stage in ("pretrain", "distill")}
+    stages = {stage: len(sweep.stage(stage)) for stage in ("pretrain", "distill", "eval")}
     launcher = sweep.launcher.get("name") or plan.sweep.runs[0].config.get("launcher", {}).get("name", "local")
     console.print(f"sweep [bold]{sweep.name}[/] ({sweep.path}): {len(sweep.runs)} runs "
-                  f"({stages['pretrain']} teacher pre-training, {stages['distill']} distillation), launcher {launcher}")
+                  f"({stages['pretrain']} pre-training, {stages['distill']} distillation"
+                  + (f", {stages['eval']} evaluation" if stages["eval"] else "") + f"), launcher {launcher}")
     console.print(f"  new {counts['new']}  done {counts['done']}  running {counts['running']}  failed {counts['failed']}")
     if sweep.axes:
         for axis in sweep.axes:
