@@ -75,10 +75,14 @@ def cmd_sweep(args) -> int:
         outcome = run_local(plan, todo, db_url, args.data_root, console)
         console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
     else:
+        outcome = {"failed": 0, "blocked": 0}
         console.print("nothing to run: every run is done or in flight")
     if sweep.ablation:
         _print_table(console, sweep.ablation, db_url, sweep.name, "rich", paper=True)
         _print_references(db_url, sweep.name)
+    if outcome["failed"] or outcome["blocked"]:
+        console.print("some runs failed: `seedrun status` lists them, `seedrun logs RUN` shows why")
+        return 1
     return 0
 
 
@@ -106,9 +110,10 @@ def _empty_plan(sweep):
 def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
     from seedrun.records import load_records
     from seedrun.tables import build_table, get_table, render
-    from seedrun.tables.build import config_keys
+    from seedrun.tables.build import config_keys, metric_names
 
-    records = load_records(db_url, sweep=sweep, keys=config_keys(get_table(ablation)))
+    table = get_table(ablation)
+    records = load_records(db_url, sweep=sweep, keys=config_keys(table), metrics=metric_names(table), with_axes=False)
     data = build_table(ablation, records, paper=paper)
     output = render(data, fmt)
     if isinstance(output, str):
@@ -266,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "sqlite:///$SEEDRUN_HOME/seedrun.db, SEEDRUN_HOME defaulting to ./.seedrun)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("sweep", help="expand a sweep file into runs and run them (locally) or submit them (Slurm)")
+    p = sub.add_parser("sweep", help="expand a sweep file into runs and run them (locally) or submit them (Slurm)",
+                       description="Check a sweep file, record its runs and run them locally (then print the "
+                                   "sweep's table) or submit them to Slurm (and return). Exit 0 when every run "
+                                   "completed or was submitted, 1 when a local run failed or was blocked by a "
+                                   "failed teacher, 2 on bad input (nothing recorded or started).")
     p.add_argument("file", help="sweep YAML file (see sweeps/)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. distill.epochs=2")
     p.add_argument("--dry-run", action="store_true", help="check and print the plan; record and start nothing")

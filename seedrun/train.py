@@ -141,8 +141,9 @@ def features(backbone: nn.Module, data: ImageSet, device: torch.device, batch_si
 
 def evaluate_knn(backbone: nn.Module, train: ImageSet, test: ImageSet, config: dict[str, Any], device) -> dict[str, float]:
     knn = config["eval"]["knn"]
-    train_f, test_f = features(backbone, train, device), features(backbone, test, device)
-    result = knn_accuracy(train_f, train.labels, test_f, test.labels, train.num_classes, k=knn["k"], tau=knn["tau"])
+    train_f, test_f = features(backbone, train, device).to(device), features(backbone, test, device).to(device)
+    result = knn_accuracy(train_f, train.labels.to(device), test_f, test.labels.to(device), train.num_classes,
+                          k=knn["k"], tau=knn["tau"])
     return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
 
 

@@ -81,3 +81,19 @@ def test_commands_that_do_not_train_never_import_torch(cli):
     for args in (["--help"], ["status"], ["table", "--ablation", "temperature"], ["table", "--list"], ["list"]):
         result = subprocess.run([sys.executable, "-c", probe, *args], env=cli.env, capture_output=True, text=True)
         assert result.returncode == 0, (args, result.stderr)
+
+
+def test_a_failed_teacher_blocks_its_students_on_the_local_executor(cli, tmp_path):
+    path = write_sweep(tmp_path / "nan.yaml", "name: nan-teacher\nbase:\n"
+                       + "".join(f"  - {override}\n" for override in TINY_BASE)
+                       + "  - teacher.pretrain.lr=1e30\n"  # diverges at once: the loss turns NaN
+                       + "grid:\n  distill.tau_teacher: [0.1, 0.01]\n")
+    result = cli("sweep", str(path), check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "completed 0  failed 1  blocked 2" in result.stdout
+    runs = json.loads(cli("status", "--json").stdout)["runs"]
+    teacher = next(run for run in runs if run["stage"] == "pretrain")
+    assert teacher["state"] == "failed" and teacher["failure_reason"] == "nan_loss"
+    students = [run for run in runs if run["stage"] == "distill"]
+    assert [run["state"] for run in students] == ["blocked", "blocked"]
+    assert not any((cli.home / "runs" / run["hash"][:16] / "checkpoint.pt").exists() for run in students)

@@ -50,8 +50,9 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
 
     if protocol == "knn":
         variants = tuple((int(k), tau) for k, tau in settings["variants"])
-        return knn_variants(feats("train", train), train.labels, feats("test", test), test.labels, train.num_classes,
-                            variants=variants)
+        # on the accelerator when there is one: the similarity matmul is the whole cost
+        return knn_variants(feats("train", train).to(device), train.labels.to(device), feats("test", test).to(device),
+                            test.labels.to(device), train.num_classes, variants=variants)
     if protocol == "linear":
         result = linear_probe(feats("train", train), train.labels, feats("test", test), test.labels, train.num_classes,
                               protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
@@ -79,9 +80,7 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
 
         metrics = {}
         for name in settings["datasets"]:
-            if name != "digits":
-                raise ValueError(f"transfer data set {name!r}: only 'digits' is bundled; cifar10/cifar100 need a root")
-            data = transfer.load_digits_dataset(image_size=data_cfg["image_size"], channels=data_cfg["channels"])
+            data = _transfer_data(name, settings, data_cfg)
             what = {"dataset": f"transfer-{name}", "size": data_cfg["image_size"], "transform": "none"}
             train_f = _features(model_path, backbone, data.train_images, data.mean, data.std, {**what, "split": "train"}, device)
             test_f = _features(model_path, backbone, data.test_images, data.mean, data.std, {**what, "split": "test"}, device)
@@ -89,8 +88,42 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
                                   protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
                                   epochs=settings.get("epochs"), device=device)
             metrics[f"transfer_{name}_top1"] = result["linear_top1"]
+            log(f"transfer to {name}: linear top-1 {result['linear_top1']:.2f}")
         return metrics
     raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any]):
+    """A transfer data set at the student's input size and channels: digits (bundled with scikit-learn),
+    CIFAR-10/100 (torchvision, under settings.roots.<name>), or any ImageFolder tree (SUN-397, ...) given
+    as settings.roots.<name> with train/ and test/ (or val/) inside."""
+    import torch.nn.functional as F
+
+    from seedrun.evaluate import transfer
+
+    size, channels = data_cfg["image_size"], data_cfg["channels"]
+    if name == "digits":
+        return transfer.load_digits_dataset(image_size=size, channels=channels)
+    root = (settings.get("roots") or {}).get(name)
+    if not root:
+        raise FileNotFoundError(f"transfer data set {name!r}: set eval.protocols.transfer.roots.{name} to its folder")
+    if name in ("cifar10", "cifar100"):
+        data = transfer.cifar_dataset(name, root)
+    else:
+        test = Path(root) / "test" if (Path(root) / "test").is_dir() else Path(root) / "val"
+        data = transfer.imagefolder_transfer(Path(root) / "train", test, size, name=name)
+
+    def fit(images):  # to the student's input: size and channels
+        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
+        if images.shape[1] != channels:
+            images = images.mean(dim=1, keepdim=True) if channels == 1 else images.expand(-1, channels, -1, -1)
+        return images.to(torch.uint8)
+
+    data.train_images, data.test_images = fit(data.train_images), fit(data.test_images)
+    if len(data.mean) != channels:
+        mean, std = sum(data.mean) / len(data.mean), sum(data.std) / len(data.std)
+        data.mean, data.std = (mean,) * channels, (std,) * channels
+    return data
 
 
 def _feature_dim(backbone: nn.Module, data, device) -> int:

@@ -326,6 +326,11 @@ def config_keys(table: TableDef) -> set[str]:
     return keys - {"stage"}
 
 
+def metric_names(table: TableDef) -> set[str]:
+    """Every metric the table's cells read."""
+    return {column.metric for column in table.columns}
+
+
 def build(table: TableDef, records: Iterable["RunRecord"], paper: bool = False) -> TableData:
     runs = _latest_per_hash(records)
     published = paper_entry(table.name) if paper else {"values": {}}
