@@ -24,7 +24,8 @@ def _chance(n: int, p: float, generator: torch.Generator) -> Tensor:
     return torch.rand(n, generator=generator) < p
 
 
-def _crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator: torch.Generator) -> Tensor:
+def _crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator: torch.Generator,
+                   out_size: int | None = None) -> Tensor:
     n = x.shape[0]
     area = _uniform(n, scale[0], scale[1], generator)
     log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator)
@@ -39,7 +40,8 @@ def _crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator:
     theta[:, 0, 2] = center_x
     theta[:, 1, 1] = height
     theta[:, 1, 2] = center_y
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    shape = list(x.shape) if out_size is None else [x.shape[0], x.shape[1], out_size, out_size]
+    grid = F.affine_grid(theta, shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -107,10 +109,14 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (x - mean_t) / std_t
 
 
-def augment(images: Tensor, config: dict[str, Any], image_size: int, mean, std, generator: torch.Generator) -> Tensor:
-    """One MoCo-v2 view of each uint8 image, normalised, as float32 (N, C, H, W) on the CPU."""
+def augment(images: Tensor, config: dict[str, Any], image_size: int, mean, std, generator: torch.Generator,
+            crop_scale: tuple[float, float] | None = None, out_size: int | None = None) -> Tensor:
+    """One MoCo-v2 view of each uint8 image, normalised, as float32 (N, C, H, W) on the CPU.
+
+    `crop_scale` and `out_size` override the crop for SEED's small-patch views (scale 0.05-0.14 at 96 px).
+    """
     x = images.float() / 255
-    x = _crop_and_flip(x, tuple(config["crop_scale"]), config.get("flip", True), generator)
+    x = _crop_and_flip(x, tuple(crop_scale or config["crop_scale"]), config.get("flip", True), generator, out_size)
     x = _color_jitter(x, list(config["jitter"]), config["jitter_p"], generator)
     gray = _chance(x.shape[0], config["grayscale_p"], generator).view(-1, 1, 1, 1)
     x = torch.where(gray, _gray(x).expand_as(x), x)

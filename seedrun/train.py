@@ -23,6 +23,7 @@ from seedrun.datasets import ImageSet, load
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.models.heads import head_from_state_dict, mlp_head, teacher_head
 from seedrun.models.registry import create_backbone
+from seedrun.losses import seed_loss
 from seedrun.objectives import create_objective
 from seedrun.pretext import create_pretext
 from seedrun.queue import EmbeddingQueue
@@ -119,9 +120,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def network(arch: str, width: int, small_images: bool, channels: int, dim: int) -> tuple[nn.Module, nn.Module, int]:
+def network(arch: str, width: int, small_images: bool, channels: int, dim: int,
+            head_layers: int = 2) -> tuple[nn.Module, nn.Module, int]:
     backbone, d = create_backbone(arch, small_images=small_images, in_chans=channels, width=width)
-    return backbone, mlp_head(d, dim), d
+    return backbone, mlp_head(d, dim, layers=head_layers), d
 
 
 def model_file(run_dir: Path, net: dict[str, Any], backbone: nn.Module, head: nn.Module) -> dict[str, Any]:
@@ -306,10 +308,16 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     teacher_backbone, teacher_head = load_teacher(config, teacher_dir)
     teacher = nn.Sequential(teacher_backbone, teacher_head).to(device).eval().requires_grad_(False)
     torch.manual_seed(seed)
-    backbone, head, _ = network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"])
+    backbone, head, _ = network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"],
+                                s.get("head_layers", 2))
     student = nn.Sequential(backbone, head).to(device)
     objective = create_objective(d, s["dim"], seed, student).to(device)
     queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device)
+    # The appendix's small-patch distillation: extra small crops against a second queue of their own.
+    small_patches = int(d.get("small_crops", 0))
+    if small_patches and d["strategy"] != "seed":
+        raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
+    small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
     batch_size = _batch_size(d["batch_size"], len(train.images))
     base_lr = d["lr"] * batch_size / 256
     parameters = list(student.parameters()) + list(objective.parameters())
@@ -326,6 +334,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         objective.load_extra_state(resumed["objective_extra"])
         optimizer.load_state_dict(resumed["optimizer"])
         queue.load_state_dict(resumed["queue"])
+        small_queue.load_state_dict(resumed["small_queue"])
         set_rng_state(resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
@@ -334,7 +343,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     def state() -> dict[str, Any]:
         return {"student": student.state_dict(), "objective": objective.state_dict(),
                 "objective_extra": objective.extra_state(), "optimizer": optimizer.state_dict(),
-                "queue": queue.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
+                "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
+                "step": step, "epoch": step // steps_per_epoch}
 
     aug = data_cfg["augment"]
     for epoch in range(step // steps_per_epoch, d["epochs"]):
@@ -353,6 +363,18 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                     z_teacher = F.normalize(teacher(view).float(), dim=1)
                 z_student = F.normalize(student(view).float(), dim=1)
                 loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
+                if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
+                    small_losses = []
+                    for crop in range(small_patches):
+                        small = augment(images, aug, data_cfg["image_size"], train.mean, train.std,
+                                        step_generator(seed, step, 2 + crop), crop_scale=tuple(d["small_crop_scale"]),
+                                        out_size=d["small_crop_size"]).to(device)
+                        with torch.no_grad():
+                            z_teacher_small = F.normalize(teacher(small).float(), dim=1)
+                        z_student_small = F.normalize(student(small).float(), dim=1)
+                        small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
+                                                      d["tau_student"], d["tau_teacher"]))
+                    loss = loss + torch.stack(small_losses).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -360,6 +382,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             optimizer.step()
             objective.after_step()
             queue.push(z_teacher)
+            if small_patches:
+                small_queue.push(z_teacher_small)
             losses.append(loss.item())
             step += 1
             loop.after_step(step, state)

@@ -162,3 +162,21 @@ def test_simclr_and_swav_teachers_train_and_resume_bit_identical(teacher, tmp_pa
     # the saved model (backbone + the method's own head) is what a distillation run loads as its teacher
     backbone, head = train.load_own_model(straight / train.MODEL, config["data"]["channels"])
     assert head(backbone(torch.zeros(2, 3, 16, 16))).shape == (2, 128)
+
+
+def test_small_patch_distillation_and_deeper_head(configs, teacher_dir, tmp_path):
+    config = compose_config(TINY_BASE + ["distill.epochs=2", "teacher.pretrain.epochs=2", "distill.small_crops=2",
+                                         "distill.small_crop_size=8", "student.head_layers=3"])
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    metrics = train.distill(config, straight, StopAt({}, None), teacher_dir)
+    with pytest.raises(train.Interrupted):
+        train.distill(config, broken, StopAt({}, 5), teacher_dir)
+    assert train.distill(config, broken, StopAt({}, None), teacher_dir) == metrics
+    state = torch.load(straight / train.CHECKPOINT, weights_only=True)
+    from seedrun.queue import EmbeddingQueue
+
+    fresh = EmbeddingQueue(128, 128, torch.Generator().manual_seed(config["seed"] + 2)).embeddings
+    assert not torch.equal(state["small_queue"]["embeddings"], fresh)  # the small-patch queue was filled too
+    backbone, head = train.load_own_model(straight / train.MODEL, 3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head) == 3  # the deeper head round-trips

@@ -18,9 +18,16 @@ from collections.abc import Mapping
 from torch import nn
 
 
-def mlp_head(dim_in: int, dim_out: int = 128, hidden: int | None = None) -> nn.Sequential:
+def mlp_head(dim_in: int, dim_out: int = 128, hidden: int | None = None, layers: int = 2) -> nn.Sequential:
+    """Linear(d, h)-ReLU-...-Linear(h, 128): SEED's student head with layers=2; the paper's appendix
+    tries a deeper student projection head (layers=3 or more)."""
     hidden = hidden or dim_in
-    return nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
+    modules: list[nn.Module] = []
+    width = dim_in
+    for _ in range(layers - 1):
+        modules += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    return nn.Sequential(*modules, nn.Linear(width, dim_out))
 
 
 def bn_mlp_head(dim_in: int, dim_out: int = 128, hidden: int | None = None) -> nn.Sequential:
@@ -68,9 +75,12 @@ def head_from_state_dict(state: Mapping) -> nn.Module:
     if {"0.weight", "1.running_mean", "3.weight"} <= keys:
         hidden, dim_in = state["0.weight"].shape
         return bn_mlp_head(dim_in, state["3.weight"].shape[0], hidden=hidden)
-    if {"0.weight", "2.weight"} <= keys:
+    if {"0.weight", "2.weight"} <= keys and "1.running_mean" not in keys:
         hidden, dim_in = state["0.weight"].shape
-        return mlp_head(dim_in, state["2.weight"].shape[0], hidden=hidden)
+        layers = 2
+        while f"{2 * layers}.weight" in keys:  # deeper heads: Linear at 0, 2, 4, ...
+            layers += 1
+        return mlp_head(dim_in, state[f"{2 * (layers - 1)}.weight"].shape[0], hidden=hidden, layers=layers)
     if "weight" in keys and state["weight"].dim() == 2:
         dim_out, dim_in = state["weight"].shape
         return nn.Linear(dim_in, dim_out, bias="bias" in keys)
