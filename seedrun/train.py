@@ -171,7 +171,7 @@ class Loop:
     def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
         if step % self.steps_per_epoch == 0:
-            return  # the epoch's end saves and records, then stop_if_asked() runs
+            return  # end_epoch() saves, records, then honours a stop request
         stop = self.hooks.should_stop()
         due = (self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)
@@ -181,11 +181,26 @@ class Loop:
         if stop:
             raise Interrupted(f"stopped at step {step}")
 
-    def stop_if_asked(self, step: int) -> None:
-        """At an epoch's end, after its checkpoint and metrics: stop here if the job was asked to."""
+    def end_epoch(self, epoch: int, step: int, losses: list[float], started: float,
+                  state: Callable[[], dict[str, Any]]) -> None:
+        """Checkpoint, record the epoch's metrics, then stop here if the job was asked to."""
+        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
+        self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
+        save_atomic(state(), self.run_dir / CHECKPOINT)
         self.last_save = time.monotonic()
+        self.hooks.epoch_end(epoch + 1, metrics)
         if self.hooks.should_stop():
             raise Interrupted(f"stopped at step {step}")
+
+
+def sgd_and_loop(parameters, settings: dict[str, Any], batch_size: int, n_images: int, run_dir: Path,
+                 hooks: Hooks) -> tuple[torch.optim.SGD, Loop]:
+    """SGD with momentum and weight decay at lr x batch/256, under a warm-up + cosine Loop (both recipes)."""
+    base_lr = settings["lr"] * batch_size / 256
+    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    loop = Loop(run_dir, hooks, n_images // batch_size, settings["epochs"], settings.get("warmup_epochs", 0), base_lr,
+                settings.get("checkpoint_every_steps", 500), settings.get("checkpoint_every_minutes", 0))
+    return optimizer, loop
 
 
 def _batch_size(requested: int, n: int) -> int:
@@ -207,12 +222,9 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
     batch_size = _batch_size(p["batch_size"], len(train.images))
-    base_lr = p["lr"] * batch_size / 256
     parameters = [param for param in list(encoder.parameters()) + list(pretext.parameters()) if param.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=p["momentum"], weight_decay=p["weight_decay"])
-    steps_per_epoch = len(train.images) // batch_size
-    loop = Loop(run_dir, hooks, steps_per_epoch, p["epochs"], p.get("warmup_epochs", 0), base_lr,
-                p.get("checkpoint_every_steps", 500), p.get("checkpoint_every_minutes", 0))
+    optimizer, loop = sgd_and_loop(parameters, p, batch_size, len(train.images), run_dir, hooks)
+    steps_per_epoch = loop.steps_per_epoch
 
     step = 0
     resumed = load_checkpoint(run_dir)
@@ -250,11 +262,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
             losses.append(loss.item())
             step += 1
             loop.after_step(step, state)
-        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
-        hooks.log(f"epoch {epoch + 1}/{p['epochs']} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
-        save_atomic(state(), run_dir / CHECKPOINT)
-        hooks.epoch_end(epoch + 1, metrics)
-        loop.stop_if_asked(step)
+        loop.end_epoch(epoch, step, losses, started, state)
 
     net = {"arch": p["arch"], "width": p["width"], "small_images": p["small_images"],
            "in_chans": data_cfg["channels"], "dim": p["dim"], "method": p["method"]}
@@ -319,12 +327,9 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
     small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
     batch_size = _batch_size(d["batch_size"], len(train.images))
-    base_lr = d["lr"] * batch_size / 256
     parameters = list(student.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=d["momentum"], weight_decay=d["weight_decay"])
-    steps_per_epoch = len(train.images) // batch_size
-    loop = Loop(run_dir, hooks, steps_per_epoch, d["epochs"], d["warmup_epochs"], base_lr,
-                d.get("checkpoint_every_steps", 500), d.get("checkpoint_every_minutes", 0))
+    optimizer, loop = sgd_and_loop(parameters, d, batch_size, len(train.images), run_dir, hooks)
+    steps_per_epoch = loop.steps_per_epoch
 
     step = 0
     resumed = load_checkpoint(run_dir)
@@ -387,11 +392,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             losses.append(loss.item())
             step += 1
             loop.after_step(step, state)
-        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
-        hooks.log(f"epoch {epoch + 1}/{d['epochs']} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
-        save_atomic(state(), run_dir / CHECKPOINT)
-        hooks.epoch_end(epoch + 1, metrics)
-        loop.stop_if_asked(step)
+        loop.end_epoch(epoch, step, losses, started, state)
 
     net = {"arch": s["arch"], "width": s["width"], "small_images": s["small_images"],
            "in_chans": data_cfg["channels"], "dim": s["dim"], "method": d["strategy"]}
