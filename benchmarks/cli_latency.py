@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNS = 10_000
+RUNS = int(os.environ.get("SEEDRUN_BENCH_RUNS", 10_000))  # the size by default
 METRICS_PER_RUN = 10
 TARGET_S = 0.3
 
