@@ -13,12 +13,9 @@ EXIT_BAD_INPUT = 2
 
 
 def _db_url(args) -> str:
-    import os
-    from pathlib import Path
+    from seedrun.states import default_db_url
 
-    # As seedrun.store.default_db_url, without importing SQLAlchemy.
-    home = Path(os.environ.get("SEEDRUN_HOME", ".seedrun")).absolute()
-    return args.db or os.environ.get("SEEDRUN_DB") or f"sqlite:///{home / 'seedrun.db'}"
+    return args.db or default_db_url()
 
 
 def _db_exists(url: str) -> bool:
@@ -125,7 +122,7 @@ def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt:
 def cmd_status(args) -> int:
     from seedrun.status import show_status
 
-    return show_status(_db_url(args), args.sweep, as_json=args.json, reconcile=not args.no_reconcile)
+    return show_status(_db_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
 
 
 def cmd_table(args) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-IN_FLIGHT = ("submitted", "running")
+from seedrun.states import IN_FLIGHT
 
 
 @dataclass
@@ -167,5 +167,5 @@ def count_in_flight(url: str) -> int:
     connection, _ = _connect(url)
     with closing(connection):
         cursor = connection.cursor()
-        cursor.execute("SELECT COUNT(*) FROM runs WHERE state IN ('submitted', 'running')")
+        cursor.execute(f"SELECT COUNT(*) FROM runs WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
         return cursor.fetchone()[0]

@@ -12,13 +12,8 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Run states. A run moves pending -> running -> completed | failed | cancelled; "blocked" is a run
-# whose upstream (its teacher) failed; "lost" is a run whose scheduler job vanished.
-PENDING, SUBMITTED, RUNNING, COMPLETED, FAILED, CANCELLED, BLOCKED, LOST = (
-    "pending", "submitted", "running", "completed", "failed", "cancelled", "blocked", "lost",
-)
-STATES = (PENDING, SUBMITTED, RUNNING, COMPLETED, FAILED, CANCELLED, BLOCKED, LOST)
-IN_FLIGHT = (SUBMITTED, RUNNING)
+from seedrun.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING,  # noqa: F401
+                            STATES, SUBMITTED)
 
 
 def utcnow() -> dt.datetime:

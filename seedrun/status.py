@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from seedrun.records import count_in_flight, load_records
 
-STATES = ("pending", "submitted", "running", "completed", "failed", "cancelled", "blocked", "lost")
+from seedrun.states import STATES
 
 
 def _local_alive(pid: int) -> bool:
@@ -136,15 +136,14 @@ def _describe(record) -> str:
     return ""
 
 
-def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, reconcile_jobs: bool = True, **kw) -> int:
-    reconcile_jobs = kw.get("reconcile", reconcile_jobs)
+def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
     if db_url.startswith("sqlite:///"):
         from pathlib import Path
 
         if not Path(db_url.removeprefix("sqlite:///")).exists():
             print(json.dumps({"counts": {}, "runs": []}) if as_json else f"no runs recorded yet ({db_url})")
             return 0
-    if reconcile_jobs and count_in_flight(db_url):  # the ORM is imported only when there is work
+    if check_jobs and count_in_flight(db_url):  # the ORM is imported only when there is work
         reconcile(db_url)
     records = load_records(db_url, sweep=sweep, keys=STATUS_KEYS)
     if sweep is not None and not records:

@@ -6,7 +6,6 @@ while `seedrun status` reads); any SQLAlchemy URL works through `--db` or SEEDRU
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seedrun.schema import Base
-
-
-def seedrun_home() -> Path:
-    return Path(os.environ.get("SEEDRUN_HOME", ".seedrun")).absolute()
-
-
-def default_db_url() -> str:
-    return os.environ.get("SEEDRUN_DB") or f"sqlite:///{seedrun_home() / 'seedrun.db'}"
+from seedrun.states import default_db_url, seedrun_home  # noqa: F401  (re-exported; they need no SQLAlchemy)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
