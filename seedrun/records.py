@@ -122,10 +122,11 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     else:
         config_sql = "r.config"
     if metrics is not None:
-        paths = [f"'$.{name}'" for name in metrics] or ["'$.loss'"]
-        summary_sql = f"json_extract(coalesce(r.summary, '{{}}'), {', '.join(paths + paths[:1] if len(paths) == 1 else paths)})"
+        # One column per metric: summaries are small, and SQLite's numbers need no parsing in Python.
+        summary_sql = ", ".join(f"json_extract(r.summary, '$.{name}')" for name in metrics) or "NULL"
     else:
         summary_sql = "r.summary"
+    width = len(metrics) if metrics else 1
     joined = with_axes or sweep is not None
     with closing(connection):
         cursor = connection.cursor()
@@ -145,16 +146,26 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
         )
         cursor.execute(sql, params)
         nest = _nester(keys) if keys is not None else None
+        # Runs of one setting (seeds, say) extract the same values: parse each distinct text once.
+        # The records then share one config dict, which readers never modify.
+        configs: dict[str, dict[str, Any]] = {}
         records: dict[int, RunRecord] = {}
-        for (run_id, run_hash, run_stage, state, epoch, finished_at, error, reason, job_id,
-             config, summary, axes, sweep_name) in cursor.fetchall():
+        for row in cursor.fetchall():
+            run_id, run_hash, run_stage, state, epoch, finished_at, error, reason, job_id, config = row[:10]
+            summary, (axes, sweep_name) = row[10:10 + width], row[10 + width:]
             if run_id in records:
                 continue
-            config = nest(json.loads(config)) if nest is not None else _json(config)
-            if metrics is not None:
-                values = {name: value for name, value in zip(metrics, json.loads(summary)) if value is not None}
+            if nest is not None:
+                text = config
+                config = configs.get(text)
+                if config is None:
+                    config = configs[text] = nest(json.loads(text))
             else:
-                values = _json(summary) or {}
+                config = _json(config)
+            if metrics is not None:
+                values = {name: value for name, value in zip(metrics, summary) if value is not None}
+            else:
+                values = _json(summary[0]) or {}
             records[run_id] = RunRecord(
                 hash=run_hash, stage=run_stage, state=state, epoch=epoch, config=config,
                 axes=_json(axes) or {}, finished_at=finished_at, error=error, failure_reason=reason,

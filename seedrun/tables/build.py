@@ -220,8 +220,13 @@ class _Setting:
 
 def _group_by_setting(runs: list["RunRecord"], reader: _SettingsReader) -> list[_Setting]:
     groups: dict[tuple, list["RunRecord"]] = {}
+    # Records read from the database share one config object per distinct setting: read each once.
+    seen: dict[tuple[str, int], tuple] = {}
     for run in runs:
-        signature = reader.signature(run)
+        key = (run.stage, id(run.config))
+        signature = seen.get(key)
+        if signature is None:
+            signature = seen[key] = reader.signature(run)
         try:
             groups.setdefault(signature, []).append(run)
         except TypeError:  # a list in the config: make it hashable (slower, and rare)
