@@ -145,7 +145,7 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
             return 0
     if check_jobs and count_in_flight(db_url):  # the ORM is imported only when there is work
         reconcile(db_url)
-    records = load_records(db_url, sweep=sweep, keys=STATUS_KEYS)
+    records = load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=None if as_json else ["knn_top1"])
     if sweep is not None and not records:
         from seedrun.errors import InputError
 
