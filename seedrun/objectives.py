@@ -21,7 +21,21 @@ from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, bin
 from seedrun.queue import EmbeddingQueue
 
 
-class Objective(nn.Module):
+class LossWithState(nn.Module):
+    """A loss that may keep state of its own (a queue, a momentum copy, pseudo-labels): the training loop
+    calls after_step() after each optimiser step and checkpoints extra_state() beside state_dict()."""
+
+    def after_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Objective(LossWithState):
     """Base: no parameters of its own, nothing to do before or after a step."""
 
     def __init__(self, d: dict[str, Any] | None = None, **_):
@@ -33,15 +47,6 @@ class Objective(nn.Module):
     def forward(self, z_student: Tensor, z_teacher: Tensor, queue: Tensor, indices: Tensor,
                 another_view: Callable[[], Tensor]) -> Tensor:
         raise NotImplementedError
-
-    def after_step(self) -> None:
-        pass
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
 
 class SEED(Objective):

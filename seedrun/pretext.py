@@ -18,21 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seedrun.losses import infonce_loss, ntxent_loss, swav_loss
+from seedrun.objectives import LossWithState
 from seedrun.queue import EmbeddingQueue
 
 
-class Pretext(nn.Module):
+class Pretext(LossWithState):
     def forward(self, encoder: nn.Module, view_a: Tensor, view_b: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def after_step(self) -> None:
-        pass
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
 
 
 class MoCoV2(Pretext):
