@@ -64,6 +64,16 @@ TINY_BASE = [
 ]
 
 
+# The same tiny set-up as a sweep file's `base:` block (batch and queue sizes that fit 320 images).
+TINY_SWEEP_BASE = """base:
+  data: tiny
+  distill.batch_size: 32
+  distill.queue_size: 128
+  teacher.pretrain.batch_size: 32
+  teacher.pretrain.queue_size: 128
+"""
+
+
 def write_sweep(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

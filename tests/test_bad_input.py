@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_sweep
+from conftest import TINY_SWEEP_BASE, write_sweep
 
-GOOD = """name: bad
-base:
-  data: tiny
-  distill.batch_size: 32
-  distill.queue_size: 128
-  teacher.pretrain.batch_size: 32
-  teacher.pretrain.queue_size: 128
-"""
+GOOD = "name: bad\n" + TINY_SWEEP_BASE
 
 CASES = {
     "invalid_yaml": (GOOD + "grid:\n  distill.tau_teacher: [0.1, 0.01\n", ["line "], "invalid YAML"),

@@ -9,16 +9,9 @@ import pytest
 from seedrun.errors import InputError
 from seedrun.spec import RunSpec, config_hash
 from seedrun.sweep import expand
-from conftest import write_sweep
+from conftest import TINY_SWEEP_BASE, write_sweep
 
-BASE = """
-base:
-  data: tiny
-  distill.batch_size: 32
-  distill.queue_size: 128
-  teacher.pretrain.batch_size: 32
-  teacher.pretrain.queue_size: 128
-"""
+BASE = "\n" + TINY_SWEEP_BASE
 
 
 def test_grid_zip_and_seeds_cross_in_file_order(tmp_path):

@@ -19,7 +19,7 @@ from seedrun.datasets import load
 from seedrun.evaluate.features import cached_features, extract_features, file_sha256
 from seedrun.evaluate.knn import knn_variants
 from seedrun.evaluate.linear import linear_probe
-from seedrun.evaluate.semisup import labelled_subset, save_subset, finetune, split_validation
+from seedrun.evaluate.semisup import finetune, labelled_subset, save_subset
 
 PROTOCOLS = ("knn", "linear", "semisup", "transfer")
 
@@ -131,4 +131,4 @@ def _feature_dim(backbone: nn.Module, data, device) -> int:
         return int(backbone.eval().to(device)(data.images[:1].float().to(device)).shape[1])
 
 
-__all__ = ["PROTOCOLS", "evaluate", "split_validation"]
+__all__ = ["PROTOCOLS", "evaluate"]

@@ -21,7 +21,6 @@ EfficientNet keep their 3x3 stem conv but with stride 1 instead of 2 (total stri
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision.models import efficientnet as tv_efficientnet
 from torchvision.models import mobilenetv3 as tv_mobilenetv3
@@ -152,6 +151,3 @@ def _efficientnet(arch: str, depth_mult: float, dropout: float):
 _register("mobilenetv3_large", _mobilenetv3_large)
 _register("efficientnet_b0", _efficientnet("efficientnet_b0", depth_mult=1.0, dropout=0.2))
 _register("efficientnet_b1", _efficientnet("efficientnet_b1", depth_mult=1.1, dropout=0.2))
-
-def channels_last_ok(module: nn.Module) -> nn.Module:
-    return module.to(memory_format=torch.channels_last)
