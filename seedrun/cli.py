@@ -104,14 +104,20 @@ def _empty_plan(sweep):
     return Plan(sweep)
 
 
-def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
-    from seedrun.records import load_records
-    from seedrun.tables import build_table, get_table, render
-    from seedrun.tables.build import config_keys, metric_names
+def _table_groups(ablation: str, db_url: str, sweep: Optional[str]) -> list:
+    """The runs that can fill the table, grouped by the database (seedrun.records.load_groups)."""
+    from seedrun.records import load_groups
+    from seedrun.tables import get_table
+    from seedrun.tables.build import metric_names, stages
 
     table = get_table(ablation)
-    records = load_records(db_url, sweep=sweep, keys=config_keys(table), metrics=metric_names(table), with_axes=False)
-    data = build_table(ablation, records, paper=paper)
+    return load_groups(db_url, sweep=sweep, stages=stages(table), metrics=metric_names(table))
+
+
+def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
+    from seedrun.tables import build_table, render
+
+    data = build_table(ablation, _table_groups(ablation, db_url, sweep), paper=paper)
     output = render(data, fmt)
     if isinstance(output, str):
         print(output, end="" if output.endswith("\n") else "\n")
@@ -141,10 +147,10 @@ def cmd_table(args) -> int:
     get_table(args.ablation)  # an unknown name fails before the database is opened
     db_url = _db_url(args)
     if args.plot:
-        from seedrun.records import load_records
         from seedrun.tables import plot_table
 
-        plot_table(args.ablation, load_records(db_url, sweep=args.sweep) if _db_exists(db_url) else [], args.plot)
+        plot_table(args.ablation, _table_groups(args.ablation, db_url, args.sweep) if _db_exists(db_url) else [],
+                   args.plot)
         print(f"wrote {args.plot}")
     if _db_exists(db_url):
         _print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper)

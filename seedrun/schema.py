@@ -7,17 +7,24 @@ teacher or a cell share the run rather than training it twice.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Optional
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from seedrun.settings import settings_of
 from seedrun.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING,  # noqa: F401
                             STATES, SUBMITTED)
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _settings_of_inserted(context) -> dict[str, Any]:
+    # A context-sensitive default: ORM adds and Core bulk inserts both fill it from the row's config.
+    return settings_of(context.get_current_parameters()["config"])
 
 
 class Base(DeclarativeBase):
@@ -48,6 +55,9 @@ class Run(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     run_dir: Mapped[str] = mapped_column(Text)
     config: Mapped[dict[str, Any]] = mapped_column()
+    # The config's experiment settings, flat (seedrun.settings): what tables group by and status shows.
+    # Never set by hand: configs do not change once recorded, and this follows the config.
+    settings: Mapped[Optional[dict[str, Any]]] = mapped_column(default=_settings_of_inserted)
     depends_on: Mapped[Optional[str]] = mapped_column(String(64))  # hash of the upstream run
     job_id: Mapped[Optional[str]] = mapped_column(String(64))
     error: Mapped[Optional[str]] = mapped_column(Text)
@@ -97,5 +107,10 @@ class Metric(Base):
 def record_metrics(session, run: Run, metrics: dict[str, float], epoch: Optional[int]) -> None:
     """Append metric rows and update the run's summary in the same transaction."""
     values = {name: float(value) for name, value in metrics.items()}
-    session.add_all(Metric(run_id=run.id, name=name, value=value, epoch=epoch) for name, value in values.items())
-    run.summary = {**(run.summary or {}), **values}
+    # Neither store holds NaN: SQLite keeps it as NULL (a NOT NULL value here), and json.dumps would
+    # write a bare NaN that SQLite's json functions reject as malformed, breaking every read of the
+    # run. A non-finite value is recorded as null in the summary and gets no metric row.
+    session.add_all(Metric(run_id=run.id, name=name, value=value, epoch=epoch)
+                    for name, value in values.items() if math.isfinite(value))
+    run.summary = {**(run.summary or {}), **{name: value if math.isfinite(value) else None
+                                               for name, value in values.items()}}

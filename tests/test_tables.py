@@ -19,13 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from seedrun.store import RunRecord
+from seedrun.records import RunRecord, group_records
 from seedrun.tables import TABLES, build_table, list_tables, plot_table, render
 
 GOLDEN = Path(__file__).parent / "golden" / "tables"
 UPDATE_GOLDEN = os.environ.get("SEEDRUN_UPDATE_GOLDEN") == "1"
 FORMATS = {"rich": "txt", "markdown": "md", "latex": "tex", "csv": "csv"}
 START = dt.datetime(2024, 1, 1)
+
+
+def table(name: str, records: list[RunRecord], paper: bool = False):
+    """The named table from records in memory, grouped as the database would group them."""
+    return build_table(name, group_records(records), paper=paper)
 
 
 def _record(stage: str, config: dict, state: str, metrics: dict | None, minute: int) -> RunRecord:
@@ -113,7 +118,7 @@ def _text(table_data, fmt: str) -> str:
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("name", list(TABLES))
 def test_golden(name, fmt, paper):
-    text = _text(build_table(name, fixture_records(), paper=paper), fmt)
+    text = _text(table(name, fixture_records(), paper=paper), fmt)
     path = GOLDEN / f"{name}{'-paper' if paper else ''}.{FORMATS[fmt]}"
     if UPDATE_GOLDEN:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +141,7 @@ def test_unknown_table_names_the_known_ones():
 
 
 def test_three_seeds_show_mean_and_sample_std():
-    data = build_table("temperature", fixture_records())
+    data = table("temperature", fixture_records())
     cell = data.cell("0.01", "linear_top1")
     assert cell.values == (57.6, 57.9, 58.2)
     assert cell.text() == "57.9 ± 0.3"
@@ -145,10 +150,10 @@ def test_three_seeds_show_mean_and_sample_std():
 
 
 def test_states_of_cells_without_a_completed_run():
-    data = build_table("temperature", fixture_records())
+    data = table("temperature", fixture_records())
     assert data.cell("0.05", "knn_top1").text() == "running"
     assert data.cell("0.001", "knn_top1").text() == "failed"
-    strategies = build_table("distillation", fixture_records())
+    strategies = table("distillation", fixture_records())
     assert strategies.cell("kmeans", "knn_top1").text() == "—"  # no run at all
     assert strategies.cell("online_clustering", "knn_top1").text() == "failed"
     assert strategies.cell("binary_contrastive", "knn_top1").text() == "pending"
@@ -158,10 +163,10 @@ def test_states_of_cells_without_a_completed_run():
 
 
 def test_other_settings_are_left_out_and_noted():
-    data = build_table("temperature", fixture_records())
+    data = table("temperature", fixture_records())
     assert data.cell("0.01", "knn_top1").values == (44.0, 44.2, 44.6)  # not the lr = 0.06 run
     assert any("left out" in note for note in data.notes)
-    assert build_table("lr", fixture_records()).cell("0.06", "knn_top1").text() == "42.0"
+    assert table("lr", fixture_records()).cell("0.06", "knn_top1").text() == "42.0"
     assert [row.row.id for row in data.rows] == ["0.3", "0.1", "0.05", "0.02", "0.01", "0.001"]
 
 
@@ -169,11 +174,11 @@ def test_latest_completed_run_of_a_hash_wins():
     old = distill(strategy="l2", metrics=m(30.0), minute=1)
     new = distill(strategy="l2", metrics=m(31.0), minute=2)
     assert old.hash == new.hash
-    assert build_table("distillation", [new, old]).cell("l2", "knn_top1").text() == "31.0"
+    assert table("distillation", [new, old]).cell("l2", "knn_top1").text() == "31.0"
 
 
 def test_main_table_gain_over_the_student_alone():
-    data = build_table("main", fixture_records(), paper=True)
+    data = table("main", fixture_records(), paper=True)
     assert data.cell("resnet50", "resnet18/linear_top1").text() == "57.9 ± 0.3"
     assert data.cell("resnet50/gain", "resnet18/linear_top1").text() == "+5.9"
     assert data.cell("resnet101/gain", "efficientnet_b0/linear_top1").text() == "+21.0"
@@ -184,12 +189,12 @@ def test_main_table_gain_over_the_student_alone():
 
 
 def test_paper_values_beside_ours_with_the_difference():
-    data = build_table("temperature", fixture_records(), paper=True)
+    data = table("temperature", fixture_records(), paper=True)
     cell = data.cell("0.01", "linear_top1")
     assert (cell.text(), cell.paper_text(), cell.diff_text()) == ("57.9 ± 0.3", "57.9", "+0.0")
     assert data.cell("0.3", "linear_top1").diff_text() == "-0.3"
     assert "0.01,44.3 ± 0.3,69.3 ± 0.3,57.9 ± 0.3,57.9,+0.0," in render(data, "csv")
-    assert not build_table("temperature", fixture_records()).paper_columns
+    assert not table("temperature", fixture_records()).paper_columns
 
 
 def test_paper_values_with_no_runs_at_all():
@@ -220,7 +225,7 @@ def test_every_paper_value_has_a_row_and_a_column():
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     for name in TABLES:
-        path = plot_table(name, fixture_records(), tmp_path / f"{name}.png")
+        path = plot_table(name, group_records(fixture_records()), tmp_path / f"{name}.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -230,9 +235,10 @@ def test_ten_thousand_runs_render_fast():
         tau = (0.3, 0.1, 0.05, 0.01, 0.001)[i % 5]
         student = ("resnet18", "resnet34", "efficientnet_b0")[i % 3]
         records.append(distill(tau=tau, student=student, seed=i, metrics=m(40.0 + i % 7, 55.0 + i % 5), minute=i))
-    render(build_table("temperature", records[:10]), "markdown")  # first use reads the paper values
+    groups = group_records(records)
+    render(build_table("temperature", groups[:10]), "markdown")  # first use reads the paper values
     start = time.perf_counter()
-    render(build_table("temperature", records, paper=True), "markdown")
+    render(build_table("temperature", groups, paper=True), "markdown")
     elapsed = time.perf_counter() - start
     # the target is well under 0.1 s; the bound leaves room for a loaded CI machine
     assert elapsed < 0.5, elapsed
@@ -243,3 +249,110 @@ def test_import_pulls_in_no_heavy_dependency():
             "print([m for m in ('torch', 'hydra', 'sqlalchemy', 'matplotlib', 'rich') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---- the same tables from a real SQLite database --------------------------------------------------
+
+def _write(url: str, records: list[RunRecord], sweep: str = "fixture") -> None:
+    """The records as rows of a seedrun database, in one sweep (through the ORM, as jobs write them)."""
+    from seedrun.schema import Run, Sweep, SweepRun
+    from seedrun.store import session_scope
+
+    with session_scope(url) as session:
+        row = Sweep(name=sweep, ablation=None, path="fixture.yaml", axes=[])
+        session.add(row)
+        for position, record in enumerate(records):
+            run = Run(hash=record.hash, stage=record.stage, state=record.state, epoch=record.epoch,
+                      run_dir=f"/runs/{record.hash}", config=record.config, summary=record.metrics,
+                      finished_at=record.finished_at)
+            session.add(run)
+            session.flush()
+            session.add(SweepRun(sweep_id=row.id, run_id=run.id, position=position, axes={}))
+
+
+def _from_database(name: str, url: str, paper: bool = False, sweep: str | None = None):
+    from seedrun.records import load_groups
+    from seedrun.tables.build import metric_names, stages
+
+    table = TABLES[name]
+    return build_table(name, load_groups(url, sweep=sweep, stages=stages(table), metrics=metric_names(table)), paper)
+
+
+def test_every_key_a_table_reads_is_a_stored_setting():
+    from seedrun.settings import SETTING_KEYS
+    from seedrun.tables.build import config_keys
+
+    for name, definition in TABLES.items():
+        assert config_keys(definition) <= set(SETTING_KEYS), name
+
+
+def test_tables_from_the_database_match_tables_from_records(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    records = fixture_records()
+    _write(url, records)
+    for name in TABLES:
+        for paper in (False, True):
+            expected = render(table(name, records, paper=paper), "csv")
+            assert render(_from_database(name, url, paper), "csv") == expected, name
+    assert _from_database("temperature", url).cell("0.01", "linear_top1").text() == "57.9 ± 0.3"
+
+
+def test_a_sweep_picks_its_own_runs_from_the_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    records = fixture_records()
+    _write(url, records[:8], sweep="first")
+    _write(url, records[8:], sweep="second")
+    for name in ("temperature", "distillation", "main"):
+        assert render(_from_database(name, url, sweep="first"), "csv") == render(table(name, records[:8]), "csv")
+    second = _from_database("temperature", url, sweep="second")
+    assert render(second, "csv") == render(table("temperature", records[8:]), "csv")
+    assert _from_database("temperature", url, sweep="first").cell("0.01", "knn_top1").text() == "44.3 ± 0.3"
+    assert second.cell("0.01", "knn_top1").text() == "43.5"  # another setting's run, the first sweep's left out
+
+
+def test_a_database_from_before_runs_settings_still_reads_and_is_upgraded(tmp_path):
+    import sqlite3
+
+    from seedrun import store
+    from seedrun.records import load_records
+    from seedrun.settings import settings_of
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    records = fixture_records()
+    _write(url, records)
+    store._engines.clear()
+    with sqlite3.connect(tmp_path / "runs.db") as connection:  # the schema as it was
+        connection.execute("DROP INDEX ix_runs_grouping")
+        connection.execute("ALTER TABLE runs DROP COLUMN settings")
+    expected = render(table("main", records, paper=True), "csv")
+    assert render(_from_database("main", url, paper=True), "csv") == expected  # read from the configs
+    assert {r.config["distill"]["epochs"] for r in load_records(url, keys=["distill.epochs"]) if r.stage == "distill"} == {200}
+
+    store.engine_for(url)  # any writer upgrades it
+    with sqlite3.connect(tmp_path / "runs.db") as connection:
+        stored = dict(connection.execute("SELECT hash, settings FROM runs").fetchall())
+        indexes = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {digest: json.loads(text) for digest, text in stored.items()} == {
+        record.hash: settings_of(record.config) for record in records}
+    assert "ix_runs_grouping" in indexes
+    assert render(_from_database("main", url, paper=True), "csv") == expected
+    store._engines.clear()
+
+
+def test_a_diverged_loss_does_not_break_reading(tmp_path):
+    from seedrun.records import load_groups, load_records
+    from seedrun.schema import Run, record_metrics
+    from seedrun.store import session_scope
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    record = distill(tau=0.1, metrics={})
+    _write(url, [record])
+    with session_scope(url) as session:
+        run = session.query(Run).one()
+        record_metrics(session, run, {"loss": float("nan"), "knn_top1": 41.5, "knn_top5": float("inf")}, epoch=3)
+        run.state = "completed"
+    [loaded] = load_records(url)
+    assert loaded.metrics == {"loss": None, "knn_top1": 41.5, "knn_top5": None}
+    [group] = load_groups(url, metrics=["knn_top1", "knn_top5", "loss"])
+    assert group.metrics == {"knn_top1": [41.5]}
+    assert build_table("temperature", [group]).cell("0.1", "knn_top1").text() == "41.5"

@@ -2,12 +2,12 @@
 
     TABLES                              name -> TableDef (definitions.py; one definition a table)
     list_tables()                       [(name, title)] in the paper's order
-    build_table(name, records, paper)   runs -> TableData (build.py)
+    build_table(name, groups, paper)    runs -> TableData (build.py)
     render(data, fmt)                   rich | markdown | latex | csv (render.py)
-    plot_table(name, records, path)     PNG (plot.py; imports matplotlib only when called)
+    plot_table(name, groups, path)      PNG (plot.py; imports matplotlib only when called)
 
-No torch, hydra or sqlalchemy here: `seedrun table` must start fast. Records are
-seedrun.store.RunRecord objects, read by attribute only.
+No torch, hydra or sqlalchemy here: `seedrun table` must start fast. Runs come in as
+seedrun.records.RunGroup objects: from the database by load_groups, from records by group_records.
 """
 
 from __future__ import annotations

@@ -19,20 +19,11 @@ from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from seedrun.settings import SETTING_KEYS
 from seedrun.tables.definitions import Column, Filter, Row, TableDef, get_table, paper_entry, paper_citation
 
 if TYPE_CHECKING:
-    from seedrun.store import RunRecord
-
-# The knobs of an experiment. Runs that agree on these (except a cell's own keys) are seeds of the
-# same setting; paths, names and other bookkeeping in a config never split a cell.
-SETTING_KEYS = (
-    "data.name",
-    "distill.strategy", "distill.tau_teacher", "distill.tau_student", "distill.queue_size",
-    "distill.lr", "distill.weight_decay", "distill.epochs",
-    "teacher.arch", "teacher.method", "teacher.pretrain_epochs", "student.arch",
-    "pretrain.method", "pretrain.arch", "pretrain.epochs", "pretrain.role",
-)
+    from seedrun.records import RunGroup
 
 # Cell states besides the run states shown as they are.
 VALUE, MISSING, BLANK = "value", "missing", "blank"
@@ -136,9 +127,9 @@ class TableData:
         return next(row.cells[index] for row in self.rows if row.row.id == row_id)
 
 
-# ---- reading runs ------------------------------------------------------------------------------
-# Runs are grouped by their settings first: 10,000 runs are mostly seeds of a few dozen settings, so
-# everything past reading a run's config is done once per setting, not once per run.
+# ---- grouping runs ------------------------------------------------------------------------------
+# Runs arrive as RunGroups (stage, state, settings, count, metric values): 10,000 runs are mostly
+# seeds of a few dozen settings, so everything here is done once per setting, not once per run.
 
 def _hashable(value: Any) -> Any:
     # Floats are rounded so that 0.03 * 2 finds 0.06; ints and floats of one value already compare equal.
@@ -151,87 +142,34 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _read_path(config: Any, parts: list[str]) -> Any:
-    for part in parts:
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
-
-
-class _SettingsReader:
-    """Reads a fixed set of dotted keys from run configs, one config section at a time."""
-
-    def __init__(self, keys: Iterable[str]):
-        names_of: dict[str, list[str]] = defaultdict(list)
-        self.deep: list[tuple[str, list[str]]] = []  # keys one level or three levels deep
-        for key in sorted(set(keys) - {"stage"}):
-            parts = key.split(".")
-            if len(parts) == 2:
-                names_of[parts[0]].append(parts[1])
-            else:
-                self.deep.append((key, parts))
-        self.sections = [(section, names, itemgetter(*names)) for section, names in names_of.items()]
-
-    def signature(self, run: "RunRecord") -> tuple:
-        """The run's stage and the values of the keys, cheaply: one tuple per config section."""
-        config = run.config or {}
-        try:  # the common case: each section is absent or has every key
-            sections = [getter(config[section]) if section in config else None
-                        for section, _, getter in self.sections]
-        except (KeyError, TypeError):
-            sections = [tuple(values.get(name) for name in names) if isinstance(values, dict) else None
-                        for section, names, _ in self.sections for values in [config.get(section)]]
-        return (run.stage, *sections, *[_read_path(config, path) for _, path in self.deep])
-
-    def settings(self, signature: tuple) -> dict[str, Any]:
-        """A signature as {dotted key: value}, leaving out keys the config does not have."""
-        settings: dict[str, Any] = {"stage": signature[0]}
-        for (section, names, _), values in zip(self.sections, signature[1:]):
-            if len(names) == 1 and values is not None:
-                values = (values,)  # itemgetter of one name returns the value itself
-            for name, value in zip(names, values or ()):
-                if value is not None:
-                    settings[f"{section}.{name}"] = _hashable(value)
-        for (key, _), value in zip(self.deep, signature[1 + len(self.sections):]):
-            if value is not None:
-                settings[key] = _hashable(value)
-        return settings
-
-
-def _finished(run: "RunRecord") -> tuple:
-    """Sorts unfinished runs first, then by finished_at."""
-    return (False, 0) if run.finished_at is None else (True, run.finished_at)
+def _finished(group: "RunGroup") -> tuple:
+    """Sorts groups with no finished run first, then by their last finished_at."""
+    return (False, 0) if group.latest is None else (True, group.latest)
 
 
 @dataclass
 class _Setting:
-    """The runs of one setting: seeds of the same experiment."""
+    """The runs of one setting (in groups by state): seeds of the same experiment."""
 
     values: dict[str, Any]
-    runs: list["RunRecord"] = field(default_factory=list)
+    groups: list["RunGroup"] = field(default_factory=list)
 
     @cached_property
-    def completed(self) -> list["RunRecord"]:
-        return [run for run in self.runs if run.state == "completed"]
+    def completed(self) -> int:
+        return sum(group.completed for group in self.groups)
 
     @cached_property
     def latest(self) -> tuple:
-        return max(_finished(run) for run in self.runs)
+        return max(_finished(group) for group in self.groups)
 
 
-def _group_by_setting(runs: list["RunRecord"], reader: _SettingsReader) -> list[_Setting]:
-    groups: dict[tuple, list["RunRecord"]] = {}
-    # Records read from the database share one config object per distinct setting: read each once.
-    seen: dict[tuple[str, int], tuple] = {}
-    for run in runs:
-        key = (run.stage, id(run.config))
-        signature = seen.get(key)
-        if signature is None:
-            signature = seen[key] = reader.signature(run)
-        try:
-            groups.setdefault(signature, []).append(run)
-        except TypeError:  # a list in the config: make it hashable (slower, and rare)
-            groups.setdefault(_hashable(signature), []).append(run)
-    return [_Setting(reader.settings(signature), members) for signature, members in groups.items()]
+def _group_by_setting(groups: Iterable["RunGroup"]) -> list[_Setting]:
+    settings: dict[tuple, _Setting] = {}
+    for group in groups:
+        values = {"stage": group.stage, **{key: _hashable(value) for key, value in group.settings.items()}}
+        signature = tuple(sorted(values.items()))
+        settings.setdefault(signature, _Setting(values)).groups.append(group)
+    return list(settings.values())
 
 
 def _filter_key(flt: Filter) -> tuple:
@@ -256,17 +194,7 @@ class _Index:
         return buckets.get(tuple(_hashable(flt[key]) for key in keys), [])
 
 
-def _latest_per_hash(records: Iterable["RunRecord"]) -> list["RunRecord"]:
-    """One record per config hash: completed before not, then the latest finished."""
-    latest: dict[str, "RunRecord"] = {}
-    for run in records:
-        old = latest.setdefault(run.hash, run)
-        if old is not run and (run.state == "completed", _finished(run)) >= (old.state == "completed", _finished(old)):
-            latest[run.hash] = run
-    return list(latest.values())
-
-
-def _choose_settings(sources: dict[tuple, list[_Setting]], filters: dict[tuple, Filter]) -> dict[tuple, list["RunRecord"]]:
+def _choose_settings(sources: dict[tuple, list[_Setting]], filters: dict[tuple, Filter]) -> dict[tuple, list["RunGroup"]]:
     """For every cell filter, the runs of the one setting that the most cells share (see the module doc)."""
     contexts_of: dict[tuple, dict[tuple, list[_Setting]]] = {}
     cells_with, cells_done = Counter(), Counter()
@@ -283,26 +211,22 @@ def _choose_settings(sources: dict[tuple, list[_Setting]], filters: dict[tuple, 
 
     def preference(item: tuple[tuple, list[_Setting]]) -> tuple:
         context, members = item
-        completed = sum(len(setting.completed) for setting in members)
+        completed = sum(setting.completed for setting in members)
         return cells_done[context], cells_with[context], completed, max(setting.latest for setting in members)
 
     return {
-        key: [run for setting in max(contexts.items(), key=preference)[1] for run in setting.runs] if contexts else []
+        key: [group for setting in max(contexts.items(), key=preference)[1] for group in setting.groups] if contexts else []
         for key, contexts in contexts_of.items()
     }
 
 
-def _cell_from_runs(runs: list["RunRecord"], metric: str, paper: Optional[float]) -> Cell:
-    completed = [run for run in runs if run.state == "completed"]
-    values = []
-    for run in completed:
-        value = (run.metrics or {}).get(metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            values.append(float(value))
+def _cell_from_runs(groups: list["RunGroup"], metric: str, paper: Optional[float]) -> Cell:
+    completed = [group for group in groups if group.completed]
+    values = [value for group in completed for value in group.metrics.get(metric, ())]
     if values:
         return Cell(VALUE, tuple(values), paper)
     if not completed:
-        states = {run.state for run in runs}
+        states = {group.state for group in groups}
         for state, shown in _SHOWN_STATE:
             if state in states:
                 return Cell(shown, paper=paper)
@@ -322,7 +246,7 @@ def _gain_cell(cell: Optional[Cell], baseline: Optional[Cell], paper: Optional[f
 # ---- building --------------------------------------------------------------------------------
 
 def config_keys(table: TableDef) -> set[str]:
-    """Every dotted config key the table reads (the database can then fetch only these)."""
+    """Every dotted config key the table reads; all of them must be settings (seedrun.settings)."""
     keys = set(SETTING_KEYS) | set(table.fixed) | ({table.axis} if table.axis else set())
     for row in table.rows:
         if row.kind == "runs":
@@ -336,18 +260,18 @@ def metric_names(table: TableDef) -> set[str]:
     return {column.metric for column in table.columns}
 
 
-def build(table: TableDef, records: Iterable["RunRecord"], paper: bool = False) -> TableData:
-    runs = _latest_per_hash(records)
-    published = paper_entry(table.name) if paper else {"values": {}}
+def stages(table: TableDef) -> Optional[set[str]]:
+    """The stages of the runs that can fill the table's cells; None when a cell does not name its stage."""
+    named = {flt.get("stage") for row in table.rows if row.kind == "runs" for column in table.columns
+             for flt in [table.filter_for(row, column)] if flt is not None}
+    return None if None in named else named
 
-    defined_filters = [table.filter_for(row, column) for row in table.rows if row.kind == "runs"
-                       for column in table.columns]
-    keys = config_keys(table) | {"stage"}
-    stages = {flt.get("stage") for flt in defined_filters if flt is not None}
-    if None not in stages:  # every cell names its stage: the other runs cannot match
-        runs = [run for run in runs if run.stage in stages]
-    reader = _SettingsReader(keys)
-    index = _Index(_group_by_setting(runs, reader))
+
+def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
+    """The table from runs grouped by stage, state and settings (seedrun.records.load_groups/group_records)."""
+    published = paper_entry(table.name) if paper else {"values": {}}
+    wanted = stages(table)
+    index = _Index(_group_by_setting(group for group in groups if wanted is None or group.stage in wanted))
 
     rows = table.rows
     if table.axis:
@@ -398,10 +322,11 @@ def build(table: TableDef, records: Iterable["RunRecord"], paper: bool = False) 
         paper=paper, paper_columns=frozenset(column.id for column in columns if has_paper(column)),
     )
 
-    matched = {id(run) for settings in sources.values() for setting in settings for run in setting.runs}
-    kept = {id(run) for members in chosen.values() for run in members}
-    if matched - kept:
-        data.notes.append(f"{len(matched - kept)} matching run(s) with other settings left out: each cell keeps "
+    matched = {id(group): group.count for settings in sources.values() for setting in settings for group in setting.groups}
+    kept = {id(group) for members in chosen.values() for group in members}
+    left_out = sum(count for key, count in matched.items() if key not in kept)
+    if left_out:
+        data.notes.append(f"{left_out} matching run(s) with other settings left out: each cell keeps "
                           "the setting most cells share (build the table from one sweep to choose).")
     if paper:
         if published["values"]:
@@ -410,6 +335,6 @@ def build(table: TableDef, records: Iterable["RunRecord"], paper: bool = False) 
     return data
 
 
-def build_table(name: str, records: Iterable["RunRecord"], paper: bool = False) -> TableData:
+def build_table(name: str, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
     """The named table from these runs; `paper` adds each cell's published value and the difference."""
-    return build(get_table(name), records, paper)
+    return build(get_table(name), groups, paper)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, Union
 from seedrun.tables.build import VALUE, Cell, TableData, build_table
 
 if TYPE_CHECKING:
-    from seedrun.store import RunRecord
+    from seedrun.records import RunGroup
 
 
 def _headline_metric(data: TableData) -> str:
@@ -86,14 +86,14 @@ def _plot_bars(axes, data: TableData) -> bool:
     return bool(series)
 
 
-def plot_table(name: str, records: Iterable["RunRecord"], path: Union[str, Path], paper: bool = True) -> Path:
+def plot_table(name: str, groups: Iterable["RunGroup"], path: Union[str, Path], paper: bool = True) -> Path:
     """Write the named table as a PNG at `path`; published values are drawn beside ours when `paper`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = build_table(name, records, paper=paper)
+    data = build_table(name, groups, paper=paper)
     figure, axes = plt.subplots(figsize=(10, 4.5))
     try:
         drawn = _plot_line(axes, data) if data.definition.plot == "line" else _plot_bars(axes, data)
