@@ -5,7 +5,6 @@ order (teachers before the students that need them), with live progress read fro
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 from rich.console import Console

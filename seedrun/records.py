@@ -1,39 +1,34 @@
-"""Reading runs for `status` and `table`: plain SQL over a DB-API connection, no ORM.
+"""Reading runs one record per run, for `status`, `eval` and the sweep's references: plain SQL over
+a DB-API connection, no ORM.
 
 Importing SQLAlchemy's ORM costs more than these commands' whole latency budget (0.3 s at 10,000
 runs), so the read path talks SQL directly: through the standard library's sqlite3 (read-only) for
 SQLite, and through SQLAlchemy Core's raw connection for any other URL. Writes go through the ORM
-models in seedrun.schema; the column names used here are theirs.
-
-Two shapes come out: RunRecord, one per run (status, eval, the sweep's references), and RunGroup,
-runs counted together by stage, state and settings (tables: 10,000 runs are mostly seeds of a few
-dozen settings, and SQLite groups them faster than Python can look at them one by one).
+models in seedrun.schema; the column names used here are theirs. Tables read runs grouped instead
+(seedrun.groups). Nothing here imports dataclasses or pathlib: `seedrun status` starts faster.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
 from contextlib import closing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
-from seedrun.settings import SETTING_KEYS, settings_of
-from seedrun.states import COMPLETED, IN_FLIGHT
+from seedrun.settings import SETTING_KEYS
+from seedrun.states import IN_FLIGHT
 
 
-@dataclass
-class RunRecord:
-    """A run as tables and status see it: plain data, no session attached."""
+class RunRecord(NamedTuple):
+    """A run as status and the other readers see it: plain data, no session attached, never modified."""
 
     hash: str
     stage: str
     state: str
     epoch: int
     config: dict[str, Any]
-    axes: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # last value of each metric
+    axes: dict[str, Any] = {}  # shared by records without axes: read-only like the rest
+    metrics: dict[str, float] = {}  # last value of each metric
     finished_at: Any = None
     error: Optional[str] = None
     failure_reason: Optional[str] = None
@@ -41,68 +36,12 @@ class RunRecord:
     sweep: Optional[str] = None
 
 
-@dataclass
-class RunGroup:
-    """Runs of one stage, state and settings: what a table cell needs of them, without the runs."""
-
-    stage: str
-    state: str
-    settings: dict[str, Any]  # seedrun.settings: {dotted key: value}
-    count: int = 0
-    metrics: dict[str, list[float]] = field(default_factory=dict)  # if completed: each metric's finite values
-    latest: Any = None  # the last finished_at among the runs; None when none finished
-
-    @property
-    def completed(self) -> int:
-        return self.count if self.state == COMPLETED else 0
-
-
-def _finished(run: RunRecord) -> tuple:
-    """Sorts unfinished runs first, then by finished_at."""
-    return (False, 0) if run.finished_at is None else (True, run.finished_at)
-
-
-def latest_per_hash(records: Iterable[RunRecord]) -> list[RunRecord]:
-    """One record per config hash: completed before not, then the latest finished.
-
-    The database holds one row per hash; records put together by hand (tests, merges) may not.
-    """
-    latest: dict[str, RunRecord] = {}
-    for run in records:
-        old = latest.setdefault(run.hash, run)
-        if old is not run and (run.state == COMPLETED, _finished(run)) >= (old.state == COMPLETED, _finished(old)):
-            latest[run.hash] = run
-    return list(latest.values())
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def group_records(records: Iterable[RunRecord]) -> list[RunGroup]:
-    """What load_groups reads from the database, from records in memory (one per hash kept)."""
-    groups: dict[tuple, RunGroup] = {}
-    for run in latest_per_hash(records):
-        settings = settings_of(run.config or {})
-        key = (run.stage, run.state, json.dumps(settings))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = RunGroup(run.stage, run.state, settings)
-        group.count += 1
-        for name, value in (run.metrics or {}).items() if run.state == COMPLETED else ():
-            if _finite(value):
-                group.metrics.setdefault(name, []).append(float(value))
-        if run.finished_at is not None and (group.latest is None or run.finished_at > group.latest):
-            group.latest = run.finished_at
-    return list(groups.values())
-
-
-def _connect(url: str):
+def connect(url: str):
     """A DB-API connection and its parameter placeholder."""
     if url.startswith("sqlite:///"):
         import sqlite3
 
-        path = Path(url.removeprefix("sqlite:///")).absolute()
+        path = os.path.abspath(url.removeprefix("sqlite:///"))
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
         return connection, "?"
     from sqlalchemy import create_engine
@@ -110,7 +49,7 @@ def _connect(url: str):
     return create_engine(url).raw_connection(), "%s"
 
 
-def _json(value: Any) -> Any:
+def parse_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
@@ -118,7 +57,7 @@ def _parse_all(values: list) -> list:
     """Many JSON texts parsed in one json.loads: each call costs microseconds, and 10,000 add up."""
     if all(value is None or isinstance(value, str) for value in values):
         return json.loads("[" + ",".join("null" if value is None else value for value in values) + "]")
-    return [_json(value) for value in values]  # a driver that hands back parsed JSON already
+    return [parse_json(value) for value in values]  # a driver that hands back parsed JSON already
 
 
 _RUNS_SQL = """
@@ -129,7 +68,7 @@ _RUNS_SQL = """
 """
 
 
-def _names_only(names: list[str]) -> None:
+def names_only(names: list[str]) -> None:
     for name in names:  # they go into SQL: allow dotted identifiers only
         if not all(part.replace("_", "").isalnum() for part in name.split(".")):
             raise ValueError(f"not a config key or metric name: {name!r}")
@@ -191,11 +130,11 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     the sweep membership (axes, sweep name) when no sweep is named.
     A run in several sweeps appears once, under the first sweep that named it (unless one is asked for).
     """
-    connection, mark = _connect(url)
+    connection, mark = connect(url)
     sqlite = mark == "?"
     keys = sorted(set(keys)) if keys is not None and sqlite else None
     metrics = sorted(set(metrics)) if metrics is not None and sqlite else None
-    from_settings = keys is not None and set(keys) <= set(SETTING_KEYS) and _has_settings(connection.cursor())
+    from_settings = keys is not None and set(keys) <= set(SETTING_KEYS) and has_settings(connection.cursor())
     if from_settings:
         # Settings keys come from the small runs.settings object, whole: its text repeats across
         # seeds, so Python parses each distinct one once.
@@ -203,12 +142,12 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     elif keys is not None:
         # One json_extract with several paths parses the document once and returns a JSON array
         # (with one path it would return the bare value, hence the repeated first path).
-        _names_only(keys)
+        names_only(keys)
         paths = [f"'$.{key}'" for key in keys] or ["'$.stage'"]
         config_sql = f"json_extract(r.config, {', '.join(paths + paths[:1] if len(paths) == 1 else paths)})"
     else:
         config_sql = "r.config"
-    _names_only(metrics or [])
+    names_only(metrics or [])
     if metrics is not None:
         # One column per metric: summaries are small, and SQLite's numbers need no parsing in Python.
         summary_sql = ", ".join(f"json_extract(r.summary, '$.{name}')" for name in metrics) or "NULL"
@@ -230,107 +169,62 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
             sweep_columns="sr.axes, s.name" if joined else "NULL, NULL",
             sweep_join="JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id" if joined else "",
             where=("WHERE " + " AND ".join(conditions)) if conditions else "",
-            order="ORDER BY s.id, sr.position" if joined else "ORDER BY r.id",
+            order="ORDER BY sr.sweep_id, sr.position" if joined else "ORDER BY r.id",  # ix_sweep_runs_order
         )
         cursor.execute(sql, params)
         if from_settings:
             nest = _settings_nester(keys)
         else:
             nest = _nester(keys) if keys is not None else None
-        rows = list({row[0]: row for row in reversed(cursor.fetchall())}.values())[::-1]  # first membership wins
+        first: dict[int, tuple] = {}
+        for row in cursor.fetchall():  # a run in several sweeps: its first membership wins
+            first.setdefault(row[0], row)
+        rows = list(first.values())
         configs = [row[9] for row in rows]
         if nest is not None:
             # Runs of one setting (seeds, say) extract the same values: parse each distinct text once.
             # The records then share one config dict, which readers never modify.
-            nested = {text: nest(_json(text)) for text in set(configs)}
+            nested = {text: nest(parse_json(text)) for text in set(configs)}
             configs = [nested[text] for text in configs]
         else:
             configs = _parse_all(configs)
         axes = _parse_all([row[-2] for row in rows])
-        summaries = _parse_all([row[10] for row in rows]) if metrics is None else None
-        records = []
-        for index, row in enumerate(rows):
-            _, run_hash, run_stage, state, epoch, finished_at, error, reason, job_id = row[:9]
-            if metrics is not None:
-                values = {name: value for name, value in zip(metrics, row[10:10 + width]) if value is not None}
-            else:
-                values = summaries[index] or {}
-            records.append(RunRecord(
-                hash=run_hash, stage=run_stage, state=state, epoch=epoch, config=configs[index],
-                axes=axes[index] or {}, finished_at=finished_at, error=error, failure_reason=reason,
-                job_id=job_id, sweep=row[-1], metrics=values,
-            ))
-        return records
+        if metrics is None:
+            summaries = _parse_all([row[10] for row in rows])
+        else:
+            summaries = [{name: value for name, value in zip(metrics, row[10:10 + width]) if value is not None}
+                         for row in rows]
+        # Positional: twice as fast as keywords, and this runs 10,000 times for `seedrun status`.
+        return [RunRecord(row[1], row[2], row[3], row[4], config, run_axes or {}, summary or {}, row[5], row[6],
+                          row[7], row[8], row[-1])
+                for row, config, run_axes, summary in zip(rows, configs, axes, summaries)]
 
 
-def _has_settings(cursor) -> bool:
+def has_settings(cursor) -> bool:
     """Whether runs.settings exists (a database last written before it was added has only configs)."""
     cursor.execute("SELECT name FROM pragma_table_info('runs')")
     return "settings" in {name for (name,) in cursor.fetchall()}
 
 
-_GROUPS_SQL = """
-    SELECT r.stage, r.state, r.settings, COUNT(*), MAX(r.finished_at){metric_columns}
-    FROM runs r
-    {where}
-    GROUP BY r.stage, r.settings, r.state  -- the order of ix_runs_grouping: no sort
-"""
-
-
-def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable[str]] = None,
-                metrics: Iterable[str] = ()) -> list[RunGroup]:
-    """The runs (of one sweep, if named; of these stages, if given) grouped by stage, state and settings.
-
-    On SQLite the grouping and the picking of metric values out of each run's summary happen in one
-    query, so Python sees a row per group, not per run. Elsewhere (or on a database without
-    runs.settings) the records are read and grouped in Python, with the same result.
-    """
-    metrics = sorted(set(metrics))
-    _names_only(metrics)
-    stages = sorted(set(stages)) if stages is not None else None
-    connection, mark = _connect(url)
+def in_flight_runs(url: str) -> list[tuple[int, Optional[str], Optional[str]]]:
+    """(id, job id, upstream hash) of every run whose job may be running: what status reconciles."""
+    connection, _ = connect(url)
     with closing(connection):
         cursor = connection.cursor()
-        fast = mark == "?" and _has_settings(cursor)
-        if fast:
-            conditions, params = [], []
-            if sweep is not None:
-                conditions.append("r.id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps s ON s.id = sr.sweep_id "
-                                  "WHERE s.name = ?)")
-                params.append(sweep)
-            if stages is not None:
-                conditions.append(f"r.stage IN ({', '.join('?' for _ in stages)})")
-                params.extend(stages)
-            # The completed runs' metric values, as one JSON array per run (one json_extract with
-            # several paths parses each summary once; with one path it would return a bare value).
-            paths = [f"'$.{name}'" for name in metrics]
-            metric_columns = (f", json_group_array(json(json_extract(r.summary, {', '.join(paths + paths[:1])}))) "
-                              f"FILTER (WHERE r.state = '{COMPLETED}')") if metrics else ""
-            cursor.execute(_GROUPS_SQL.format(metric_columns=metric_columns,
-                                              where=("WHERE " + " AND ".join(conditions)) if conditions else ""), params)
-            rows = cursor.fetchall()
-    if not fast:
-        records = load_records(url, sweep=sweep, keys=SETTING_KEYS, metrics=metrics, with_axes=False)
-        return group_records(record for record in records if stages is None or record.stage in stages)
-    groups = []
-    parsed: dict[str, dict[str, Any]] = {}
-    for stage, state, settings, count, latest, *values in rows:
-        if settings not in parsed:
-            parsed[settings] = _json(settings) or {}
-        group = RunGroup(stage, state, parsed[settings], count, latest=latest)
-        if values and values[0] is not None:
-            # record_metrics writes numbers, or null for NaN and infinities: dropping nulls is enough.
-            for name, column in zip(metrics, zip(*json.loads(values[0]))):
-                found = [value for value in column if value is not None]
-                if found:
-                    group.metrics[name] = found
-        groups.append(group)
-    return groups
+        cursor.execute("SELECT id, job_id, depends_on FROM runs "
+                       f"WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
+        return [tuple(row) for row in cursor.fetchall()]
 
 
-def count_in_flight(url: str) -> int:
-    connection, _ = _connect(url)
+def states_of(url: str, hashes: Iterable[str]) -> dict[str, str]:
+    """{hash: state} of these runs."""
+    hashes = list(hashes)
+    connection, mark = connect(url)
     with closing(connection):
         cursor = connection.cursor()
-        cursor.execute(f"SELECT COUNT(*) FROM runs WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
-        return cursor.fetchone()[0]
+        found: dict[str, str] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            cursor.execute(f"SELECT hash, state FROM runs WHERE hash IN ({', '.join(mark for _ in chunk)})", chunk)
+            found.update(cursor.fetchall())
+        return found

@@ -78,7 +78,8 @@ class SweepRun(Base):
     """A run as one sweep sees it: the values of the sweep's axes that produced it."""
 
     __tablename__ = "sweep_runs"
-    __table_args__ = (UniqueConstraint("sweep_id", "run_id"),)
+    # Status lists a sweep's runs in the sweep's order: the index hands them over sorted.
+    __table_args__ = (UniqueConstraint("sweep_id", "run_id"), Index("ix_sweep_runs_order", "sweep_id", "position"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))

@@ -47,38 +47,37 @@ def engine_for(url: str, create: bool = True) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
-    _add_settings_column(engine)
-    if url.startswith("sqlite"):
-        _add_grouping_index(engine)
+    _upgrade(engine)
     _engines[url] = engine
     return engine
 
 
-def _add_grouping_index(engine: Engine) -> None:
-    """A covering index for `seedrun table`'s one query (seedrun.records.load_groups).
+def _upgrade(engine: Engine) -> None:
+    """Bring a database recorded by an earlier seedrun up to this schema; a no-op once it is.
 
-    Runs rows are wide (the config is two kilobytes), so grouping 10,000 runs by scanning the table
-    reads some 25 MB; this index holds just what the query reads, already in its order, and the
-    query then touches a tenth of that. SQLite only: other databases cannot index JSON columns so.
+    create_all makes only missing tables (with their indexes), so columns and indexes added to an
+    existing table since are added here: runs.settings, filled from each run's config, and the
+    indexes the read path (seedrun.records) relies on.
     """
+    if "settings" not in {column["name"] for column in inspect(engine).get_columns("runs")}:
+        with engine.begin() as connection:
+            try:
+                connection.execute(text("ALTER TABLE runs ADD COLUMN settings JSON"))
+            except DBAPIError as exc:  # another process added it first
+                if "duplicate column" not in str(exc) and "already exists" not in str(exc):
+                    raise
+            missing = connection.execute(select(Run.id, Run.config).where(Run.settings.is_(None))).all()
+            for run_id, config in missing:
+                connection.execute(update(Run).where(Run.id == run_id).values(settings=settings_of(config or {})))
     with engine.begin() as connection:
-        connection.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_grouping "
-                                "ON runs (stage, settings, state, finished_at, summary)"))
-
-
-def _add_settings_column(engine: Engine) -> None:
-    """Databases recorded before runs.settings existed get the column, filled from each run's config."""
-    if "settings" in {column["name"] for column in inspect(engine).get_columns("runs")}:
-        return
-    with engine.begin() as connection:
-        try:
-            connection.execute(text("ALTER TABLE runs ADD COLUMN settings JSON"))
-        except DBAPIError as exc:  # another process added it first
-            if "duplicate column" not in str(exc) and "already exists" not in str(exc):
-                raise
-        missing = connection.execute(select(Run.id, Run.config).where(Run.settings.is_(None))).all()
-        for run_id, config in missing:
-            connection.execute(update(Run).where(Run.id == run_id).values(settings=settings_of(config or {})))
+        connection.execute(text("CREATE INDEX IF NOT EXISTS ix_sweep_runs_order ON sweep_runs (sweep_id, position)"))
+        if engine.dialect.name == "sqlite":
+            # A covering index for `seedrun table`'s one query (seedrun.groups.load_groups). Runs rows are
+            # wide (the config is two kilobytes), so grouping 10,000 runs by scanning the table reads
+            # some 25 MB; this index holds just what the query reads, in its order. SQLite only:
+            # PostgreSQL cannot put JSON columns in a B-tree index.
+            connection.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_grouping "
+                                    "ON runs (stage, settings, state, finished_at, summary)"))
 
 
 @contextmanager

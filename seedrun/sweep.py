@@ -22,7 +22,6 @@ distillation runs depend on; two runs that name the same teacher share it.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from seedrun.records import RunRecord, group_records
+from seedrun.groups import group_records
+from seedrun.records import RunRecord
 from seedrun.tables import TABLES, build_table, list_tables, plot_table, render
 
 GOLDEN = Path(__file__).parent / "golden" / "tables"
@@ -271,7 +272,7 @@ def _write(url: str, records: list[RunRecord], sweep: str = "fixture") -> None:
 
 
 def _from_database(name: str, url: str, paper: bool = False, sweep: str | None = None):
-    from seedrun.records import load_groups
+    from seedrun.groups import load_groups
     from seedrun.tables.build import metric_names, stages
 
     table = TABLES[name]
@@ -340,7 +341,8 @@ def test_a_database_from_before_runs_settings_still_reads_and_is_upgraded(tmp_pa
 
 
 def test_a_diverged_loss_does_not_break_reading(tmp_path):
-    from seedrun.records import load_groups, load_records
+    from seedrun.groups import load_groups
+    from seedrun.records import load_records
     from seedrun.schema import Run, record_metrics
     from seedrun.store import session_scope
 

@@ -16,14 +16,13 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from seedrun.settings import SETTING_KEYS
 from seedrun.tables.definitions import Column, Filter, Row, TableDef, get_table, paper_entry, paper_citation
 
 if TYPE_CHECKING:
-    from seedrun.records import RunGroup
+    from seedrun.groups import RunGroup
 
 # Cell states besides the run states shown as they are.
 VALUE, MISSING, BLANK = "value", "missing", "blank"
@@ -268,7 +267,7 @@ def stages(table: TableDef) -> Optional[set[str]]:
 
 
 def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
-    """The table from runs grouped by stage, state and settings (seedrun.records.load_groups/group_records)."""
+    """The table from runs grouped by stage, state and settings (seedrun.groups: load_groups, group_records)."""
     published = paper_entry(table.name) if paper else {"values": {}}
     wanted = stages(table)
     index = _Index(_group_by_setting(group for group in groups if wanted is None or group.stage in wanted))
