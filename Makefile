@@ -1,6 +1,6 @@
 # Two commands on a fresh Debian machine (as root, or with the Debian packages already installed):
 #   make demo   set up, then run sweeps/demo.yaml on Fashion-MNIST with the local executor and print its table
-#   make test   set up, start the single-node Slurm test cluster, run the whole test suite
+#   make test   set up, start the single-node Slurm test cluster and a PostgreSQL server, run the whole test suite
 # Set-up is idempotent: a second `make demo` reuses .venv and re-runs nothing that finished.
 
 PYTHON ?= python3
@@ -35,6 +35,7 @@ demo: setup
 
 test: setup
 	tests/cluster/start-slurm.sh
+	tests/cluster/start-postgres.sh
 	$(BIN)/python -m pytest -q
 
 bench: setup
