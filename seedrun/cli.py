@@ -42,6 +42,9 @@ def cmd_sweep(args) -> int:
                   f"({stages['pretrain']} pre-training, {stages['distill']} distillation"
                   + (f", {stages['eval']} evaluation" if stages["eval"] else "") + f"), launcher {launcher}")
     console.print(f"  new {counts['new']}  done {counts['done']}  running {counts['running']}  failed {counts['failed']}")
+    if plan.stale:
+        console.print(f"  no longer in the sweep: {len(plan.stale)} run(s) an earlier version of {sweep.path} named; "
+                      "recording drops them from the sweep (their results stay in the database)")
     if sweep.axes:
         for axis in sweep.axes:
             values = []

@@ -2,6 +2,12 @@
 
 Recording is one transaction: the sweep, its runs (one row per hash, shared across sweeps) and the
 memberships land together or not at all.
+
+A sweep is what its file says now. When an edited file no longer names runs that an earlier version
+recorded, recording drops them from the sweep, so that `status SWEEP` and `table --sweep` show the
+sweep as it is: their results stay in the database (and in `seedrun status`, sweepless), and rows
+that never started and that no other sweep names are deleted, since nothing would ever run them.
+Evaluation runs that `seedrun eval` added for runs the sweep still names are kept.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from seedrun.sweep import Sweep
 class Plan:
     sweep: Sweep
     states: dict[str, str] = field(default_factory=dict)  # hash -> recorded state ("new" if none)
+    stale: list[str] = field(default_factory=list)  # hashes an earlier version of the sweep named
 
     def with_state(self, *states: str) -> list[RunSpec]:
         return [run for run in self.sweep.runs if self.states.get(run.hash, "new") in states]
@@ -52,7 +59,12 @@ def read_plan(sweep: Sweep, db_url: str) -> Plan:
         for start in range(0, len(hashes), 500):
             chunk = hashes[start:start + 500]
             states.update(session.execute(select(Run.hash, Run.state).where(Run.hash.in_(chunk))).all())
-    return Plan(sweep, states)
+        members = session.execute(select(Run.hash, Run.stage, Run.depends_on).join(SweepRun).join(SweepRow)
+                                  .where(SweepRow.name == sweep.name).order_by(SweepRun.position)).all()
+    named = set(hashes)
+    stale = [run_hash for run_hash, stage, depends_on in members
+             if run_hash not in named and not (stage == "eval" and depends_on in named)]
+    return Plan(sweep, states, stale)
 
 
 def record(plan: Plan, db_url: str) -> None:
@@ -94,6 +106,20 @@ def record(plan: Plan, db_url: str) -> None:
                 rows.append({"sweep_id": row.id, "run_id": run_id, "position": position, "axes": spec.axes})
         if rows:
             session.execute(insert(SweepRun), rows)
+        if plan.stale:
+            _drop_stale(session, row.id, plan.stale)
+
+
+def _drop_stale(session, sweep_id: int, hashes: list[str]) -> None:
+    """Drop runs the sweep no longer names from it; delete those that never ran and that no sweep names."""
+    from sqlalchemy import delete, func
+
+    for start in range(0, len(hashes), 500):
+        ids = list(session.scalars(select(Run.id).where(Run.hash.in_(hashes[start:start + 500]))))
+        session.execute(delete(SweepRun).where(SweepRun.sweep_id == sweep_id, SweepRun.run_id.in_(ids)))
+        still_named = select(func.count()).select_from(SweepRun).where(SweepRun.run_id == Run.id).scalar_subquery()
+        session.execute(delete(Run).where(Run.id.in_(ids), Run.state == PENDING, Run.attempts == 0, still_named == 0)
+                        .execution_options(synchronize_session=False))
 
 
 def add_runs(db_url: str, sweep_name: str, specs: list[RunSpec]) -> None:

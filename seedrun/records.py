@@ -128,7 +128,8 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     json_extract in C, as one short JSON array per run; the records then hold only those. Parsing
     10,000 whole configs in Python costs seconds; this costs a fraction of one. `with_axes=False` skips
     the sweep membership (axes, sweep name) when no sweep is named.
-    A run in several sweeps appears once, under the first sweep that named it (unless one is asked for).
+    A run in several sweeps appears once, under the first sweep that named it (unless one is asked for);
+    with no sweep asked for, runs that no sweep names come last, with no sweep.
     """
     connection, mark = connect(url)
     sqlite = mark == "?"
@@ -172,12 +173,20 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
             order="ORDER BY sr.sweep_id, sr.position" if joined else "ORDER BY r.id",  # ix_sweep_runs_order
         )
         cursor.execute(sql, params)
+        fetched = cursor.fetchall()
+        if joined and sweep is None:
+            # Runs no sweep names any more (an edited sweep file dropped them): listed last, sweepless.
+            cursor.execute(_RUNS_SQL.format(
+                values=f"{config_sql}, {summary_sql}", sweep_columns="NULL, NULL", sweep_join="",
+                where="WHERE " + " AND ".join(conditions + ["NOT EXISTS (SELECT 1 FROM sweep_runs sr WHERE sr.run_id = r.id)"]),
+                order="ORDER BY r.id"), params)
+            fetched += cursor.fetchall()
         if from_settings:
             nest = _settings_nester(keys)
         else:
             nest = _nester(keys) if keys is not None else None
         first: dict[int, tuple] = {}
-        for row in cursor.fetchall():  # a run in several sweeps: its first membership wins
+        for row in fetched:  # a run in several sweeps: its first membership wins
             first.setdefault(row[0], row)
         rows = list(first.values())
         configs = [row[9] for row in rows]

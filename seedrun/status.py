@@ -144,15 +144,15 @@ def _check_sweep(db_url: str, sweep: Optional[str], runs: list) -> None:
 # 10,000 runs); its fields are those of _run_as_json, which makes them elsewhere.
 _RUNS_JSON_SQL = """
     SELECT r.id, r.state, json_object(
-        'hash', r.hash, 'sweep', s.name, 'stage', r.stage, 'state', r.state, 'epoch', r.epoch,
+        'hash', r.hash, 'sweep', {sweep}, 'stage', r.stage, 'state', r.state, 'epoch', r.epoch,
         'epochs', json_extract(r.settings, CASE r.stage WHEN 'pretrain' THEN '$."pretrain.epochs"'
                                                         ELSE '$."distill.epochs"' END),
-        'axes', json(coalesce(sr.axes, '{{}}')), 'metrics', json(coalesce(r.summary, '{{}}')),
+        'axes', json(coalesce({axes}, '{{}}')), 'metrics', json(coalesce(r.summary, '{{}}')),
         'job_id', r.job_id, 'failure_reason', r.failure_reason, 'error', r.error)
-    FROM runs r JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id
-    {where}
-    ORDER BY sr.sweep_id, sr.position
+    FROM runs r {rest}
 """
+_MEMBERS = "JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id {where} ORDER BY sr.sweep_id, sr.position"
+_SWEEPLESS = "WHERE NOT EXISTS (SELECT 1 FROM sweep_runs sr WHERE sr.run_id = r.id) ORDER BY r.id"
 
 
 def _run_as_json(record) -> str:
@@ -172,10 +172,14 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
         with closing(connection):
             cursor = connection.cursor()
             if has_settings(cursor):
-                cursor.execute(_RUNS_JSON_SQL.format(where="WHERE s.name = ?" if sweep is not None else ""),
-                               [sweep] if sweep is not None else [])
+                cursor.execute(_RUNS_JSON_SQL.format(sweep="s.name", axes="sr.axes", rest=_MEMBERS.format(
+                    where="WHERE s.name = ?" if sweep is not None else "")), [sweep] if sweep is not None else [])
+                fetched = cursor.fetchall()
+                if sweep is None:  # and, last, the runs that no sweep names any more
+                    cursor.execute(_RUNS_JSON_SQL.format(sweep="NULL", axes="NULL", rest=_SWEEPLESS))
+                    fetched += cursor.fetchall()
                 first: dict[int, tuple[str, str]] = {}
-                for run_id, state, text in cursor.fetchall():  # a run in several sweeps: its first wins
+                for run_id, state, text in fetched:  # a run in several sweeps: its first wins
                     first.setdefault(run_id, (state, text))
                 return list(first.values())
     return [(record.state, _run_as_json(record)) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS)]
