@@ -24,8 +24,10 @@ def _chance(n: int, p: float, generator: torch.Generator) -> Tensor:
     return torch.rand(n, generator=generator) < p
 
 
-def _crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator: torch.Generator,
-                   out_size: int | None = None) -> Tensor:
+def crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator: torch.Generator,
+                  out_size: int | None = None) -> Tensor:
+    """RandomResizedCrop (area `scale`, aspect 3/4 to 4/3) and a horizontal flip per image, as one
+    grid_sample on x's device; the draws come from `generator` (on the CPU)."""
     n = x.shape[0]
     area = _uniform(n, scale[0], scale[1], generator)
     log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator)
@@ -41,7 +43,7 @@ def _crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator:
     theta[:, 1, 1] = height
     theta[:, 1, 2] = center_y
     shape = list(x.shape) if out_size is None else [x.shape[0], x.shape[1], out_size, out_size]
-    grid = F.affine_grid(theta, shape, align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -116,7 +118,7 @@ def augment(images: Tensor, config: dict[str, Any], image_size: int, mean, std, 
     `crop_scale` and `out_size` override the crop for SEED's small-patch views (scale 0.05-0.14 at 96 px).
     """
     x = images.float() / 255
-    x = _crop_and_flip(x, tuple(crop_scale or config["crop_scale"]), config.get("flip", True), generator, out_size)
+    x = crop_and_flip(x, tuple(crop_scale or config["crop_scale"]), config.get("flip", True), generator, out_size)
     x = _color_jitter(x, list(config["jitter"]), config["jitter_p"], generator)
     gray = _chance(x.shape[0], config["grayscale_p"], generator).view(-1, 1, 1, 1)
     x = torch.where(gray, _gray(x).expand_as(x), x)

@@ -382,3 +382,32 @@ def test_imagefolder_tensors(tmp_path) -> None:
     assert data.images.shape == (6, 3, 16, 16) and data.images.dtype == torch.uint8
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1] and data.classes == ["beach", "forest"]
     assert len(imagefolder_tensors(tmp_path, image_size=8, max_per_class=1)) == 2
+
+
+def test_finetune_crops_and_flips_every_batch_reproducibly(digits) -> None:
+    from seedrun.augment import crop_and_flip
+
+    x = normalize_batch(digits.train_images[:16], digits.mean, digits.std)
+    first = crop_and_flip(x, (0.5, 1.0), True, torch.Generator().manual_seed(3))
+    assert first.shape == x.shape and not torch.allclose(first, x)
+    assert torch.equal(first, crop_and_flip(x, (0.5, 1.0), True, torch.Generator().manual_seed(3)))
+
+    def run(calls: list) -> dict:
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten())
+        generator = torch.Generator().manual_seed(1)
+
+        def augment(batch):
+            calls.append(batch.shape[0])
+            return crop_and_flip(batch, (0.5, 1.0), True, generator)
+
+        subset = labelled_subset(digits.train_labels, seed=0, per_class=30)
+        return finetune(backbone, nn.Linear(16 * 8 * 8, 10), digits.train_images, digits.train_labels, subset,
+                        digits.test_images, digits.test_labels, digits.mean, digits.std,
+                        epochs=8, lr=0.05, batch_size=32, weight_decay=1e-4, seed=0, augment=augment)
+
+    calls: list = []
+    result = run(calls)
+    assert sum(calls) == 8 * 300  # every labelled image, every epoch, through the augmentation
+    assert result == run([])  # the same crops again
+    assert result["finetune_top1"] > 70.0, result

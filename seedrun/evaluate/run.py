@@ -69,7 +69,8 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
             head = nn.Linear(_feature_dim(student, train, device), train.num_classes)
             result = finetune(student, head, train.images, train.labels, subset, test.images, test.labels,
                               train.mean, train.std, epochs=settings["epochs"], lr=settings["lr"],
-                              batch_size=settings["batch_size"], seed=config["seed"], device=device)
+                              batch_size=settings["batch_size"], seed=config["seed"], device=device,
+                              augment=_finetune_augmentation(settings.get("crop_scale"), config["seed"]))
             percent = f"{100 * fraction:g}".replace(".", "_")
             metrics[f"semisup{percent}_top1"] = result["finetune_top1"]
             metrics[f"semisup{percent}_top5"] = result["finetune_top5"]
@@ -124,6 +125,17 @@ def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any]
         mean, std = sum(data.mean) / len(data.mean), sum(data.std) / len(data.std)
         data.mean, data.std = (mean,) * channels, (std,) * channels
     return data
+
+
+def _finetune_augmentation(crop_scale, seed: int):
+    """The fine-tuning views of the semi-supervised protocol (SimCLR's: random resized crop and flip),
+    drawn from a generator of their own so that a repeated evaluation sees the same crops."""
+    if not crop_scale:
+        return None
+    from seedrun.augment import crop_and_flip
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    return lambda x: crop_and_flip(x, tuple(crop_scale), flip=True, generator=generator)
 
 
 def _feature_dim(backbone: nn.Module, data, device) -> int:
