@@ -282,11 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run SEED self-supervised distillation sweeps locally or on Slurm, record every run "
                     "in a database, and rebuild the paper's tables from it.",
     )
-    parser.add_argument("--db", help="SQLAlchemy URL of the run database (default: $SEEDRUN_DB or "
-                                     "sqlite:///$SEEDRUN_HOME/seedrun.db, SEEDRUN_HOME defaulting to ./.seedrun)")
+    db_help = ("SQLAlchemy URL of the run database (default: $SEEDRUN_DB or sqlite:///$SEEDRUN_HOME/seedrun.db, "
+               "SEEDRUN_HOME defaulting to ./.seedrun)")
+    parser.add_argument("--db", help=db_help)
+    # --db also after the command (`seedrun status --db URL`), as people type it
+    with_db = argparse.ArgumentParser(add_help=False)
+    with_db.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("sweep", help="expand a sweep file into runs and run them (locally) or submit them (Slurm)",
+    p = sub.add_parser("sweep", parents=[with_db], help="expand a sweep file into runs and run them (locally) or submit them (Slurm)",
                        description="Check a sweep file, record its runs and run them locally (then print the "
                                    "sweep's table) or submit them to Slurm (and return). Exit 0 when every run "
                                    "completed or was submitted, 1 when a local run failed or was blocked by a "
@@ -299,13 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and cache locations)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="where every run stands: counts per state and a row per run")
+    p = sub.add_parser("status", parents=[with_db], help="where every run stands: counts per state and a row per run")
     p.add_argument("sweep", nargs="?", help="only this sweep")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-reconcile", action="store_true", help="do not ask Slurm about in-flight jobs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("table", help="rebuild one of the paper's tables from the recorded runs")
+    p = sub.add_parser("table", parents=[with_db], help="rebuild one of the paper's tables from the recorded runs")
     p.add_argument("--ablation", help="table name (see --list)")
     p.add_argument("--format", default="rich", choices=["rich", "markdown", "latex", "csv"])
     p.add_argument("--paper", action="store_true", help="show the paper's published values next to ours")
@@ -314,25 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("eval", help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
+    p = sub.add_parser("eval", parents=[with_db], help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
     p.add_argument("target", help="a sweep name or a run hash prefix")
     p.add_argument("--protocol", required=True, choices=["knn", "linear", "semisup", "transfer"])
     p.add_argument("--retry-failed", action="store_true", help="rerun evaluations that failed")
     p.add_argument("--data-root", help="folder holding the data sets")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("logs", help="a run's state, failure, budget events and logs (every attempt)")
+    p = sub.add_parser("logs", parents=[with_db], help="a run's state, failure, budget events and logs (every attempt)")
     p.add_argument("run", metavar="RUN", help="run hash or prefix (at least 4 hex digits)")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("retry", help="resubmit failed runs through the launcher they were recorded with")
+    p = sub.add_parser("retry", parents=[with_db], help="resubmit failed runs through the launcher they were recorded with")
     p.add_argument("--failed", action="store_true", help="failed, blocked, cancelled and lost runs")
     p.add_argument("--reason", help="only this failure_reason: out_of_memory, nan_loss, timeout, preempted, "
                                     "node_fail, cancelled, exception, blocked")
     p.add_argument("--sweep", help="only this sweep's runs")
     p.set_defaults(func=cmd_retry)
 
-    p = sub.add_parser("cancel", help="cancel a sweep's unfinished runs or one run (one scancel)")
+    p = sub.add_parser("cancel", parents=[with_db], help="cancel a sweep's unfinished runs or one run (one scancel)")
     p.add_argument("target", metavar="SWEEP|RUN")
     p.set_defaults(func=cmd_cancel)
 

@@ -46,7 +46,12 @@ def connect(url: str):
         return connection, "?"
     from sqlalchemy import create_engine
 
-    return create_engine(url).raw_connection(), "%s"
+    try:
+        return create_engine(url).raw_connection(), "%s"
+    except Exception as exc:  # unknown kind of database, no driver, no server (the driver's own errors too)
+        from seedrun.errors import database_error
+
+        raise database_error(url, exc) from exc
 
 
 def parse_json(value: Any) -> Any:

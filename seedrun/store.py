@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from seedrun.errors import database_error
 from seedrun.schema import Base, Run
 from seedrun.settings import settings_of
 from seedrun.states import default_db_url, seedrun_home  # noqa: F401  (re-exported; they need no SQLAlchemy)
@@ -37,15 +38,22 @@ def engine_for(url: str, create: bool = True) -> Engine:
     """One engine per URL per process; tables are created on first use when `create` is set."""
     if url in _engines:
         return _engines[url]
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not create and not path.exists():
-            raise FileNotFoundError(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-        event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if not create and not path.exists():
+                raise FileNotFoundError(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect():  # a server that is down or a URL that is wrong fails here, before any work
+            pass
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # unknown kind of database, no driver, no server (the driver's own errors too)
+        raise database_error(url, exc) from exc
     Base.metadata.create_all(engine)
     _upgrade(engine)
     _engines[url] = engine

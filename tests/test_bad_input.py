@@ -64,3 +64,18 @@ def test_unknown_table_is_exit_2(cli):
     result = cli("table", "--ablation", "temprature", check=False)
     assert result.returncode == 2
     assert "no table 'temprature'; known tables: main, teacher, distillation, temperature" in result.stderr
+
+
+@pytest.mark.parametrize("url, says", [
+    ("bogus://x", "Can't load plugin: sqlalchemy.dialects:bogus"),
+    ("postgresql+psycopg2://me:secret@127.0.0.1:1/runs", "Connection refused"),
+])
+def test_a_database_that_cannot_be_opened_is_one_line_exit_2(cli, tmp_path, url, says):
+    sweep = write_sweep(tmp_path / "good.yaml", GOOD + "grid:\n  distill.tau_teacher: [0.1]\n")
+    for args in (["status"], ["status", "--json"], ["table", "--ablation", "lr"], ["sweep", str(sweep)],
+                 ["--db", url, "status"]):
+        result = cli(*args, *(["--db", url] if "--db" not in args else []), check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: --db: ") and says in line and "secret" not in line, line
+    assert not cli.db.exists()
