@@ -19,9 +19,9 @@ def _db_url(args) -> str:
 
 def _db_exists(url: str) -> bool:
     if url.startswith("sqlite:///"):
-        from pathlib import Path
+        import os
 
-        return Path(url.removeprefix("sqlite:///")).exists()
+        return os.path.exists(url.removeprefix("sqlite:///"))
     return True
 
 

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from typing import Any, Optional
 
-from seedrun.records import connect, has_settings, in_flight_runs, load_records, states_of
+from seedrun.records import SWEEPLESS, connect, has_settings, in_flight_runs, load_records, states_of
 
 from seedrun.states import STATES
 
@@ -152,7 +152,7 @@ _RUNS_JSON_SQL = """
     FROM runs r {rest}
 """
 _MEMBERS = "JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id {where} ORDER BY sr.sweep_id, sr.position"
-_SWEEPLESS = "WHERE NOT EXISTS (SELECT 1 FROM sweep_runs sr WHERE sr.run_id = r.id) ORDER BY r.id"
+_SWEEPLESS = f"WHERE {SWEEPLESS} ORDER BY r.id"
 
 
 def _run_as_json(record) -> str:
@@ -187,9 +187,7 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
 
 def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
     if db_url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(db_url.removeprefix("sqlite:///")).exists():
+        if not os.path.exists(db_url.removeprefix("sqlite:///")):
             print(json.dumps({"counts": {}, "runs": []}) if as_json else f"no runs recorded yet ({db_url})")
             return 0
     if check_jobs:
