@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import closing
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from seedrun.settings import SETTING_KEYS
 from seedrun.states import IN_FLIGHT
@@ -67,14 +67,38 @@ def _parse_all(values: list) -> list:
 
 # Runs that no sweep names. Written so that SQLite finds their ids in a small index (ix_runs_state)
 # rather than by scanning the wide runs rows: 3 ms instead of 18 at 10,000 runs.
-SWEEPLESS = "r.id IN (SELECT r2.id FROM runs r2 WHERE r2.id NOT IN (SELECT run_id FROM sweep_runs))"
+_SWEEPLESS = "r.id IN (SELECT r2.id FROM runs r2 WHERE r2.id NOT IN (SELECT run_id FROM sweep_runs))"
 
-_RUNS_SQL = """
-    SELECT r.id, r.hash, r.stage, r.state, r.epoch, r.finished_at, r.error, r.failure_reason, r.job_id,
-           {values}, {sweep_columns}
-    FROM runs r {sweep_join}
-    {where} {order}
-"""
+
+def _where(conditions: list[str]) -> str:
+    return ("WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+def listed_rows(cursor, select: Callable[[str, str], str], mark: str, sweep: Optional[str] = None,
+                conditions: Sequence[str] = (), params: Sequence[Any] = ()) -> list[tuple]:
+    """Rows in the order status lists runs: each sweep's runs in the sweep's order, a run in several
+    sweeps once (under the first), and, when no sweep is named, the runs no sweep names last.
+
+    `select(sweep_name_sql, axes_sql)` is a "SELECT ... FROM runs r" whose first column is r.id; it
+    gets the sweep's name and the run's axes as SQL expressions (NULL for runs no sweep names).
+    """
+    conditions, params = list(conditions), list(params)
+    named = conditions + ([f"s.name = {mark}"] if sweep is not None else [])
+    cursor.execute(f"{select('s.name', 'sr.axes')} JOIN sweep_runs sr ON sr.run_id = r.id "
+                   f"JOIN sweeps s ON s.id = sr.sweep_id {_where(named)} "
+                   "ORDER BY sr.sweep_id, sr.position",  # ix_sweep_runs_order: no sort
+                   params + ([sweep] if sweep is not None else []))
+    fetched = cursor.fetchall()
+    if sweep is None:  # runs an edited sweep file dropped: listed last, sweepless
+        cursor.execute(f"{select('NULL', 'NULL')} {_where(conditions + [_SWEEPLESS])} ORDER BY r.id", params)
+        fetched += cursor.fetchall()
+    first: dict[Any, tuple] = {}
+    for row in fetched:
+        first.setdefault(row[0], row)
+    return list(first.values())
+
+
+_RUN_COLUMNS = "r.id, r.hash, r.stage, r.state, r.epoch, r.finished_at, r.error, r.failure_reason, r.job_id"
 
 
 def names_only(names: list[str]) -> None:
@@ -116,15 +140,9 @@ def _nester(keys: list[str]):
 
 
 def _settings_nester(keys: list[str]):
-    """Like _nester, for the parsed runs.settings object: the nested config of just these keys."""
-    def nest(settings: Optional[dict[str, Any]]) -> dict[str, Any]:
-        config: dict[str, Any] = {}
-        for key in keys:
-            section, name = key.split(".")
-            config.setdefault(section, {})[name] = (settings or {}).get(key)
-        return config
-
-    return nest
+    """Like _nester, for the parsed runs.settings object ({dotted key: value})."""
+    nest = _nester(keys)
+    return lambda settings: nest([(settings or {}).get(key) for key in keys])
 
 
 def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = None,
@@ -164,40 +182,20 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     else:
         summary_sql = "r.summary"
     width = len(metrics) if metrics else 1
-    joined = with_axes or sweep is not None
     with closing(connection):
         cursor = connection.cursor()
-        conditions, params = [], []
-        if sweep is not None:
-            conditions.append(f"s.name = {mark}")
-            params.append(sweep)
-        if stage is not None:
-            conditions.append(f"r.stage = {mark}")
-            params.append(stage)
-        sql = _RUNS_SQL.format(
-            values=f"{config_sql}, {summary_sql}",
-            sweep_columns="sr.axes, s.name" if joined else "NULL, NULL",
-            sweep_join="JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id" if joined else "",
-            where=("WHERE " + " AND ".join(conditions)) if conditions else "",
-            order="ORDER BY sr.sweep_id, sr.position" if joined else "ORDER BY r.id",  # ix_sweep_runs_order
-        )
-        cursor.execute(sql, params)
-        fetched = cursor.fetchall()
-        if joined and sweep is None:
-            # Runs no sweep names any more (an edited sweep file dropped them): listed last, sweepless.
-            cursor.execute(_RUNS_SQL.format(
-                values=f"{config_sql}, {summary_sql}", sweep_columns="NULL, NULL", sweep_join="",
-                where="WHERE " + " AND ".join(conditions + [SWEEPLESS]),
-                order="ORDER BY r.id"), params)
-            fetched += cursor.fetchall()
+        conditions, params = ([f"r.stage = {mark}"], [stage]) if stage is not None else ([], [])
+        columns = f"{_RUN_COLUMNS}, {config_sql}, {summary_sql}"
+        if with_axes or sweep is not None:
+            rows = listed_rows(cursor, lambda name, axes: f"SELECT {columns}, {axes}, {name} FROM runs r", mark,
+                               sweep, conditions, params)
+        else:
+            cursor.execute(f"SELECT {columns}, NULL, NULL FROM runs r {_where(conditions)} ORDER BY r.id", params)
+            rows = cursor.fetchall()
         if from_settings:
             nest = _settings_nester(keys)
         else:
             nest = _nester(keys) if keys is not None else None
-        first: dict[int, tuple] = {}
-        for row in fetched:  # a run in several sweeps: its first membership wins
-            first.setdefault(row[0], row)
-        rows = list(first.values())
         configs = [row[9] for row in rows]
         if nest is not None:
             # Runs of one setting (seeds, say) extract the same values: parse each distinct text once.

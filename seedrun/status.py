@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from typing import Any, Optional
 
-from seedrun.records import SWEEPLESS, connect, has_settings, in_flight_runs, load_records, states_of
+from seedrun.records import connect, has_settings, in_flight_runs, listed_rows, load_records, states_of
 
 from seedrun.states import STATES
 
@@ -142,17 +142,14 @@ def _check_sweep(db_url: str, sweep: Optional[str], runs: list) -> None:
 
 # One JSON object per run, made by SQLite (json_object in C is ten times faster than json.dumps on
 # 10,000 runs); its fields are those of _run_as_json, which makes them elsewhere.
-_RUNS_JSON_SQL = """
+_RUN_JSON_SQL = """
     SELECT r.id, r.state, json_object(
         'hash', r.hash, 'sweep', {sweep}, 'stage', r.stage, 'state', r.state, 'epoch', r.epoch,
         'epochs', json_extract(r.settings, CASE r.stage WHEN 'pretrain' THEN '$."pretrain.epochs"'
                                                         ELSE '$."distill.epochs"' END),
         'axes', json(coalesce({axes}, '{{}}')), 'metrics', json(coalesce(r.summary, '{{}}')),
         'job_id', r.job_id, 'failure_reason', r.failure_reason, 'error', r.error)
-    FROM runs r {rest}
-"""
-_MEMBERS = "JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps s ON s.id = sr.sweep_id {where} ORDER BY sr.sweep_id, sr.position"
-_SWEEPLESS = f"WHERE {SWEEPLESS} ORDER BY r.id"
+    FROM runs r"""
 
 
 def _run_as_json(record) -> str:
@@ -172,16 +169,8 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
         with closing(connection):
             cursor = connection.cursor()
             if has_settings(cursor):
-                cursor.execute(_RUNS_JSON_SQL.format(sweep="s.name", axes="sr.axes", rest=_MEMBERS.format(
-                    where="WHERE s.name = ?" if sweep is not None else "")), [sweep] if sweep is not None else [])
-                fetched = cursor.fetchall()
-                if sweep is None:  # and, last, the runs that no sweep names any more
-                    cursor.execute(_RUNS_JSON_SQL.format(sweep="NULL", axes="NULL", rest=_SWEEPLESS))
-                    fetched += cursor.fetchall()
-                first: dict[int, tuple[str, str]] = {}
-                for run_id, state, text in fetched:  # a run in several sweeps: its first wins
-                    first.setdefault(run_id, (state, text))
-                return list(first.values())
+                rows = listed_rows(cursor, lambda name, axes: _RUN_JSON_SQL.format(sweep=name, axes=axes), "?", sweep)
+                return [(state, text) for _, state, text in rows]
     return [(record.state, _run_as_json(record)) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS)]
 
 

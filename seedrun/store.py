@@ -38,20 +38,18 @@ def engine_for(url: str, create: bool = True) -> Engine:
     """One engine per URL per process; tables are created on first use when `create` is set."""
     if url in _engines:
         return _engines[url]
+    sqlite_path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if sqlite_path is not None and not create and not sqlite_path.exists():
+        raise FileNotFoundError(sqlite_path)
     try:
-        if url.startswith("sqlite:///"):
-            path = Path(url.removeprefix("sqlite:///"))
-            if not create and not path.exists():
-                raise FileNotFoundError(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if sqlite_path is not None:
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         with engine.connect():  # a server that is down or a URL that is wrong fails here, before any work
             pass
-    except FileNotFoundError:
-        raise
     except Exception as exc:  # unknown kind of database, no driver, no server (the driver's own errors too)
         raise database_error(url, exc) from exc
     Base.metadata.create_all(engine)
