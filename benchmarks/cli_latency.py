@@ -23,11 +23,11 @@ TARGET_S = 0.3
 
 
 def build_database(url: str) -> None:
-    from seedrun.schema import Metric, Run, Sweep, SweepRun
-    from seedrun.store import engine_for
+    from seedrun.store.schema import Metric, Run, Sweep, SweepRun
+    from seedrun.store.engine import engine_for
     from sqlalchemy import insert
 
-    from seedrun.compose import compose_config
+    from seedrun.sweeps.compose import compose_config
 
     engine = engine_for(url)
     rng = random.Random(0)

@@ -3,7 +3,7 @@
 Against the one-node test cluster (tests/cluster/start-slurm.sh, as root). A 1,000-run distillation
 sweep (5 teacher temperatures x 10 learning rates x 20 seeds, an official teacher checkpoint, so no
 pre-training stage) is submitted by a fresh process doing what `seedrun sweep` does once the sweep is
-expanded: read the plan, record the runs, submit (seedrun.submit.submit_slurm). Timed from the
+expanded: read the plan, record the runs, submit (seedrun.launchers.slurm.submit_slurm). Timed from the
 process's start to "all arrays submitted"; sbatch calls counted by a logging shim first on PATH.
 Target: under 3 s, 1 sbatch call.
 
@@ -42,9 +42,9 @@ CHILD = r"""
 import pickle, sys, time
 t0 = float(sys.argv[2])
 from rich.console import Console
-from seedrun.plan import read_plan, record
-from seedrun.submit import submit_slurm
-from seedrun.store import default_db_url
+from seedrun.store.plan import read_plan, record
+from seedrun.launchers.slurm import submit_slurm
+from seedrun.store.locations import default_db_url
 phases = [("imports", time.time())]
 with open(sys.argv[1], "rb") as f:
     sweep = pickle.load(f)
@@ -54,7 +54,7 @@ phases.append(("read plan", time.time()))
 record(plan, db_url)
 phases.append(("record runs (plan.record)", time.time()))
 masters = submit_slurm(plan, plan.to_run(), db_url, None, Console(stderr=True))
-phases.append(("submit (seedrun.submit)", time.time()))
+phases.append(("submit (seedrun.launchers.slurm)", time.time()))
 previous = t0
 for name, at in phases:
     print(f"PHASE {at - previous:.3f} {name}", flush=True)
@@ -65,9 +65,9 @@ print(f"SUBMITTED {time.time() - t0:.3f} {','.join(masters)}", flush=True)
 
 def build_sweep(teacher: str):
     """1,000 distillation runs as `seedrun sweep` would expand them (one compose, then the grid)."""
-    from seedrun.compose import compose_config
-    from seedrun.spec import RunSpec
-    from seedrun.sweep import Sweep
+    from seedrun.sweeps.compose import compose_config
+    from seedrun.sweeps.spec import RunSpec
+    from seedrun.sweeps.sweep_file import Sweep
 
     overrides = ["data=tiny", f"teacher.checkpoint={teacher}", "teacher.width=8", "student.width=8", "launcher=slurm"]
     base = compose_config(overrides)
@@ -91,7 +91,7 @@ def baseline(folder: Path, teacher_sweep) -> float:
     """submitit, no batch: one sbatch per run (what a loop over executor.submit does)."""
     import submitit
 
-    from seedrun.job import RunJob
+    from seedrun.job.run_job import RunJob
 
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
     executor.update_parameters(timeout_min=60, slurm_partition="debug", cpus_per_task=1,

@@ -12,7 +12,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _db_url(args) -> str:
-    from seedrun.states import default_db_url
+    from seedrun.store.locations import default_db_url
 
     return args.db or default_db_url()
 
@@ -28,8 +28,8 @@ def _db_exists(url: str) -> bool:
 def cmd_sweep(args) -> int:
     from rich.console import Console
 
-    from seedrun.plan import read_plan, record
-    from seedrun.sweep import expand
+    from seedrun.store.plan import read_plan, record
+    from seedrun.sweeps.sweep_file import expand
 
     console = Console()
     sweep = expand(args.file, args.overrides, dry_run=args.dry_run, data_root=args.data_root)
@@ -64,12 +64,12 @@ def cmd_sweep(args) -> int:
     record(plan, db_url)
     todo = plan.to_run(retry_failed=args.retry_failed)
     if launcher == "slurm":
-        from seedrun.submit import submit_slurm
+        from seedrun.launchers.slurm import submit_slurm
 
         submit_slurm(plan, todo, db_url, args.data_root, console)
         return 0
     if todo:
-        from seedrun.launch import run_local
+        from seedrun.launchers.local import run_local
 
         outcome = run_local(plan, todo, db_url, args.data_root, console)
         console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
@@ -87,7 +87,7 @@ def cmd_sweep(args) -> int:
 
 def _print_references(db_url: str, sweep: str) -> None:
     """The sweep's teachers and baselines, and raw pixels: what a reader judges the table's numbers by."""
-    from seedrun.records import load_records
+    from seedrun.store.records import load_records
 
     for record in load_records(db_url, sweep=sweep, stage="pretrain"):
         p, top1 = record.config.get("pretrain", {}), record.metrics.get("knn_top1")
@@ -101,14 +101,14 @@ def _print_references(db_url: str, sweep: str) -> None:
 
 
 def _empty_plan(sweep):
-    from seedrun.plan import Plan
+    from seedrun.store.plan import Plan
 
     return Plan(sweep)
 
 
 def _table_groups(ablation: str, db_url: str, sweep: Optional[str]) -> list:
-    """The runs that can fill the table, grouped by the database (seedrun.groups.load_groups)."""
-    from seedrun.groups import load_groups
+    """The runs that can fill the table, grouped by the database (seedrun.store.groups.load_groups)."""
+    from seedrun.store.groups import load_groups
     from seedrun.tables import get_table
     from seedrun.tables.build import metric_names, stages
 
@@ -136,7 +136,7 @@ def _no_cycle_collection() -> None:
 
 
 def cmd_status(args) -> int:
-    from seedrun.status import show_status
+    from seedrun.views.status import show_status
 
     _no_cycle_collection()
     return show_status(_db_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
@@ -179,10 +179,10 @@ def cmd_eval(args) -> int:
     from rich.console import Console
 
     from seedrun.errors import InputError
-    from seedrun.plan import add_runs, read_plan
-    from seedrun.records import load_records
-    from seedrun.spec import RunSpec
-    from seedrun.sweep import Sweep, evaluation_run
+    from seedrun.store.plan import add_runs, read_plan
+    from seedrun.store.records import load_records
+    from seedrun.sweeps.spec import RunSpec
+    from seedrun.sweeps.sweep_file import Sweep, evaluation_run
 
     db_url = _db_url(args)
     if not _db_exists(db_url):
@@ -210,36 +210,36 @@ def cmd_eval(args) -> int:
         if not todo:
             continue
         if (specs[0].config.get("launcher") or {}).get("name") == "slurm":
-            from seedrun.submit import submit_slurm
+            from seedrun.launchers.slurm import submit_slurm
 
             submit_slurm(plan, todo, db_url, args.data_root, console)
         else:
-            from seedrun.launch import run_local
+            from seedrun.launchers.local import run_local
 
             run_local(plan, todo, db_url, args.data_root, console)
     return 0
 
 
 def cmd_logs(args) -> int:
-    from seedrun.manage import show_logs
+    from seedrun.views.logs import show_logs
 
     return show_logs(_db_url(args), args.run)
 
 
 def cmd_retry(args) -> int:
-    from seedrun.manage import retry
+    from seedrun.launchers.control import retry
 
     return retry(_db_url(args), failed=args.failed, reason=args.reason, sweep=args.sweep)
 
 
 def cmd_cancel(args) -> int:
-    from seedrun.manage import cancel
+    from seedrun.launchers.control import cancel
 
     return cancel(_db_url(args), args.target)
 
 
 def cmd_teacher_inspect(args) -> int:
-    from seedrun.checkpoints import format_inspection, inspect
+    from seedrun.models.teacher_inspect import format_inspection, inspect
 
     result = inspect(args.path)
     print(format_inspection(result))
@@ -255,12 +255,12 @@ def cmd_list(args) -> int:
     print("self-supervised methods (teacher training and student baselines):")
     for entry in METHODS:
         print(f"  {entry.name:<18} {entry.description}")
-    from seedrun.strategies import STRATEGIES
+    from seedrun.training.strategies import STRATEGIES
 
     print("distillation strategies:")
     for name, strategy in STRATEGIES.items():
         print(f"  {name:<18} {strategy.description}")
-    from seedrun.compose import recipe_groups
+    from seedrun.sweeps.compose import recipe_groups
 
     print("recipes:")
     for group, names in recipe_groups().items():

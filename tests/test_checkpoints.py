@@ -11,15 +11,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
-from seedrun.checkpoints import (
-    CheckpointError,
-    detect_format,
-    format_inspection,
-    guess_arch,
-    inspect,
-    load_teacher,
-    save_teacher,
-)
+from seedrun.models.model_file import save_model
+from seedrun.models.teacher_formats import CheckpointError, detect_format, guess_arch, load_teacher
+from seedrun.models.teacher_inspect import format_inspection, inspect
 from seedrun.models import create_backbone, mlp_head
 from seedrun.models.heads import bn_mlp_head, head_from_state_dict, simclr_head, swav_head, swav_hidden, teacher_head
 
@@ -138,7 +132,7 @@ def test_torchvision_layout(tmp_path):
 def test_seedrun_format_round_trip(tmp_path):
     src_bb, src_head, d = _source("resnet18", 16, "student", in_chans=1, small_images=True)
     path = tmp_path / "teacher.pt"
-    digest = save_teacher(path, src_bb, src_head, arch="resnet18", width=16, small_images=True, in_chans=1,
+    digest = save_model(path, src_bb, src_head, arch="resnet18", width=16, small_images=True, in_chans=1,
                           method="mocov2", extra={"epochs": 12})
     assert detect_format(torch.load(path, weights_only=True)) == "seedrun"
     bb, head, info = load_teacher(path, "resnet18", width=16, small_images=True, in_chans=1)
@@ -151,7 +145,7 @@ def test_seedrun_format_round_trip(tmp_path):
     _, _, info = load_teacher(path, None, width=None, small_images=None, in_chans=None)
     assert (info["arch"], info["width"], info["small_images"], info["in_chans"]) == ("resnet18", 16, True, 1)
     mobile, mobile_d = create_backbone("mobilenetv3_large", width=16, small_images=True)
-    save_teacher(tmp_path / "m.pt", mobile, None, arch="mobilenetv3_large", width=16, small_images=True, in_chans=3)
+    save_model(tmp_path / "m.pt", mobile, None, arch="mobilenetv3_large", width=16, small_images=True, in_chans=3)
     report = inspect(tmp_path / "m.pt")
     assert (report["verdict"], report["arch"], report["feature_dim"]) == ("ok", "mobilenetv3_large", mobile_d)
 

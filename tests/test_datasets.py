@@ -9,9 +9,9 @@ import struct
 import pytest
 import torch
 
-from seedrun.augment import augment
-from seedrun.compose import compose_config
-from seedrun.datasets import IDX_FILES, SYSTEM_FASHION_MNIST, DataNotFound, load, locate
+from seedrun.data.augment import augment
+from seedrun.sweeps.compose import compose_config
+from seedrun.data.datasets import IDX_FILES, SYSTEM_FASHION_MNIST, DataNotFound, load, locate
 from conftest import write_sweep
 
 

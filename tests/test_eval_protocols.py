@@ -385,7 +385,7 @@ def test_imagefolder_tensors(tmp_path) -> None:
 
 
 def test_finetune_crops_and_flips_every_batch_reproducibly(digits) -> None:
-    from seedrun.augment import crop_and_flip
+    from seedrun.data.augment import crop_and_flip
 
     x = normalize_batch(digits.train_images[:16], digits.mean, digits.std)
     first = crop_and_flip(x, (0.5, 1.0), True, torch.Generator().manual_seed(3))

@@ -514,11 +514,10 @@ def test_loss_decreases_under_sgd(name):
 
 
 def test_strategy_registry_is_torch_free_and_resolves():
-    code = "import sys, seedrun.strategies as s; assert 'torch' not in sys.modules; print(','.join(s.STRATEGIES))"
+    code = "import sys, seedrun.training.strategies as s; assert 'torch' not in sys.modules; print(','.join(s.STRATEGIES))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out.split(",") == ["seed", "binary_contrastive", "l2", "kmeans", "online_clustering", "seed_mocov2"]
-    from seedrun import strategies
-
+    from seedrun.training import strategies
     assert strategies.loss_for("seed") is seed_loss
     assert strategies.loss_for("l2") is l2_loss
     assert strategies.loss_module_for("online_clustering") is OnlineClusteringLoss

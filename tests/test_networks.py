@@ -78,7 +78,7 @@ def test_catalog_matches_registry():
         assert entry.description == CATALOG[name].description
         assert entry.role in ("teacher", "student", "both")
     assert set(catalog.TEACHER_METHOD_NAMES) == {"mocov2", "simclr", "swav"}
-    from seedrun.checkpoints import FORMATS
+    from seedrun.models.teacher_formats import FORMATS
     from seedrun.models.heads import TEACHER_HEADS
 
     for method in catalog.TEACHER_METHODS:

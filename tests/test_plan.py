@@ -1,4 +1,4 @@
-"""seedrun.plan on a real SQLite file: a sweep is what its file says now. Runs an edited file no longer
+"""seedrun.store.plan on a real SQLite file: a sweep is what its file says now. Runs an edited file no longer
 names leave the sweep; their results stay; rows that never ran and no sweep names go."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from conftest import TINY_SWEEP_BASE, write_sweep
-from seedrun.plan import add_runs, read_plan, record
-from seedrun.records import load_records
-from seedrun.schema import Run, SweepRun
-from seedrun.store import session_scope
-from seedrun.sweep import evaluation_run, expand
+from seedrun.store.plan import add_runs, read_plan, record
+from seedrun.store.records import load_records
+from seedrun.store.schema import Run, SweepRun
+from seedrun.store.engine import session_scope
+from seedrun.sweeps.sweep_file import evaluation_run, expand
 
 
 def _sweep(tmp_path, taus: str):

@@ -44,8 +44,7 @@ def postgres_url(postgres_server):
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {name}")
     yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
-    from seedrun import store
-
+    from seedrun.store import engine as store
     for url in [url for url in store._engines if name in url]:
         store._engines.pop(url).dispose()
     admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -1,4 +1,4 @@
-"""Tests of the SEED loss (seedrun.losses.seed) and the FIFO embedding queue (seedrun.queue)."""
+"""Tests of the SEED loss (seedrun.losses.seed) and the FIFO embedding queue (seedrun.training.queue)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from seedrun.losses import SEEDLoss, seed_loss
-from seedrun.queue import EmbeddingQueue
+from seedrun.training.queue import EmbeddingQueue
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""seedrun.slurm and submitit against the real one-node test cluster.
+"""seedrun.launchers.cluster and submitit against the real one-node test cluster.
 
 Needs root on Linux; the ``slurm_cluster`` fixture (tests/slurm_fixtures.py)
 starts the cluster, installing Slurm on first use. Run with the project venv's
@@ -17,8 +17,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from seedrun import slurm
-from seedrun.slurm import State
+from seedrun.launchers import cluster as slurm
+from seedrun.launchers.cluster import State
 
 pytestmark = pytest.mark.slurm
 

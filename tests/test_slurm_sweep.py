@@ -26,7 +26,7 @@ import cloudpickle
 import pytest
 
 from conftest import CLI, TINY_BASE, write_sweep
-from seedrun.job import RunJob
+from seedrun.job.run_job import RunJob
 
 pytestmark = pytest.mark.slurm
 
@@ -73,13 +73,13 @@ def teacher_file(tmp_path_factory) -> tuple[str, str]:
     """A teacher checkpoint file (random weights): distillation without a pre-training stage."""
     import torch
 
-    from seedrun.checkpoints import save_teacher
-    from seedrun.train import network
+    from seedrun.models.model_file import save_model
+    from seedrun.models.registry import create_network
 
     torch.manual_seed(0)
-    backbone, head, _ = network("resnet18", 8, True, 3, 128)
+    backbone, head, _ = create_network("resnet18", 8, True, 3, 128)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    digest = save_teacher(path, backbone, head, arch="resnet18", width=8, small_images=True, in_chans=3, method="mocov2")
+    digest = save_model(path, backbone, head, arch="resnet18", width=8, small_images=True, in_chans=3, method="mocov2")
     return str(path), digest
 
 
@@ -165,7 +165,7 @@ def test_preempted_and_requeued_runs_resume_bit_identical(slurm_cluster, cli, tm
 
 
 def test_cancelled_runs_show_as_cancelled_within_30s(slurm_cluster, cli, tmp_path, teacher_file):
-    from seedrun.manage import cancel
+    from seedrun.launchers.control import cancel
 
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
@@ -186,8 +186,7 @@ def test_cancelled_runs_show_as_cancelled_within_30s(slurm_cluster, cli, tmp_pat
     assert run["state"] == "cancelled" and run["failure_reason"] == "cancelled", run
 
     assert cancel(f"sqlite:///{cli.db}", by_seed[1]["hash"][:12]) == 0  # `seedrun cancel RUN`
-    from seedrun import slurm
-
+    from seedrun.launchers import cluster as slurm
     job_id = by_seed[1]["job_id"]
     states = wait_for(lambda: slurm.query_states([job_id]), lambda s: s[job_id].state is slurm.State.CANCELLED, 30)
     assert states[job_id].state is slurm.State.CANCELLED
@@ -247,12 +246,12 @@ class FastJob(RunJob):
 def test_32_tasks_finishing_together_all_record_their_results(slurm_cluster, home, tmp_path):
     from rich.console import Console
 
-    from seedrun.plan import read_plan, record
-    from seedrun.spec import RunSpec
-    from seedrun.status import reconcile
-    from seedrun.store import load_records
-    from seedrun.submit import submit_slurm
-    from seedrun.sweep import Sweep
+    from seedrun.store.plan import read_plan, record
+    from seedrun.sweeps.spec import RunSpec
+    from seedrun.launchers.reconcile import reconcile
+    from seedrun.store.records import load_records
+    from seedrun.launchers.slurm import submit_slurm
+    from seedrun.sweeps.sweep_file import Sweep
 
     db_url = f"sqlite:///{home / 'seedrun.db'}"
     barrier = tmp_path / "barrier"

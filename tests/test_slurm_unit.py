@@ -1,4 +1,4 @@
-"""Unit tests of seedrun.slurm: no cluster needed (Slurm commands are faked).
+"""Unit tests of seedrun.launchers.cluster: no cluster needed (Slurm commands are faked).
 
 The sacct/squeue texts below were captured from the test cluster
 (tests/cluster/start-slurm.sh, slurm-wlm 22.05 on Debian 12).
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from seedrun import slurm
-from seedrun.slurm import SlurmError, SlurmState, State
+from seedrun.launchers import cluster as slurm
+from seedrun.launchers.cluster import SlurmError, SlurmState, State
 
 # Captured ~1.5 s after submitting: 2 = 4-task array, 3 = `exit 3`,
 # 4 = sleeper, 5 = 6-task array with %2 throttle, 6 = 1-minute limit,

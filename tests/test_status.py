@@ -1,4 +1,4 @@
-"""seedrun.status on a real SQLite file: what the human table and --json say, and that the JSON made
+"""seedrun.views.status on a real SQLite file: what the human table and --json say, and that the JSON made
 by SQLite equals the JSON made from records (the path other databases take)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from seedrun import store
-from seedrun.schema import Run, Sweep, SweepRun
-from seedrun.status import _runs_as_json, show_status
+from seedrun.store import engine as store
+from seedrun.store.schema import Run, Sweep, SweepRun
+from seedrun.views.status import _runs_as_json, show_status
 
 
 def _config(stage: str, tau: float = 0.01, epochs: int = 200) -> dict:

@@ -23,11 +23,12 @@ import pytest
 from rich.console import Console
 
 from conftest import write_sweep
-from seedrun import job as jobmod
-from seedrun.plan import Plan, read_plan, record
-from seedrun.spec import RunSpec
-from seedrun.submit import ArrayPlan, dependency, executor_parameters, plan_arrays, slug, submit_slurm
-from seedrun.sweep import Sweep
+from seedrun.job import run_job as jobmod
+from seedrun.job.failures import AttemptOver, Stopped, classify_failure
+from seedrun.store.plan import Plan, read_plan, record
+from seedrun.sweeps.spec import RunSpec
+from seedrun.launchers.slurm import ArrayPlan, dependency, executor_parameters, plan_arrays, slug, submit_slurm
+from seedrun.sweeps.sweep_file import Sweep
 
 GOLDEN = Path(__file__).parent / "golden" / "sbatch"
 UPDATE_GOLDEN = os.environ.get("SEEDRUN_UPDATE_GOLDEN") == "1"
@@ -168,7 +169,7 @@ def test_1002_runs_are_two_sbatch_calls_recorded_in_one_go_and_not_submitted_aga
 def test_recording_a_submission_keeps_what_fast_jobs_recorded_themselves(home):
     import datetime as dt
 
-    from seedrun.submit import _record
+    from seedrun.launchers.slurm import _record
 
     db_url = db_url_for(home)
     runs = specs(4)
@@ -303,7 +304,7 @@ class StepJob(jobmod.RunJob):
                 raise self.fail_with
             if hooks.should_stop():
                 (run_dir / "checkpoint.pt").write_text(f"step {step}")  # what train.Loop does
-                raise jobmod.Stopped(f"stopped at step {step}")
+                raise Stopped(f"stopped at step {step}")
         hooks.epoch_end(1, {"loss": 1.0})
         return {"knn_top1": 50.0}
 
@@ -352,7 +353,7 @@ def test_usr2_checkpoints_at_a_step_boundary_then_hands_over_within_budget(home,
     usr2_handler(fake.checkpoint_and_try_requeue)
     job = StepJob(run_hash, db_url)
     job.signum = jobmod.submitit.JobEnvironment._usr_sig()
-    with pytest.raises((SystemExit, jobmod._Exit)):
+    with pytest.raises((SystemExit, AttemptOver)):
         job()
     row = run_row(db_url, run_hash)
     assert (Path(row["run_dir"]) / "checkpoint.pt").read_text() == "step 3"  # saved before handing over
@@ -409,16 +410,17 @@ def test_failures_are_classified_and_retried_only_within_budget(home, monkeypatc
 
 
 def test_classify_failure():
-    assert jobmod.classify_failure(RuntimeError("CUDA out of memory. Tried to allocate")) == "out_of_memory"
-    assert jobmod.classify_failure(FloatingPointError("loss is nan at step 3")) == "nan_loss"
-    assert jobmod.classify_failure(ValueError("bad")) == "exception"
+    assert classify_failure(RuntimeError("CUDA out of memory. Tried to allocate")) == "out_of_memory"
+    assert classify_failure(FloatingPointError("loss is nan at step 3")) == "nan_loss"
+    assert classify_failure(ValueError("bad")) == "exception"
 
 
 # ---- reconciliation and triage ----------------------------------------------------------------------
 
 def test_reconcile_classifies_jobs_that_died_without_recording(home, monkeypatch, fake_slurm):
-    from seedrun import slurm, status
-    from seedrun.slurm import SlurmState, State
+    from seedrun.launchers import cluster as slurm
+    from seedrun.launchers import reconcile
+    from seedrun.launchers.cluster import SlurmState, State
 
     db_url = db_url_for(home)
     teacher = RunSpec("pretrain", {"t": 1, "launcher": SLURM_LAUNCHER})
@@ -441,7 +443,7 @@ def test_reconcile_classifies_jobs_that_died_without_recording(home, monkeypatch
         db.execute("update runs set state = 'failed' where hash = ?", (teacher.hash,))
     asked = []
     monkeypatch.setattr(slurm, "query_states", lambda ids: asked.append(list(ids)) or slurm_states)
-    assert status.reconcile(db_url) == 8
+    assert reconcile.reconcile(db_url) == 8
     assert len(asked) == 1  # one query for every job in flight
     with sqlite3.connect(home / "seedrun.db") as db:
         got = dict((job_id, (state, reason)) for job_id, state, reason in
@@ -454,7 +456,8 @@ def test_reconcile_classifies_jobs_that_died_without_recording(home, monkeypatch
 
 
 def test_logs_cancel_and_retry(home, fake_slurm, capsys):
-    from seedrun import manage
+    from seedrun.launchers import control as manage
+    from seedrun.views.logs import show_logs
     from seedrun.errors import InputError
 
     db_url = db_url_for(home)
@@ -470,11 +473,11 @@ def test_logs_cancel_and_retry(home, fake_slurm, capsys):
     # logs: by hash prefix, with the run's own log
     Path(run_row(db_url, runs[0].hash)["run_dir"]).mkdir(parents=True)
     (Path(run_row(db_url, runs[0].hash)["run_dir"]) / "log.txt").write_text("epoch 1/1 loss 4.2\n")
-    assert manage.show_logs(db_url, runs[0].hash[:10]) == 0
+    assert show_logs(db_url, runs[0].hash[:10]) == 0
     out = capsys.readouterr().out
     assert "cancelled (cancelled)" in out and "epoch 1/1 loss 4.2" in out
     with pytest.raises(InputError, match="no run whose hash starts with"):
-        manage.show_logs(db_url, "ffffffffffff")
+        show_logs(db_url, "ffffffffffff")
     # retry by reason: only the matching run is resubmitted (same submission path: one sbatch)
     with sqlite3.connect(home / "seedrun.db") as db:
         db.execute("update runs set state = 'failed', failure_reason = 'out_of_memory' where hash = ?", (runs[1].hash,))

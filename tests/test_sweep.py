@@ -7,8 +7,8 @@ import json
 import pytest
 
 from seedrun.errors import InputError
-from seedrun.spec import RunSpec, config_hash
-from seedrun.sweep import expand
+from seedrun.sweeps.spec import RunSpec, config_hash
+from seedrun.sweeps.sweep_file import expand
 from conftest import TINY_SWEEP_BASE, write_sweep
 
 BASE = "\n" + TINY_SWEEP_BASE

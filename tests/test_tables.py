@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from seedrun.groups import group_records
-from seedrun.records import RunRecord
+from seedrun.store.groups import group_records
+from seedrun.store.records import RunRecord
 from seedrun.tables import TABLES, build_table, list_tables, plot_table, render
 
 GOLDEN = Path(__file__).parent / "golden" / "tables"
@@ -256,8 +256,8 @@ def test_import_pulls_in_no_heavy_dependency():
 
 def _write(url: str, records: list[RunRecord], sweep: str = "fixture") -> None:
     """The records as rows of a seedrun database, in one sweep (through the ORM, as jobs write them)."""
-    from seedrun.schema import Run, Sweep, SweepRun
-    from seedrun.store import session_scope
+    from seedrun.store.schema import Run, Sweep, SweepRun
+    from seedrun.store.engine import session_scope
 
     with session_scope(url) as session:
         row = Sweep(name=sweep, ablation=None, path="fixture.yaml", axes=[])
@@ -272,7 +272,7 @@ def _write(url: str, records: list[RunRecord], sweep: str = "fixture") -> None:
 
 
 def _from_database(name: str, url: str, paper: bool = False, sweep: str | None = None):
-    from seedrun.groups import load_groups
+    from seedrun.store.groups import load_groups
     from seedrun.tables.build import metric_names, stages
 
     table = TABLES[name]
@@ -280,7 +280,7 @@ def _from_database(name: str, url: str, paper: bool = False, sweep: str | None =
 
 
 def test_every_key_a_table_reads_is_a_stored_setting():
-    from seedrun.settings import SETTING_KEYS
+    from seedrun.sweeps.settings import SETTING_KEYS
     from seedrun.tables.build import config_keys
 
     for name, definition in TABLES.items():
@@ -314,9 +314,9 @@ def test_a_sweep_picks_its_own_runs_from_the_database(tmp_path):
 def test_a_database_from_before_runs_settings_still_reads_and_is_upgraded(tmp_path):
     import sqlite3
 
-    from seedrun import store
-    from seedrun.records import load_records
-    from seedrun.settings import settings_of
+    from seedrun.store import engine as store
+    from seedrun.store.records import load_records
+    from seedrun.sweeps.settings import settings_of
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     records = fixture_records()
@@ -341,10 +341,10 @@ def test_a_database_from_before_runs_settings_still_reads_and_is_upgraded(tmp_pa
 
 
 def test_a_diverged_loss_does_not_break_reading(tmp_path):
-    from seedrun.groups import load_groups
-    from seedrun.records import load_records
-    from seedrun.schema import Run, record_metrics
-    from seedrun.store import session_scope
+    from seedrun.store.groups import load_groups
+    from seedrun.store.records import load_records
+    from seedrun.store.schema import Run, record_metrics
+    from seedrun.store.engine import session_scope
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     record = distill(tau=0.1, metrics={})

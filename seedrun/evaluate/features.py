@@ -4,10 +4,9 @@
 converting each batch to float and normalising it on the fly (the whole float copy of the data set
 is never made). ``cached_features`` stores the result of any computation as a ``.pt`` file named by
 the SHA-256 of a key (checkpoint hash, data set, split, transform, ...), so that k-NN, the linear
-probes and the sweeps reuse one extraction. Files are written atomically (temporary file in the
-same directory, flush + fsync, ``os.replace``, fsync of the directory): a reader sees either no
-file or a whole one, and concurrent writers of the same key just replace each other's identical
-result.
+probes and the sweeps reuse one extraction. Files are written atomically (seedrun.atomic): a reader
+sees either no file or a whole one, and concurrent writers of the same key just replace each other's
+identical result.
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from seedrun.atomic import atomic_torch_save
 
 __all__ = [
     "cache_key",
@@ -173,37 +173,5 @@ def cached_features(
         if isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT and stored.get("key") == key:
             return stored["value"]
     value = compute()
-    _atomic_save({"format": CACHE_FORMAT, "key": key, "value": value}, path)
+    atomic_torch_save({"format": CACHE_FORMAT, "key": key, "value": value}, path)
     return value
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from seedrun.datasets import load
+from seedrun.data.datasets import load
 from seedrun.evaluate.features import cached_features, extract_features, file_sha256
 from seedrun.evaluate.knn import knn_variants
 from seedrun.evaluate.linear import linear_probe
@@ -25,7 +25,7 @@ PROTOCOLS = ("knn", "linear", "semisup", "transfer")
 
 
 def _features(model_path: Path, backbone: nn.Module, images, mean, std, what: dict[str, Any], device) -> torch.Tensor:
-    from seedrun.store import seedrun_home
+    from seedrun.store.locations import seedrun_home
 
     key = {"checkpoint_sha256": file_sha256(model_path), **what}
     return cached_features(seedrun_home() / "features", key,
@@ -34,7 +34,8 @@ def _features(model_path: Path, backbone: nn.Module, images, mean, std, what: di
 
 def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root: Optional[str] = None,
              log=print) -> dict[str, float]:
-    from seedrun.train import MODEL, load_own_model, setup_torch
+    from seedrun.models.model_file import MODEL, load_own_model
+    from seedrun.training.loop import setup_torch
 
     device = setup_torch(config)
     protocol, settings, data_cfg = config["protocol"], config["settings"], config["data"]
@@ -132,7 +133,7 @@ def _finetune_augmentation(crop_scale, seed: int):
     drawn from a generator of their own so that a repeated evaluation sees the same crops."""
     if not crop_scale:
         return None
-    from seedrun.augment import crop_and_flip
+    from seedrun.data.augment import crop_and_flip
 
     generator = torch.Generator().manual_seed(seed + 1)
     return lambda x: crop_and_flip(x, tuple(crop_scale), flip=True, generator=generator)

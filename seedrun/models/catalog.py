@@ -27,7 +27,7 @@ class NetworkInfo:
 class TeacherMethod:
     name: str
     description: str
-    checkpoint_format: str  # the seedrun.checkpoints format its official release uses
+    checkpoint_format: str  # the seedrun.models.teacher_formats format its official release uses
     head: str  # the projection head on the released checkpoint
     reference: dict = field(default_factory=dict)  # the method paper's ImageNet pre-training settings
 

@@ -3,7 +3,7 @@
 Every builder has the signature ``(*, small_images: bool, in_chans: int, width: int) -> (module, d)``;
 the module maps (N, in_chans, H, W) images to (N, d) pooled features. No pretrained weights are ever
 downloaded: every network starts from its random initialisation and official weights come in through
-seedrun.checkpoints.
+seedrun.models.teacher_formats.
 
 ``width`` is the base width, 64 in the paper:
 - ResNets: the stem and first stage have ``width`` channels, stages double it (64-128-256-512), so

@@ -46,3 +46,12 @@ def list_networks() -> list[NetworkEntry]:
     from seedrun.models import networks  # noqa: F401
 
     return sorted(NETWORKS.values(), key=lambda e: e.name)
+
+
+def create_network(arch: str, width: int, small_images: bool, channels: int, dim: int,
+                   head_layers: int = 2) -> tuple[nn.Module, nn.Module, int]:
+    """A backbone with SEED's MLP projection head on top: (backbone, head, d)."""
+    from seedrun.models.heads import mlp_head
+
+    backbone, d = create_backbone(arch, small_images=small_images, in_chans=channels, width=width)
+    return backbone, mlp_head(d, dim, layers=head_layers), d

@@ -7,7 +7,7 @@
     plot_table(name, groups, path)      PNG (plot.py; imports matplotlib only when called)
 
 No torch, hydra or sqlalchemy here: `seedrun table` must start fast. Runs come in as
-seedrun.groups.RunGroup objects: from the database by load_groups, from records by group_records.
+seedrun.store.groups.RunGroup objects: from the database by load_groups, from records by group_records.
 """
 
 from __future__ import annotations

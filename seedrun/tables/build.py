@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from seedrun.settings import SETTING_KEYS
+from seedrun.sweeps.settings import SETTING_KEYS
 from seedrun.tables.definitions import Column, Filter, Row, TableDef, get_table, paper_entry, paper_citation
 
 if TYPE_CHECKING:
-    from seedrun.groups import RunGroup
+    from seedrun.store.groups import RunGroup
 
 # Cell states besides the run states shown as they are.
 VALUE, MISSING, BLANK = "value", "missing", "blank"
@@ -245,7 +245,7 @@ def _gain_cell(cell: Optional[Cell], baseline: Optional[Cell], paper: Optional[f
 # ---- building --------------------------------------------------------------------------------
 
 def config_keys(table: TableDef) -> set[str]:
-    """Every dotted config key the table reads; all of them must be settings (seedrun.settings)."""
+    """Every dotted config key the table reads; all of them must be settings (seedrun.sweeps.settings)."""
     keys = set(SETTING_KEYS) | set(table.fixed) | ({table.axis} if table.axis else set())
     for row in table.rows:
         if row.kind == "runs":
@@ -267,7 +267,7 @@ def stages(table: TableDef) -> Optional[set[str]]:
 
 
 def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
-    """The table from runs grouped by stage, state and settings (seedrun.groups: load_groups, group_records)."""
+    """The table from runs grouped by stage, state and settings (seedrun.store.groups: load_groups, group_records)."""
     published = paper_entry(table.name) if paper else {"values": {}}
     wanted = stages(table)
     index = _Index(_group_by_setting(group for group in groups if wanted is None or group.stage in wanted))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, Union
 from seedrun.tables.build import VALUE, Cell, TableData, build_table
 
 if TYPE_CHECKING:
-    from seedrun.groups import RunGroup
+    from seedrun.store.groups import RunGroup
 
 
 def _headline_metric(data: TableData) -> str:

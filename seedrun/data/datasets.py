@@ -1,7 +1,7 @@
 """Data sets as in-memory uint8 tensors: Fashion-MNIST (IDX files), ImageFolder trees, a generated tiny set.
 
 Small data sets are held whole in memory as uint8 (N, C, H, W) and augmented a batch at a time on the
-tensor (seedrun.augment), which costs under 1% of a step; decoding JPEGs per image would dominate.
+tensor (seedrun.data.augment), which costs under 1% of a step; decoding JPEGs per image would dominate.
 
 Where Fashion-MNIST is found, in order: data.root; --data-root / $SEEDRUN_DATA (the folder or its
 `fashion-mnist/` sub-folder); Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist); the

@@ -1,5 +1,5 @@
 """Distillation objectives: what the student optimises, one class a strategy, chosen by
-`distill.strategy` (names and formulas in seedrun.strategies and seedrun.losses).
+`distill.strategy` (names and formulas in seedrun.training.strategies and seedrun.losses).
 
 Each objective sees a step as: the student's and the frozen teacher's normalised embeddings of one
 augmented view, the queue of past teacher embeddings, and the batch's dataset indices. Objectives
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, binary_contrastive_loss, infonce_loss,
                             l2_loss, seed_loss)
-from seedrun.queue import EmbeddingQueue
+from seedrun.training.queue import EmbeddingQueue
 
 
 class LossWithState(nn.Module):

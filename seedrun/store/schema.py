@@ -13,8 +13,8 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from seedrun.settings import settings_of
-from seedrun.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING,  # noqa: F401
+from seedrun.sweeps.settings import settings_of
+from seedrun.store.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING,  # noqa: F401
                             STATES, SUBMITTED)
 
 
@@ -55,7 +55,7 @@ class Run(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     run_dir: Mapped[str] = mapped_column(Text)
     config: Mapped[dict[str, Any]] = mapped_column()
-    # The config's experiment settings, flat (seedrun.settings): what tables group by and status shows.
+    # The config's experiment settings, flat (seedrun.sweeps.settings): what tables group by and status shows.
     # Never set by hand: configs do not change once recorded, and this follows the config.
     settings: Mapped[Optional[dict[str, Any]]] = mapped_column(default=_settings_of_inserted)
     depends_on: Mapped[Optional[str]] = mapped_column(String(64))  # hash of the upstream run

@@ -4,8 +4,8 @@ a DB-API connection, no ORM.
 Importing SQLAlchemy's ORM costs more than these commands' whole latency budget (0.3 s at 10,000
 runs), so the read path talks SQL directly: through the standard library's sqlite3 (read-only) for
 SQLite, and through SQLAlchemy Core's raw connection for any other URL. Writes go through the ORM
-models in seedrun.schema; the column names used here are theirs. Tables read runs grouped instead
-(seedrun.groups). Nothing here imports dataclasses or pathlib: `seedrun status` starts faster.
+models in seedrun.store.schema; the column names used here are theirs. Tables read runs grouped instead
+(seedrun.store.groups). Nothing here imports dataclasses or pathlib: `seedrun status` starts faster.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 from contextlib import closing
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
-from seedrun.settings import SETTING_KEYS
-from seedrun.states import IN_FLIGHT
+from seedrun.sweeps.settings import SETTING_KEYS
+from seedrun.store.states import IN_FLIGHT
 
 
 class RunRecord(NamedTuple):

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from seedrun.compose import check_overrides, compose_config
+from seedrun.sweeps.compose import check_overrides, compose_config
 from seedrun.errors import InputError
-from seedrun.spec import RunSpec, evaluation_config, pretrain_config
+from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
 
@@ -257,7 +257,7 @@ def _check_path(target: str, path: str, key: str, what: str, dry_run: bool, warn
 
 
 def _check_data(data: dict, path: str, dry_run: bool, warnings: list[str], data_root: Optional[str]) -> None:
-    from seedrun.datasets import DataNotFound, locate
+    from seedrun.data.datasets import DataNotFound, locate
 
     try:
         locate(data, data_root)

@@ -1,5 +1,4 @@
-"""Triage and control of recorded runs: `seedrun logs RUN`, `seedrun retry --failed [--reason R]`,
-`seedrun cancel SWEEP|RUN`.
+"""Control of recorded runs: `seedrun retry --failed [--reason R]` and `seedrun cancel SWEEP|RUN`.
 
 Each function returns the command's exit status; bad input raises InputError (the CLI prints one
 line and exits 2). None of them imports torch.
@@ -9,21 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from sqlalchemy import select, update
 
 from seedrun.errors import InputError
-from seedrun.schema import (BLOCKED, CANCELLED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow, SweepRun,
+from seedrun.store.schema import (BLOCKED, CANCELLED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow, SweepRun,
                             utcnow)
-from seedrun.store import session_scope
+from seedrun.store.engine import session_scope
 
 RETRYABLE = (FAILED, BLOCKED, CANCELLED, LOST)
-LOG_TAIL_LINES = 40
 
 
-def _find_run(session, prefix: str, command: str) -> Run:
+def find_run(session, prefix: str, command: str) -> Run:
     prefix = prefix.strip().lower()
     if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
         raise InputError(command, "RUN", f"expected at least 4 hex digits of a run hash, got {prefix!r}")
@@ -36,52 +33,8 @@ def _find_run(session, prefix: str, command: str) -> Run:
     return matches[0]
 
 
-def _tail(path: Path, lines: int) -> Optional[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def show_logs(db_url: str, run_prefix: str) -> int:
-    """A run's state, failure and events, its own log (every attempt), and the tail of its last
-    attempt's Slurm/submitit stdout and stderr."""
-    with session_scope(db_url) as session:
-        run = _find_run(session, run_prefix, "logs")
-        prov: dict[str, Any] = dict(run.provenance or {})
-        state = run.state + (f" ({run.failure_reason})" if run.failure_reason else "")
-        print(f"run {run.hash}  {run.stage}  {state}  attempts {run.attempts}  job {run.job_id or '-'}")
-        counts = "  ".join(f"{key} {prov[key]}" for key in ("preemptions", "timeouts", "failures") if prov.get(key))
-        if counts:
-            print(f"  {counts}")
-        for event in prov.get("events") or []:
-            print(f"  {event.get('at', '')} attempt {event.get('attempt')}: {event.get('event')} ({event.get('detail', '')})")
-        if run.error:
-            print("error:")
-            print("\n".join("  " + line for line in run.error.splitlines()))
-        run_dir = Path(run.run_dir)
-    log = run_dir / "log.txt"
-    print(f"\n== {log}")
-    text = _tail(log, 10**6)
-    print(text if text is not None else "(no log yet: the run has not started)")
-    for key in ("log_out", "log_err"):
-        if prov.get(key):
-            path = Path(prov[key])
-            text = _tail(path, LOG_TAIL_LINES)
-            print(f"\n== {path} (last {LOG_TAIL_LINES} lines)")
-            print(text if text is not None else "(missing)")
-    if not prov.get("log_out") and (prov.get("submission") or {}).get("folder"):
-        print(f"\nsubmitted from {prov['submission']['folder']}")
-    return 0
-
-
 def _spec(run: Run):
-    from seedrun.spec import RunSpec
+    from seedrun.sweeps.spec import RunSpec
 
     config = {key: value for key, value in run.config.items() if key not in ("stage", "depends_on")}
     spec = RunSpec(run.stage, config, axes={}, depends_on=run.depends_on)
@@ -95,9 +48,9 @@ def retry(db_url: str, failed: bool = True, reason: Optional[str] = None, sweep:
     `seedrun sweep`. A blocked run whose teacher is retried is retried with it."""
     from rich.console import Console
 
-    from seedrun.plan import Plan
-    from seedrun.status import reconcile
-    from seedrun.sweep import Sweep
+    from seedrun.store.plan import Plan
+    from seedrun.launchers.reconcile import reconcile
+    from seedrun.sweeps.sweep_file import Sweep
 
     if not failed:
         raise InputError("retry", "--failed", "say which runs to retry: --failed")
@@ -130,11 +83,11 @@ def retry(db_url: str, failed: bool = True, reason: Optional[str] = None, sweep:
                     states={run.hash: run.state for run in runs})
         console.print(f"retrying {len(specs)} runs ({launcher_name})")
         if launcher_name == "slurm":
-            from seedrun.submit import submit_slurm
+            from seedrun.launchers.slurm import submit_slurm
 
             submit_slurm(plan, specs, db_url, data_root, console)
         else:
-            from seedrun.launch import run_local
+            from seedrun.launchers.local import run_local
 
             outcome = run_local(plan, specs, db_url, data_root, console)
             console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
@@ -152,7 +105,7 @@ def cancel(db_url: str, target: str) -> int:
             what = f"sweep {target}"
         else:
             try:
-                run = _find_run(session, target, "cancel")
+                run = find_run(session, target, "cancel")
             except InputError:
                 raise InputError("cancel", "SWEEP|RUN", f"no sweep named {target!r} and no run whose hash starts with it") from None
             what = f"run {run.hash[:12]}"
@@ -173,7 +126,7 @@ def cancel(db_url: str, target: str) -> int:
     local = [job_id.split(":", 1)[1] for _, job_id in targets if job_id and job_id.startswith(("local:", "pid:"))]
     status = 0
     if slurm_ids:
-        from seedrun.slurm import SlurmError, cancel as scancel
+        from seedrun.launchers.cluster import SlurmError, cancel as scancel
 
         try:
             scancel(slurm_ids)

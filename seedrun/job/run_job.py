@@ -31,10 +31,7 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import signal
 import socket
 import sys
@@ -47,34 +44,17 @@ import submitit
 from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from seedrun import __version__
-from seedrun.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, SUBMITTED, Run, record_metrics,
+from seedrun.store.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, SUBMITTED, Run, record_metrics,
                             utcnow)
-from seedrun.store import session_scope
+from seedrun.store.engine import session_scope
+from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event
+from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
+from seedrun.job.provenance import (accelerator, add_hours, job_environment, job_id, provenance, submitit_paths,
+                                    teacher_digest, teacher_file)
 
 LOG = "log.txt"
 #: After a SIGTERM the job waits this long for SIGKILL (Slurm's KillWait) or a USR2 before it exits.
 SIGTERM_WAIT_S = 120.0
-#: Events kept in provenance["events"].
-MAX_EVENTS = 50
-DEFAULT_BUDGETS = {"max_preemptions": -1, "max_timeouts": 3, "max_failures": 0}
-
-
-def classify_failure(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return "out_of_memory"
-    if isinstance(exc, FloatingPointError) or "nan" in text.lower().split():
-        return "nan_loss"
-    return "exception"
-
-
-class Stopped(Exception):
-    """Training stopped at a step boundary on request; a checkpoint has been written."""
-
-
-class _Exit(BaseException):
-    """The attempt is over and already recorded: leave without being recorded again as a failure."""
 
 
 class _RecordingHooks:
@@ -144,13 +124,13 @@ class RunJob(submitit.helpers.Checkpointable):
             return {}
         config, run_dir, stage, teacher_dir = start
         hooks = self._hooks = _RecordingHooks(self, run_dir)
-        hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {_job_id()}")
+        hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {job_id()}")
         try:
             results = self._train(stage, config, run_dir, hooks, teacher_dir)
         except Stopped:
             self._after_stop()
             raise
-        except _Exit:
+        except AttemptOver:
             raise
         except Exception as exc:
             self._after_failure(exc)
@@ -163,20 +143,24 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
                teacher_dir: Optional[Path]) -> dict[str, float]:
-        """The training itself (train.py); tests override this to record without training."""
-        from seedrun import train
+        """The training itself (seedrun.training); tests override this to record without training."""
+        from seedrun.training.loop import Interrupted
 
         try:
             if stage == "pretrain":
-                return train.pretrain(config, run_dir, hooks, self.data_root)
+                from seedrun.training.pretrain import pretrain
+
+                return pretrain(config, run_dir, hooks, self.data_root)
             if stage == "eval":  # teacher_dir is the evaluated run's directory
                 from seedrun.evaluate.run import evaluate
 
                 results = evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
                 self._record_on_source(results)
                 return results
-            return train.distill(config, run_dir, hooks, teacher_dir, self.data_root)
-        except train.Interrupted as exc:
+            from seedrun.training.distill import distill
+
+            return distill(config, run_dir, hooks, teacher_dir, self.data_root)
+        except Interrupted as exc:
             raise Stopped(str(exc)) from None
 
     def _record_on_source(self, results: dict[str, float]) -> None:
@@ -200,14 +184,14 @@ class RunJob(submitit.helpers.Checkpointable):
                 return None
             prov = dict(run.provenance or {})
             launcher = {**(run.config.get("launcher") or {}), **(prov.get("launcher") or {})}
-            self._budgets = {key: _int(launcher.get(key), default) for key, default in DEFAULT_BUDGETS.items()}
-            delay = _int(launcher.get("signal_delay_s"), 120)
+            self._budgets = budgets_of(launcher)
+            delay = as_int(launcher.get("signal_delay_s"), 120)
             self._grace_s = float(min(60, max(5, delay // 3)))
             if prov.get("attempt_open"):
                 # The previous attempt ended without recording how: SIGTERM (requeue, preemption) or a kill.
                 prov["preemptions"] = prov.get("preemptions", 0) + 1
-                _add_hours(prov, max(0.0, prov.get("heartbeat", 0) - prov.get("attempt_started", 0)))
-                _event(prov, run.attempts, "preempted", "the previous attempt was stopped or killed and requeued")
+                add_hours(prov, max(0.0, prov.get("heartbeat", 0) - prov.get("attempt_started", 0)))
+                record_event(prov, run.attempts, "preempted", "the previous attempt was stopped or killed and requeued")
                 limit = self._budgets["max_preemptions"]
                 if 0 <= limit < prov["preemptions"]:
                     prov["attempt_open"] = False
@@ -217,16 +201,16 @@ class RunJob(submitit.helpers.Checkpointable):
                     return None
             run.state, run.attempts = RUNNING, run.attempts + 1
             run.started_at = run.started_at or utcnow()
-            run.job_id = _job_id()
+            run.job_id = job_id()
             run.error = run.failure_reason = None
             prov.update(info)
-            prov.update(_submitit_paths())
+            prov.update(submitit_paths())
             prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
             config, run_dir, stage = run.config, Path(run.run_dir), run.stage
             teacher_dir = Path(upstream.run_dir) if upstream is not None else None
-            teacher_file = _teacher_file(config, stage, teacher_dir)
-            if teacher_file is not None:
-                prov.update(_teacher_digest(teacher_file, prov))
+            weights = teacher_file(config, stage, teacher_dir)
+            if weights is not None:
+                prov.update(teacher_digest(weights, prov))
             run.provenance = prov
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -300,7 +284,7 @@ class RunJob(submitit.helpers.Checkpointable):
             if self._signal is None:
                 self._log(f"not killed {SIGTERM_WAIT_S:.0f}s after SIGTERM: exiting; `seedrun sweep` resumes the run")
                 self._update(lambda run, prov: _set(run, state=PENDING, error="stopped by SIGTERM; resumable"))
-                raise _Exit("stopped by SIGTERM")
+                raise AttemptOver("stopped by SIGTERM")
             self._disarm_alarm()
         self._log("stopped: checkpoint written")
         self._hand_over()
@@ -323,7 +307,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 outcome["requeue"] = False
                 return
             prov[kind] = prov.get(kind, 0) + 1
-            _event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
+            record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
             if 0 <= limit < prov[kind]:
                 what = "timeout" if timed_out else "preemption"
                 _set(run, state=FAILED, failure_reason="timeout" if timed_out else "preempted", finished_at=utcnow(),
@@ -340,16 +324,16 @@ class RunJob(submitit.helpers.Checkpointable):
         self._account(extra=record)
         if not outcome.get("requeue"):
             self._log(f"not requeued ({kind}: {outcome.get('count')}, limit {limit})")
-            raise _Exit(f"interrupted, not requeued ({kind})")
+            raise AttemptOver(f"interrupted, not requeued ({kind})")
         self._log(f"requeueing after {'a timeout' if timed_out else 'a preemption'} ({kind}: {outcome['count']}"
                   + (f" of {limit})" if limit >= 0 else ")"))
         try:
             handler(self._signal, None)  # submitit: checkpoint(), dump, `scontrol requeue`, sys.exit
         except Exception as exc:
             self._update(lambda run, prov: _set(run, state=FAILED, failure_reason="exception",
-                                                error=f"requeue failed: {_tail(exc)}"))
-            raise _Exit("requeue failed") from exc
-        raise _Exit("submitit did not exit after requeueing")
+                                                error=f"requeue failed: {traceback_tail(exc)}"))
+            raise AttemptOver("requeue failed") from exc
+        raise AttemptOver("submitit did not exit after requeueing")
 
     # ---- failures and results -------------------------------------------------------------------
 
@@ -357,18 +341,18 @@ class RunJob(submitit.helpers.Checkpointable):
         reason = classify_failure(exc)
         self._log("".join(traceback.format_exception(exc)).rstrip())
         limit = self._budgets["max_failures"]
-        env = _environment()
+        env = job_environment()
         outcome: dict[str, Any] = {}
 
         def record(run: Run, prov: dict[str, Any]) -> None:
             prov["failures"] = prov.get("failures", 0) + 1
-            _event(prov, run.attempts, "failure", f"{reason}: {str(exc)[:200]}")
+            record_event(prov, run.attempts, "failure", f"{reason}: {str(exc)[:200]}")
             retry = (run.state != CANCELLED and env is not None and reason != "nan_loss"
                      and (limit < 0 or prov["failures"] <= limit))
             if retry:
-                _set(run, state=SUBMITTED, error=_tail(exc), failure_reason=None)
+                _set(run, state=SUBMITTED, error=traceback_tail(exc), failure_reason=None)
             elif run.state != CANCELLED:
-                _set(run, state=FAILED, error=_tail(exc), failure_reason=reason, finished_at=utcnow())
+                _set(run, state=FAILED, error=traceback_tail(exc), failure_reason=reason, finished_at=utcnow())
             outcome["retry"], outcome["count"] = retry, prov["failures"]
 
         self._account(extra=record)
@@ -394,10 +378,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
         def update(run: Run, prov: dict[str, Any]) -> None:
             if not self._accounted:
-                _add_hours(prov, time.time() - self._started)
+                add_hours(prov, time.time() - self._started)
                 prov["heartbeat"] = time.time()
                 prov["attempt_started"] = time.time()  # a later kill adds only what follows
-                prov.update(_accelerator())
+                prov.update(accelerator())
             prov["attempt_open"] = keep_open
             if extra is not None:
                 extra(run, prov)
@@ -426,161 +410,8 @@ def _set(run: Run, **values: Any) -> None:
         setattr(run, key, value)
 
 
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _event(prov: dict[str, Any], attempt: int, kind: str, detail: str) -> None:
-    events = list(prov.get("events") or [])
-    events.append({"attempt": attempt, "event": kind, "detail": detail, "at": utcnow().isoformat(timespec="seconds")})
-    prov["events"] = events[-MAX_EVENTS:]
-
-
-def _add_hours(prov: dict[str, Any], seconds: float) -> None:
-    hours = max(0.0, seconds) / 3600
-    prov["wall_hours"] = prov.get("wall_hours", 0.0) + hours
-    prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * _gpus()
-
-
 def _signal_name(signum: Optional[int]) -> str:
     try:
         return signal.Signals(signum).name if signum is not None else "SIGTERM"
     except ValueError:
         return str(signum)
-
-
-def _tail(exc: BaseException, lines: int = 8) -> str:
-    return "\n".join("".join(traceback.format_exception(exc)).rstrip().splitlines()[-lines:])
-
-
-def _environment() -> Any:
-    """submitit's JobEnvironment when running under submitit, else None."""
-    if not os.environ.get("SUBMITIT_EXECUTOR"):
-        return None
-    try:
-        return submitit.JobEnvironment()
-    except RuntimeError:
-        return None
-
-
-def _job_id() -> str:
-    env = _environment()
-    if env is None:
-        return f"pid:{os.getpid()}"
-    return f"local:{env.job_id}" if env.cluster == "local" else str(env.job_id)
-
-
-def _submitit_paths() -> dict[str, Any]:
-    env = _environment()
-    if env is None:
-        return {}
-    try:
-        paths = env.paths
-        return {"submitit_folder": str(paths.folder), "log_out": str(paths.stdout), "log_err": str(paths.stderr)}
-    except (KeyError, ValueError):
-        return {}
-
-
-def _gpus() -> int:
-    """GPUs this attempt holds: Slurm's allocation, else CUDA_VISIBLE_DEVICES, else what torch sees."""
-    on_node = os.environ.get("SLURM_GPUS_ON_NODE", "")
-    if on_node.isdigit():
-        return int(on_node)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return 0
-
-
-def _accelerator() -> dict[str, Any]:
-    info: dict[str, Any] = {"gpus": _gpus()}
-    torch = sys.modules.get("torch")  # loaded by training; never imported just for this
-    if torch is not None:
-        info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["gpu_name"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _teacher_file(config: dict[str, Any], stage: str, teacher_dir: Optional[Path]) -> Optional[Path]:
-    if stage != "distill":  # pre-training has no teacher; an evaluation's upstream is the run it evaluates
-        return None
-    if teacher_dir is not None:
-        return teacher_dir / "model.pt"
-    checkpoint = (config.get("teacher") or {}).get("checkpoint")
-    return Path(checkpoint) if checkpoint else None
-
-
-def _teacher_digest(path: Path, prov: dict[str, Any]) -> dict[str, Any]:
-    """sha256 of the teacher's weights file (reused while its path, size and mtime are unchanged)."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return {"teacher_path": str(path), "teacher_sha256": None}
-    key = [str(path), stat.st_size, stat.st_mtime_ns]
-    if prov.get("teacher_file_key") == key and prov.get("teacher_sha256"):
-        return {}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"teacher_path": str(path), "teacher_sha256": digest.hexdigest(), "teacher_file_key": key}
-
-
-def provenance() -> dict[str, Any]:
-    """Where and with what this attempt ran: enough to reproduce it and to say what it cost.
-
-    Does not import torch (the job records its start before training loads it); the CUDA version
-    and GPU name are added when the attempt ends.
-    """
-    from importlib import metadata
-
-    try:
-        torch_version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch_version = None
-    root = Path(__file__).resolve().parent.parent
-    info: dict[str, Any] = {
-        "seedrun_version": __version__, "python": platform.python_version(), "torch": torch_version,
-        "host": socket.gethostname(), "start": utcnow().isoformat(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
-        "packages_sha256": _packages_hash(),
-    }
-    info.update(_git(root))
-    return info
-
-
-def _git(root: Path) -> dict[str, Any]:
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-    if commit.returncode != 0:
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-
-
-def _packages_hash() -> str:
-    from importlib import metadata
-
-    names = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-
-
-def main() -> None:  # `python -m seedrun.job HASH DB` runs one run in this process (debugging)
-    RunJob(sys.argv[1], sys.argv[2])()
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ A submission is one `sbatch` per array (submitit's `executor.batch()`), never on
 
 - runs are grouped by stage (teacher pre-training first) and launcher settings, distillation runs
   sorted by the teacher they need, and each group is cut at the cluster's MaxArraySize
-  (`seedrun.slurm.max_array_size()`, 1001 when unknown) into arrays throttled by `%array_parallelism`;
+  (`seedrun.launchers.cluster.max_array_size()`, 1001 when unknown) into arrays throttled by `%array_parallelism`;
 - a distillation array waits for the teacher tasks it needs, `--dependency=afterok:<ids>` (just the
   array id when it needs all of that array's tasks; a teacher still in flight from an earlier
   submission is waited for by its job id). A run whose teacher failed is marked blocked, not submitted;
@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from seedrun.spec import RunSpec
+from seedrun.sweeps.spec import RunSpec
 
 #: submitit's own count of timeouts is switched off (it would refuse requeues after 3); RunJob
 #: enforces max_timeouts and max_preemptions itself and records them.
@@ -54,7 +54,7 @@ def slug(name: str) -> str:
 
 def plan_arrays(runs: Sequence[RunSpec], limit: int) -> list[ArrayPlan]:
     """Group runs into arrays: teachers first, by launcher settings, cut at `limit` (MaxArraySize)."""
-    from seedrun.slurm import chunk
+    from seedrun.launchers.cluster import chunk
 
     groups: dict[tuple[int, str, str], list[RunSpec]] = {}
     for run in runs:
@@ -130,8 +130,8 @@ def submission_id() -> str:
 def _upstream_states(db_url: str, hashes: set[str]) -> dict[str, tuple[str, Optional[str]]]:
     from sqlalchemy import select
 
-    from seedrun.schema import Run
-    from seedrun.store import session_scope
+    from seedrun.store.schema import Run
+    from seedrun.store.engine import session_scope
 
     found: dict[str, tuple[str, Optional[str]]] = {}
     hashes_list = sorted(hashes)
@@ -145,7 +145,7 @@ def _upstream_states(db_url: str, hashes: set[str]) -> dict[str, tuple[str, Opti
 
 def _split_blocked(todo: Sequence[RunSpec], db_url: str) -> tuple[list[RunSpec], dict[str, str], dict[str, str]]:
     """(runs to submit, {hash: why blocked}, {teacher hash: live job id to wait for})."""
-    from seedrun.schema import COMPLETED, IN_FLIGHT
+    from seedrun.store.schema import COMPLETED, IN_FLIGHT
 
     hashes = {run.hash for run in todo}
     outside = {run.depends_on for run in todo if run.depends_on and run.depends_on not in hashes}
@@ -156,7 +156,7 @@ def _split_blocked(todo: Sequence[RunSpec], db_url: str) -> tuple[list[RunSpec],
                  and not job_id.startswith(("local:", "pid:"))}
     alive: dict[str, str] = {}
     if in_flight:
-        from seedrun.slurm import SlurmError, query_states
+        from seedrun.launchers.cluster import SlurmError, query_states
 
         try:
             slurm_states = query_states(list(in_flight.values()))
@@ -187,8 +187,8 @@ def _record(db_url: str, submitted: dict[str, str], blocked: dict[str, str], ext
     """
     from sqlalchemy import bindparam, or_, select, update
 
-    from seedrun.schema import BLOCKED, COMPLETED, RUNNING, SUBMITTED, Run
-    from seedrun.store import session_scope
+    from seedrun.store.schema import BLOCKED, COMPLETED, RUNNING, SUBMITTED, Run
+    from seedrun.store.engine import session_scope
 
     table = Run.__table__
     hashes = sorted(set(submitted) | set(blocked))
@@ -230,11 +230,11 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
                  job_factory: Optional[Callable[..., Any]] = None) -> list[str]:
     """Submit `todo` as Slurm arrays and return at once; returns the array job ids.
 
-    `job_factory(run_hash, db_url, data_root)` makes each task's callable (default seedrun.job.RunJob).
+    `job_factory(run_hash, db_url, data_root)` makes each task's callable (default seedrun.job.run_job.RunJob).
     """
     from seedrun.errors import InputError
-    from seedrun.slurm import max_array_size
-    from seedrun.store import seedrun_home
+    from seedrun.launchers.cluster import max_array_size
+    from seedrun.store.locations import seedrun_home
 
     sweep = plan.sweep
     if not todo:
@@ -243,9 +243,9 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     import submitit
 
     if job_factory is None:
-        from seedrun.job import RunJob as job_factory  # no torch: the job imports it when it trains
+        from seedrun.job.run_job import RunJob as job_factory  # no torch: the job imports it when it trains
 
-    from seedrun.schema import utcnow
+    from seedrun.store.schema import utcnow
 
     since = utcnow()
     runs, blocked, alive = _split_blocked(todo, db_url)
@@ -289,7 +289,7 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
         _record(db_url, task_ids, blocked, extra, since)
     except BaseException:
         # Queued but not recorded: cancel, so that no job runs that the database does not know about.
-        from seedrun.slurm import SlurmError, cancel
+        from seedrun.launchers.cluster import SlurmError, cancel
 
         try:
             cancel(list(dict.fromkeys(job_id.partition("_")[0] for job_id in task_ids.values())))

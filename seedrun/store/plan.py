@@ -17,11 +17,12 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
-from seedrun.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow,
+from seedrun.store.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow,
                             SweepRun)
-from seedrun.spec import RunSpec
-from seedrun.store import seedrun_home, session_scope
-from seedrun.sweep import Sweep
+from seedrun.sweeps.spec import RunSpec
+from seedrun.store.engine import session_scope
+from seedrun.store.locations import seedrun_home
+from seedrun.sweeps.sweep_file import Sweep
 
 
 @dataclass

@@ -13,7 +13,7 @@ tools/utils.py of jacobswan1/SEED):
 - ``torchvision``: plain ResNet keys (``conv1.weight`` ... ``fc.weight``), possibly under
   ``state_dict`` / ``model`` and ``module.``; the classifier ``fc.*`` is skipped, no head.
 - ``seedrun``: ``{"seedrun": {"format": 1, "arch", "width", "small_images", "in_chans", ...},
-  "backbone": state_dict, "head": state_dict or None}`` (written by :func:`save_teacher`).
+  "backbone": state_dict, "head": state_dict or None}`` (written by seedrun.models.model_file.save_model).
 
 Every file is read with ``torch.load(weights_only=True)``: no pickled code ever runs. Loading is strict:
 every network tensor must come from the file and every file tensor must be used or be one the format
@@ -23,19 +23,18 @@ is known to carry for other purposes (encoder_k, queue, prototypes, a classifier
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from seedrun.models.model_file import sha256_file
+
 FORMATS = ("mocov2", "swav", "simclr", "torchvision", "seedrun")
-SEEDRUN_FORMAT_VERSION = 1
 
 # (block kind, blocks per stage) -> arch, for ResNets whose stem has base width w
 _RESNET_LAYOUTS = {
@@ -61,14 +60,6 @@ class CheckpointError(Exception):
 # reading
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _first_line(exc: BaseException) -> str:
     """A short one-line account of a torch.load failure (no ANSI codes, no advice paragraphs)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
@@ -81,7 +72,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _read(path: str | os.PathLike, digest: str | None = None) -> tuple[dict, str]:
+def read_checkpoint(path: str | os.PathLike, digest: str | None = None) -> tuple[dict, str]:
     """(the loaded dict, sha256 of the file); any failure is a one-line CheckpointError."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -267,7 +258,7 @@ def _build_head(fmt: str, head_state: Mapping | None, d: int, prefix: str) -> nn
     return head
 
 
-def _load_from_state(
+def load_from_state(
     state: dict,
     path: str,
     digest: str,
@@ -358,114 +349,5 @@ def load_teacher(
     Every failure is a CheckpointError whose str is one line starting with the path.
     """
     path = os.fspath(path)
-    state, digest = _read(path)
-    return _load_from_state(state, path, digest, arch, width, small_images, in_chans, expect, freeze)
-
-
-def save_teacher(
-    path: str | os.PathLike,
-    backbone: nn.Module,
-    head: nn.Module | None,
-    *,
-    arch: str,
-    width: int,
-    small_images: bool,
-    in_chans: int,
-    method: str | None = None,
-    extra: Mapping | None = None,
-) -> str:
-    """Write a seedrun-format teacher checkpoint atomically; returns its sha256."""
-    from seedrun.models.heads import head_shape
-
-    marker = {
-        "format": SEEDRUN_FORMAT_VERSION,
-        "arch": arch,
-        "width": int(width),
-        "small_images": bool(small_images),
-        "in_chans": int(in_chans),
-        "method": method,
-        "head_shape": list(head_shape(head) or []),
-        **dict(extra or {}),
-    }
-    state = {
-        "seedrun": marker,
-        "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        "head": None if head is None else {k: v.detach().cpu() for k, v in head.state_dict().items()},
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return sha256_file(path)
-
-
-# ----------------------------------------------------------------------------------------------
-# inspection
-
-
-def inspect(path: str | os.PathLike) -> dict:
-    """What a checkpoint is: format, arch guess, head shape and a verdict ("ok" or the error line)."""
-    path = os.fspath(path)
-    out: dict = {"path": path, "format": None, "arch": None, "width": None, "small_images": None,
-                 "in_chans": None, "feature_dim": None, "head_shape": None, "sha256": None, "verdict": None}
-    try:
-        out["size_bytes"] = os.path.getsize(path)
-    except OSError:
-        pass
-    state = None
-    if os.path.isfile(path):
-        out["sha256"] = sha256_file(path)
-    try:
-        state, _ = _read(path, out["sha256"])
-        _, _, info = _load_from_state(state, path, out["sha256"], None, None, None, None, None, True)
-    except CheckpointError as exc:
-        out["verdict"] = str(exc)
-        if state is None:
-            return out
-        try:  # say as much as can still be said
-            out["format"] = detect_format(state)
-            bb, hd, _, _ = split_state(state, out["format"])
-            out.update(guess_arch(bb) or {})
-            if hd is not None:
-                from seedrun.models.heads import head_from_state_dict, head_shape
-
-                out["head_shape"] = head_shape(head_from_state_dict(hd))
-        except Exception:
-            pass
-        return out
-    for key in ("format", "arch", "width", "small_images", "in_chans", "feature_dim", "head_shape",
-                "skipped_keys", "method", "file_epoch", "file_arch"):
-        if key in info:
-            out[key] = info[key]
-    out["verdict"] = "ok"
-    return out
-
-
-def format_inspection(result: Mapping) -> str:
-    """Lines for `seedrun teacher inspect PATH`."""
-    def show(value):
-        if value is None:
-            return "-"
-        if isinstance(value, (tuple, list)):
-            return " -> ".join(str(v) for v in value)
-        return str(value)
-
-    rows = [
-        ("file", result.get("path")),
-        ("size", f"{result['size_bytes'] / 2**20:.1f} MiB" if result.get("size_bytes") is not None else None),
-        ("sha256", result.get("sha256")),
-        ("format", result.get("format")),
-        ("arch", result.get("arch")),
-        ("width", result.get("width")),
-        ("small images", result.get("small_images")),
-        ("in channels", result.get("in_chans")),
-        ("feature dim", result.get("feature_dim")),
-        ("head", result.get("head_shape")),
-        ("skipped keys", result.get("skipped_keys")),
-        ("trained epochs", result.get("file_epoch")),
-        ("verdict", result.get("verdict")),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {show(value)}" for name, value in rows if value is not None or name in
-                     ("format", "arch", "verdict"))
+    state, digest = read_checkpoint(path)
+    return load_from_state(state, path, digest, arch, width, small_images, in_chans, expect, freeze)

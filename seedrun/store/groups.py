@@ -2,7 +2,7 @@
 
 10,000 runs are mostly seeds of a few dozen settings, and a table cell needs only counts, states,
 the metric values of the completed runs and when the last one finished. On SQLite one query does
-the grouping (over a covering index, see seedrun.store); Python then sees a row per group.
+the grouping (over a covering index, see seedrun.store.engine); Python then sees a row per group.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from seedrun.records import RunRecord, connect, has_settings, load_records, names_only, parse_json
-from seedrun.settings import SETTING_KEYS, settings_of
-from seedrun.states import COMPLETED
+from seedrun.store.records import RunRecord, connect, has_settings, load_records, names_only, parse_json
+from seedrun.sweeps.settings import SETTING_KEYS, settings_of
+from seedrun.store.states import COMPLETED
 
 
 @dataclass
@@ -24,7 +24,7 @@ class RunGroup:
 
     stage: str
     state: str
-    settings: dict[str, Any]  # seedrun.settings: {dotted key: value}
+    settings: dict[str, Any]  # seedrun.sweeps.settings: {dotted key: value}
     count: int = 0
     metrics: dict[str, list[float]] = field(default_factory=dict)  # if completed: each metric's finite values
     latest: Any = None  # the last finished_at among the runs; None when none finished

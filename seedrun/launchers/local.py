@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
-from seedrun.plan import Plan
-from seedrun.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, SUBMITTED, Run
-from seedrun.spec import RunSpec
-from seedrun.store import seedrun_home, session_scope
+from seedrun.store.plan import Plan
+from seedrun.store.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, SUBMITTED, Run
+from seedrun.sweeps.spec import RunSpec
+from seedrun.store.engine import session_scope
+from seedrun.store.locations import seedrun_home
 
 POLL_SECONDS = 1.0
 STAGE_ORDER = ("pretrain", "distill", "eval")
@@ -44,7 +45,7 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     """Run each run in a subprocess, teachers first; a failed upstream blocks its dependants."""
     import submitit
 
-    from seedrun.job import RunJob
+    from seedrun.job.run_job import RunJob
 
     launcher = plan.sweep.launcher
     folder = seedrun_home() / "submitit" / "local"
@@ -103,7 +104,7 @@ def _mark(db_url: str, run_hash: str, state: str, error: Optional[str]) -> None:
 
 
 def _metrics(db_url: str, run_hash: str) -> dict[str, float]:
-    from seedrun.schema import Metric
+    from seedrun.store.schema import Metric
 
     with session_scope(db_url) as session:
         rows = session.execute(select(Metric.name, Metric.value).join(Run).where(Run.hash == run_hash).order_by(Metric.id))

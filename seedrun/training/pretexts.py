@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seedrun.losses import infonce_loss, ntxent_loss, swav_loss
-from seedrun.objectives import LossWithState
-from seedrun.queue import EmbeddingQueue
+from seedrun.training.objectives import LossWithState
+from seedrun.training.queue import EmbeddingQueue
 
 
 class Pretext(LossWithState):

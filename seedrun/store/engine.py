@@ -17,9 +17,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seedrun.errors import database_error
-from seedrun.schema import Base, Run
-from seedrun.settings import settings_of
-from seedrun.states import default_db_url, seedrun_home  # noqa: F401  (re-exported; they need no SQLAlchemy)
+from seedrun.store.schema import Base, Run
+from seedrun.sweeps.settings import settings_of
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -63,7 +62,7 @@ def _upgrade(engine: Engine) -> None:
 
     create_all makes only missing tables (with their indexes), so columns and indexes added to an
     existing table since are added here: runs.settings, filled from each run's config, and the
-    indexes the read path (seedrun.records) relies on.
+    indexes the read path (seedrun.store.records) relies on.
     """
     if "settings" not in {column["name"] for column in inspect(engine).get_columns("runs")}:
         with engine.begin() as connection:
@@ -78,7 +77,7 @@ def _upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("CREATE INDEX IF NOT EXISTS ix_sweep_runs_order ON sweep_runs (sweep_id, position)"))
         if engine.dialect.name == "sqlite":
-            # A covering index for `seedrun table`'s one query (seedrun.groups.load_groups). Runs rows are
+            # A covering index for `seedrun table`'s one query (seedrun.store.groups.load_groups). Runs rows are
             # wide (the config is two kilobytes), so grouping 10,000 runs by scanning the table reads
             # some 25 MB; this index holds just what the query reads, in its order. SQLite only:
             # PostgreSQL cannot put JSON columns in a B-tree index.
@@ -104,5 +103,3 @@ def session_scope(url: str, retries: int = 8) -> Iterator[Session]:
                     raise
                 time.sleep(0.05 * 2**attempt)
 
-
-from seedrun.records import RunRecord, load_records  # noqa: E402,F401  (the read path lives there)

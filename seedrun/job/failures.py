@@ -1,0 +1,32 @@
+"""How an attempt ends when it does not finish: the failure classes recorded as `failure_reason`,
+and the exceptions the job uses to leave an attempt."""
+
+from __future__ import annotations
+
+import traceback
+
+
+def classify_failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return "out_of_memory"
+    if isinstance(exc, FloatingPointError) or "nan" in text.lower().split():
+        return "nan_loss"
+    return "exception"
+
+
+
+class Stopped(Exception):
+    """Training stopped at a step boundary on request; a checkpoint has been written."""
+
+
+
+class AttemptOver(BaseException):
+    """The attempt is over and already recorded: leave without being recorded again as a failure."""
+
+
+
+def traceback_tail(exc: BaseException, lines: int = 8) -> str:
+    return "\n".join("".join(traceback.format_exception(exc)).rstrip().splitlines()[-lines:])
+
+

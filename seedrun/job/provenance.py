@@ -1,0 +1,161 @@
+"""Where and with what an attempt ran, and what it cost: host, versions, git commit, the Slurm job,
+GPUs held and their hours, and the digest of the teacher it distilled from.
+
+Imports neither torch nor SQLAlchemy: the job records its start before training loads torch (what
+torch adds, the CUDA version and GPU name, is read from sys.modules when the attempt ends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import submitit
+
+from seedrun import __version__
+from seedrun.store.schema import utcnow
+
+
+def add_hours(prov: dict[str, Any], seconds: float) -> None:
+    hours = max(0.0, seconds) / 3600
+    prov["wall_hours"] = prov.get("wall_hours", 0.0) + hours
+    prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * gpus()
+
+
+
+def job_environment() -> Any:
+    """submitit's JobEnvironment when running under submitit, else None."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+
+
+
+def job_id() -> str:
+    env = job_environment()
+    if env is None:
+        return f"pid:{os.getpid()}"
+    return f"local:{env.job_id}" if env.cluster == "local" else str(env.job_id)
+
+
+
+def submitit_paths() -> dict[str, Any]:
+    env = job_environment()
+    if env is None:
+        return {}
+    try:
+        paths = env.paths
+        return {"submitit_folder": str(paths.folder), "log_out": str(paths.stdout), "log_err": str(paths.stderr)}
+    except (KeyError, ValueError):
+        return {}
+
+
+
+def gpus() -> int:
+    """GPUs this attempt holds: Slurm's allocation, else CUDA_VISIBLE_DEVICES, else what torch sees."""
+    on_node = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if on_node.isdigit():
+        return int(on_node)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 0
+
+
+
+def accelerator() -> dict[str, Any]:
+    info: dict[str, Any] = {"gpus": gpus()}
+    torch = sys.modules.get("torch")  # loaded by training; never imported just for this
+    if torch is not None:
+        info["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["gpu_name"] = torch.cuda.get_device_name(0)
+    return info
+
+
+
+def teacher_file(config: dict[str, Any], stage: str, teacher_dir: Optional[Path]) -> Optional[Path]:
+    if stage != "distill":  # pre-training has no teacher; an evaluation's upstream is the run it evaluates
+        return None
+    if teacher_dir is not None:
+        return teacher_dir / "model.pt"
+    checkpoint = (config.get("teacher") or {}).get("checkpoint")
+    return Path(checkpoint) if checkpoint else None
+
+
+
+def teacher_digest(path: Path, prov: dict[str, Any]) -> dict[str, Any]:
+    """sha256 of the teacher's weights file (reused while its path, size and mtime are unchanged)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return {"teacher_path": str(path), "teacher_sha256": None}
+    key = [str(path), stat.st_size, stat.st_mtime_ns]
+    if prov.get("teacher_file_key") == key and prov.get("teacher_sha256"):
+        return {}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"teacher_path": str(path), "teacher_sha256": digest.hexdigest(), "teacher_file_key": key}
+
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what this attempt ran: enough to reproduce it and to say what it cost.
+
+    Does not import torch (the job records its start before training loads it); the CUDA version
+    and GPU name are added when the attempt ends.
+    """
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    root = Path(__file__).resolve().parent.parent.parent
+    info: dict[str, Any] = {
+        "seedrun_version": __version__, "python": platform.python_version(), "torch": torch_version,
+        "host": socket.gethostname(), "start": utcnow().isoformat(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+        "packages_sha256": _packages_hash(),
+    }
+    info.update(_git(root))
+    return info
+
+
+
+def _git(root: Path) -> dict[str, Any]:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    if commit.returncode != 0:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
+
+def _packages_hash() -> str:
+    from importlib import metadata
+
+    names = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,13 @@
+"""Training: the two recipes, each a loop you can read top to bottom, and what they share.
+
+    pretrain     the pre-training recipe (MoCo-v2, SimCLR, SwAV): teachers and student-alone baselines
+    distill      the distillation recipe (SEED and the other strategies)
+    loop         the shared step bookkeeping: schedule, periodic checkpoints, stop requests, k-NN at the end
+    checkpoints  training checkpoints (atomic) and RNG state, for bit-identical resume
+    strategies   distillation strategies by name: loss, state kept, recipe
+    objectives   the distillation objectives training calls
+    pretexts     the self-supervised pre-training objectives
+    queue        the FIFO queue of teacher embeddings
+
+Imports torch. May import seedrun.data, seedrun.models, seedrun.losses and seedrun.evaluate.
+"""

@@ -1,0 +1,137 @@
+"""SEED distillation (Fang et al. 2021, official seed/builder.py and main.py), a loop you can read top
+to bottom: a frozen teacher, the student, the queue of teacher embeddings, and `distill.strategy`'s loss.
+Checkpoints atomically every N steps and resumes bit-identically.
+
+Determinism: model init and the queue come from `seed`; the data order of an epoch and the
+augmentation of a step come from generators seeded by (seed, epoch) and (seed, step), so a resumed
+run needs only its step to draw exactly what an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seedrun.data.augment import augment
+from seedrun.data.datasets import load
+from seedrun.data.sampling import epoch_order, step_generator
+from seedrun.losses import seed_loss
+from seedrun.models.model_file import MODEL, load_own_model, save_model
+from seedrun.models.registry import create_network
+from seedrun.models.teacher_formats import load_teacher as load_official
+from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
+from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
+from seedrun.training.objectives import create_objective
+from seedrun.training.queue import EmbeddingQueue
+
+
+def load_teacher(config: dict[str, Any], teacher_dir: Optional[Path]) -> tuple[nn.Module, nn.Module]:
+    """The frozen teacher: a seedrun pre-training run's model, or an official checkpoint file."""
+    channels = config["data"]["channels"]
+    if teacher_dir is not None:
+        return load_own_model(teacher_dir / MODEL, channels)
+
+    t = config["teacher"]
+    backbone, head, _info = load_official(t["checkpoint"], t["arch"], width=t.get("width", 64),
+                                          small_images=t.get("small_images", False), in_chans=channels)
+    return backbone, head
+
+
+def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Optional[Path],
+            data_root: Optional[str] = None) -> dict[str, float]:
+    """Distil a frozen teacher into the student with `distill.strategy` (SEED by default: the student matches
+    softmax(z_T . [z_T; queue] / tau_T) with log_softmax(z_S . [z_T; queue] / tau_S))."""
+    device = setup_torch(config)
+    data_cfg, d, s = config["data"], config["distill"], config["student"]
+    train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
+    seed = int(config["seed"])
+
+    teacher_backbone, teacher_head = load_teacher(config, teacher_dir)
+    teacher = nn.Sequential(teacher_backbone, teacher_head).to(device).eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    backbone, head, _ = create_network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"],
+                                s.get("head_layers", 2))
+    student = nn.Sequential(backbone, head).to(device)
+    objective = create_objective(d, s["dim"], seed, student).to(device)
+    queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device)
+    # The appendix's small-patch distillation: extra small crops against a second queue of their own.
+    small_patches = int(d.get("small_crops", 0))
+    if small_patches and d["strategy"] != "seed":
+        raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
+    small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
+    batch_size = batch_size_for(d["batch_size"], len(train.images))
+    parameters = list(student.parameters()) + list(objective.parameters())
+    optimizer, loop = sgd_and_loop(parameters, d, batch_size, len(train.images), run_dir, hooks)
+    steps_per_epoch = loop.steps_per_epoch
+
+    step = 0
+    resumed = load_checkpoint(run_dir)
+    if resumed is not None:
+        student.load_state_dict(resumed["student"])
+        objective.load_state_dict(resumed["objective"])
+        objective.load_extra_state(resumed["objective_extra"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        queue.load_state_dict(resumed["queue"])
+        small_queue.load_state_dict(resumed["small_queue"])
+        set_rng_state(resumed["rng"])
+        step = resumed["step"]
+        hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
+    objective.prepare(lambda: F.normalize(features(teacher, train, device), dim=1))
+
+    def state() -> dict[str, Any]:
+        return {"student": student.state_dict(), "objective": objective.state_dict(),
+                "objective_extra": objective.extra_state(), "optimizer": optimizer.state_dict(),
+                "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
+                "step": step, "epoch": step // steps_per_epoch}
+
+    aug = data_cfg["augment"]
+    for epoch in range(step // steps_per_epoch, d["epochs"]):
+        student.train()
+        order = epoch_order(len(train.images), seed, epoch)
+        started, losses = time.monotonic(), []
+        for position in range(step % steps_per_epoch, steps_per_epoch):
+            indices = order[position * batch_size:(position + 1) * batch_size]
+            images = train.images[indices]
+            view = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step)).to(device)
+            another_view = lambda: augment(images, aug, data_cfg["image_size"], train.mean, train.std,  # noqa: E731
+                                           step_generator(seed, step, 1)).to(device)
+            loop.set_lr(optimizer, step)
+            with autocast(config, device):
+                with torch.no_grad():
+                    z_teacher = F.normalize(teacher(view).float(), dim=1)
+                z_student = F.normalize(student(view).float(), dim=1)
+                loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
+                if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
+                    small_losses = []
+                    for crop in range(small_patches):
+                        small = augment(images, aug, data_cfg["image_size"], train.mean, train.std,
+                                        step_generator(seed, step, 2 + crop), crop_scale=tuple(d["small_crop_scale"]),
+                                        out_size=d["small_crop_size"]).to(device)
+                        with torch.no_grad():
+                            z_teacher_small = F.normalize(teacher(small).float(), dim=1)
+                        z_student_small = F.normalize(student(small).float(), dim=1)
+                        small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
+                                                      d["tau_student"], d["tau_teacher"]))
+                    loss = loss + torch.stack(small_losses).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            objective.after_step()
+            queue.push(z_teacher)
+            if small_patches:
+                small_queue.push(z_teacher_small)
+            losses.append(loss.item())
+            step += 1
+            loop.after_step(step, state)
+        loop.end_epoch(epoch, step, losses, started, state)
+
+    save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
+               in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]})
+    return evaluate_knn(backbone, train, test, config, device)

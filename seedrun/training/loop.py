@@ -1,0 +1,146 @@
+"""What both training recipes share: torch set-up, the learning-rate schedule, the step bookkeeping
+(periodic checkpoints, stop requests, an epoch's end) and the k-NN evaluation at the end of training.
+
+Hooks is how a recipe talks to the job that runs it (seedrun.job records what it is told); Interrupted
+is raised between steps once a stop was requested and a checkpoint written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from seedrun.data.augment import normalize
+from seedrun.data.datasets import ImageSet
+from seedrun.evaluate.knn import knn_accuracy
+from seedrun.training.checkpoints import save_checkpoint
+
+
+class Interrupted(Exception):
+    """Raised between steps when the job was asked to stop; a checkpoint has been written."""
+
+
+class Hooks:
+    """What a loop tells the job that runs it (job.py records it) and asks it (should it stop?)."""
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def setup_torch(config: dict[str, Any]) -> torch.device:
+    threads = int(config.get("threads") or 0) or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    device = config.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return torch.device(device)
+
+
+def autocast(config: dict[str, Any], device: torch.device):
+    """bf16 autocast on a GPU; fp32 on the CPU unless asked, since bf16 measured 13x slower on the
+    2-core test machine (benchmarks/precision.py); `precision: bf16` forces it."""
+    precision = config.get("precision", "auto")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to 0 (official SEED and MoCo-v2 schedules)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def features(backbone: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    backbone.eval()
+    out = []
+    for start in range(0, len(data.images), batch_size):
+        x = normalize(data.images[start:start + batch_size], data.mean, data.std).to(device)
+        out.append(backbone(x).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_knn(backbone: nn.Module, train: ImageSet, test: ImageSet, config: dict[str, Any], device) -> dict[str, float]:
+    knn = config["eval"]["knn"]
+    train_f, test_f = features(backbone, train, device).to(device), features(backbone, test, device).to(device)
+    result = knn_accuracy(train_f, train.labels.to(device), test_f, test.labels.to(device), train.num_classes,
+                          k=knn["k"], tau=knn["tau"])
+    return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
+
+
+class Loop:
+    """Step bookkeeping shared by both recipes: schedule, periodic checkpoints, stop requests."""
+
+    def __init__(self, run_dir: Path, hooks: Hooks, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                 base_lr: float, checkpoint_every_steps: int, checkpoint_every_minutes: float = 0):
+        self.run_dir, self.hooks = run_dir, hooks
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+        self.total_steps = steps_per_epoch * epochs
+        self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        self.base_lr = base_lr
+        self.every_steps = checkpoint_every_steps
+        self.every_seconds = 60 * checkpoint_every_minutes
+        self.last_save = time.monotonic()
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        lr = lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
+        if step % self.steps_per_epoch == 0:
+            return  # end_epoch() saves, records, then honours a stop request
+        stop = self.hooks.should_stop()
+        due = (self.every_steps and step % self.every_steps == 0) or (
+            self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)
+        if stop or due:
+            save_checkpoint(state(), self.run_dir)
+            self.last_save = time.monotonic()
+        if stop:
+            raise Interrupted(f"stopped at step {step}")
+
+    def end_epoch(self, epoch: int, step: int, losses: list[float], started: float,
+                  state: Callable[[], dict[str, Any]]) -> None:
+        """Checkpoint, record the epoch's metrics, then stop here if the job was asked to."""
+        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
+        self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
+        save_checkpoint(state(), self.run_dir)
+        self.last_save = time.monotonic()
+        self.hooks.epoch_end(epoch + 1, metrics)
+        if self.hooks.should_stop():
+            raise Interrupted(f"stopped at step {step}")
+
+
+def sgd_and_loop(parameters, settings: dict[str, Any], batch_size: int, n_images: int, run_dir: Path,
+                 hooks: Hooks) -> tuple[torch.optim.SGD, Loop]:
+    """SGD with momentum and weight decay at lr x batch/256, under a warm-up + cosine Loop (both recipes)."""
+    base_lr = settings["lr"] * batch_size / 256
+    optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    loop = Loop(run_dir, hooks, n_images // batch_size, settings["epochs"], settings.get("warmup_epochs", 0), base_lr,
+                settings.get("checkpoint_every_steps", 500), settings.get("checkpoint_every_minutes", 0))
+    return optimizer, loop
+
+
+def batch_size_for(requested: int, n: int) -> int:
+    """The batch a recipe trains with: the requested one, or the whole set when it is smaller."""
+    return min(requested, n)
+
+

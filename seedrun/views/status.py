@@ -1,0 +1,108 @@
+"""`seedrun status`: counts per state and a row per run (or JSON), after reconciling in-flight runs
+with their jobs (seedrun.launchers.reconcile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any, Optional
+
+from seedrun.store.records import connect, has_settings, listed_rows, load_records
+from seedrun.store.states import STATES
+
+
+# What status shows of a config (the rest stays in the database: `sqlite3` or the run's config.json).
+STATUS_KEYS = ("distill.epochs", "pretrain.epochs", "pretrain.method", "pretrain.arch", "pretrain.role")
+
+
+def _epochs(config: dict[str, Any], stage: str) -> Optional[int]:
+    section = config.get("pretrain" if stage == "pretrain" else "distill") or {}
+    return section.get("epochs")
+
+
+def _describe(record) -> str:
+    if record.axes:
+        return " ".join([f"{key}={value}" for key, value in record.axes.items()])
+    if record.stage == "pretrain":
+        p = record.config.get("pretrain", {})
+        return f"{p.get('method')} {p.get('arch')} ({p.get('role') or 'teacher'})"
+    return ""
+
+
+def _check_sweep(db_url: str, sweep: Optional[str], runs: list) -> None:
+    if sweep is not None and not runs:
+        from seedrun.errors import InputError
+
+        raise InputError("status", "SWEEP", f"no sweep named {sweep!r} in {db_url}")
+
+
+# One JSON object per run, made by SQLite (json_object in C is ten times faster than json.dumps on
+# 10,000 runs); its fields are those of _run_as_json, which makes them elsewhere.
+_RUN_JSON_SQL = """
+    SELECT r.id, r.state, json_object(
+        'hash', r.hash, 'sweep', {sweep}, 'stage', r.stage, 'state', r.state, 'epoch', r.epoch,
+        'epochs', json_extract(r.settings, CASE r.stage WHEN 'pretrain' THEN '$."pretrain.epochs"'
+                                                        ELSE '$."distill.epochs"' END),
+        'axes', json(coalesce({axes}, '{{}}')), 'metrics', json(coalesce(r.summary, '{{}}')),
+        'job_id', r.job_id, 'failure_reason', r.failure_reason, 'error', r.error)
+    FROM runs r"""
+
+
+def _run_as_json(record) -> str:
+    return json.dumps({
+        "hash": record.hash, "sweep": record.sweep, "stage": record.stage, "state": record.state,
+        "epoch": record.epoch, "epochs": _epochs(record.config, record.stage), "axes": record.axes,
+        "metrics": record.metrics, "job_id": record.job_id, "failure_reason": record.failure_reason,
+        "error": record.error}, default=str)
+
+
+def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> list[tuple[str, str]]:
+    """(state, JSON object) of every run (of one sweep, if named), in the order status lists them."""
+    if in_sql and db_url.startswith("sqlite:///"):
+        from contextlib import closing
+
+        connection, _ = connect(db_url)
+        with closing(connection):
+            cursor = connection.cursor()
+            if has_settings(cursor):
+                rows = listed_rows(cursor, lambda name, axes: _RUN_JSON_SQL.format(sweep=name, axes=axes), "?", sweep)
+                return [(state, text) for _, state, text in rows]
+    return [(record.state, _run_as_json(record)) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS)]
+
+
+def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
+    if db_url.startswith("sqlite:///"):
+        if not os.path.exists(db_url.removeprefix("sqlite:///")):
+            print(json.dumps({"counts": {}, "runs": []}) if as_json else f"no runs recorded yet ({db_url})")
+            return 0
+    if check_jobs:
+        from seedrun.launchers.reconcile import reconcile
+
+        reconcile(db_url)
+    if as_json:
+        runs = _runs_as_json(db_url, sweep)
+        _check_sweep(db_url, sweep, runs)
+        counts = Counter(state for state, _ in runs)
+        print(f'{{"counts": {json.dumps({state: counts.get(state, 0) for state in STATES})}, '
+              f'"runs": [{", ".join(text for _, text in runs)}]}}')
+        return 0
+    records = load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])
+    _check_sweep(db_url, sweep, records)
+    counts = Counter(record.state for record in records)
+    # Plain aligned text: rich's Table takes seconds on 10,000 rows and status must stay instant.
+    print("  ".join(f"{state} {counts[state]}" for state in STATES if counts.get(state)) or "no runs")
+    header = ("sweep", "run", "stage", "setting", "state", "epoch", "k-NN top-1", "job")
+    rows = [header]
+    for r in records:
+        metric = r.metrics.get("knn_top1")
+        epochs = _epochs(r.config, r.stage)
+        rows.append((r.sweep or "", r.hash[:12], r.stage, _describe(r),
+                     f"{r.state} ({r.failure_reason})" if r.failure_reason else r.state,
+                     f"{r.epoch}/{epochs}" if epochs else str(r.epoch),
+                     f"{metric:.2f}" if metric is not None else "", r.job_id or ""))
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    print("\n".join(line.format(*row).rstrip() for row in rows))
+    return 0
