@@ -26,8 +26,8 @@ from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
-from seedrun.training.objectives import create_objective
 from seedrun.training.queue import EmbeddingQueue
+from seedrun.training.strategies import create_objective
 
 
 def load_teacher(config: dict[str, Any], teacher_dir: Optional[Path]) -> tuple[nn.Module, nn.Module]:

@@ -1,5 +1,6 @@
-"""Distillation objectives: what the student optimises, one class a strategy, chosen by
-`distill.strategy` (names and formulas in seedrun.training.strategies and seedrun.losses).
+"""How the distillation recipe uses each strategy: one Objective class a strategy, each calling its loss
+from seedrun.losses. The table naming them (strategy, loss, state kept) is seedrun.training.strategies,
+and its create_objective() is how training builds one.
 
 Each objective sees a step as: the student's and the frozen teacher's normalised embeddings of one
 augmented view, the queue of past teacher embeddings, and the batch's dataset indices. Objectives
@@ -16,9 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, binary_contrastive_loss, infonce_loss,
-                            l2_loss, seed_loss)
+from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, binary_contrastive_loss, l2_loss,
+                            seed_loss, seed_mocov2_loss)
 from seedrun.training.queue import EmbeddingQueue
+
+
+@torch.no_grad()
+def momentum_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * source, parameter by parameter (MoCo's key encoder)."""
+    for param_k, param_q in zip(target.parameters(), source.parameters()):
+        param_k.mul_(momentum).add_(param_q.detach(), alpha=1 - momentum)
 
 
 class LossWithState(nn.Module):
@@ -120,15 +128,13 @@ class SEEDMoCoV2(Objective):
 
     def forward(self, z_student, z_teacher, queue, indices, another_view):
         momentum = self.momentum_student[0]
+        momentum_update(momentum, self._student[0], self.d["moco_momentum"])
         with torch.no_grad():
-            m = self.d["moco_momentum"]
-            for param_k, param_q in zip(momentum.parameters(), self._student[0].parameters()):
-                param_k.mul_(m).add_(param_q.detach(), alpha=1 - m)
             key = F.normalize(momentum(another_view()).float(), dim=1)
-        distill = seed_loss(z_student, z_teacher, queue, self.d["tau_student"], self.d["tau_teacher"])
-        own = infonce_loss(z_student, key, self.student_queue.embeddings.to(key.device), self.d["moco_tau"])
         self._last_key = key
-        return distill + self.d["moco_weight"] * own
+        return seed_mocov2_loss(z_student, z_teacher, queue, self.d["tau_student"], self.d["tau_teacher"],
+                                z_student, key, self.student_queue.embeddings.to(key.device), self.d["moco_tau"],
+                                self.d["moco_weight"])
 
     def after_step(self):
         self.student_queue.push(self._last_key.cpu())
@@ -139,15 +145,3 @@ class SEEDMoCoV2(Objective):
     def load_extra_state(self, state):
         self.momentum_student[0].load_state_dict(state["momentum_student"])
         self.student_queue.load_state_dict(state["student_queue"])
-
-
-OBJECTIVES: dict[str, type[Objective]] = {
-    "seed": SEED, "binary_contrastive": BinaryContrastive, "l2": L2, "kmeans": KMeans,
-    "online_clustering": OnlineClustering, "seed_mocov2": SEEDMoCoV2,
-}
-
-
-def create_objective(d: dict[str, Any], dim: int, seed: int, student: nn.Module) -> Objective:
-    if d["strategy"] not in OBJECTIVES:
-        raise ValueError(f"distill.strategy {d['strategy']!r} is unknown; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[d["strategy"]](d=d, dim=dim, seed=seed, student=student)

@@ -1,11 +1,13 @@
 """Self-supervised pre-training objectives for teachers and student-alone baselines, one class a method,
-chosen by `pretrain.method`. Each sees two augmented views of a batch and the encoder being trained
-(backbone + the method's projection head) and returns the loss.
+chosen by `pretrain.method` through PRETEXTS, the one table of them (its names are those of
+seedrun.models.catalog.METHODS, which `seedrun list` prints without importing torch; a test checks
+they agree). Each sees two augmented views of a batch and the encoder being trained (backbone + the
+method's projection head) and returns its loss from seedrun.losses.
 
-- mocov2 (Chen et al. 2020; official moco/builder.py): momentum key encoder, queue of keys, InfoNCE.
-- simclr (Chen et al. 2020): NT-Xent over the 2N views of the batch, no queue, BN projection head.
+- mocov2 (Chen et al. 2020; official moco/builder.py): momentum key encoder, queue of keys, infonce_loss.
+- simclr (Chen et al. 2020): ntxent_loss over the 2N views of the batch, no queue, BN projection head.
 - swav (Caron et al. 2020): normalised prototypes, Sinkhorn codes (epsilon 0.05, 3 iterations),
-  swapped prediction; prototypes renormalised after each step.
+  swav_loss (swapped prediction); prototypes renormalised after each step.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seedrun.losses import infonce_loss, ntxent_loss, swav_loss
-from seedrun.training.objectives import LossWithState
+from seedrun.training.objectives import LossWithState, momentum_update
 from seedrun.training.queue import EmbeddingQueue
 
 
@@ -37,9 +39,8 @@ class MoCoV2(Pretext):
     def forward(self, encoder, view_a, view_b):
         self.key_encoder.train()  # as in MoCo: the key encoder's BN uses batch statistics
         q = F.normalize(encoder(view_a).float(), dim=1)
+        momentum_update(self.key_encoder, encoder, self.momentum)
         with torch.no_grad():
-            for param_k, param_q in zip(self.key_encoder.parameters(), encoder.parameters()):
-                param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1 - self.momentum)
             self._keys = F.normalize(self.key_encoder(view_b).float(), dim=1)
         return infonce_loss(q, self._keys, self.queue.embeddings.to(q.device), self.tau)
 
