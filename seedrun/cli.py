@@ -260,9 +260,9 @@ def cmd_list(args) -> int:
     print("distillation strategies:")
     for name, strategy in STRATEGIES.items():
         print(f"  {name:<18} {strategy.description}")
-    from seedrun.sweeps.compose import recipe_groups
+    from seedrun.sweeps.compose import recipe_dirs, recipe_groups
 
-    print("recipes:")
+    print(f"recipes ({', then '.join(map(str, recipe_dirs()))}):")
     for group, names in recipe_groups().items():
         print(f"  {group + '/':<18} {' '.join(names)}")
     return 0

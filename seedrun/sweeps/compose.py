@@ -1,5 +1,11 @@
 """Recipes -> one resolved run config, through Hydra's compose API.
 
+The recipes ship inside the package (seedrun/recipes/: config.yaml and one folder per group), so an
+installed seedrun finds them from any folder. $SEEDRUN_RECIPES names folders of your own, separated
+by ':' (os.pathsep), searched in that order before the packaged recipes: a file there of the same
+group and name (or a config.yaml) replaces the packaged one, a new file adds a recipe, a new folder a
+group. They are folders on Hydra's config search path, not copies.
+
 Overrides use Hydra's grammar (`student=resnet18`, `distill.tau_teacher=0.01`). Before composing, each
 override is checked against the recipes so that a mistake becomes one line naming the key and what
 was expected (the known recipes of a group, or the keys of a section) rather than Hydra's traceback.
@@ -15,24 +21,35 @@ from typing import Any, Iterable
 
 from seedrun.errors import InputError
 
-
-def recipes_dir() -> Path:
-    """$SEEDRUN_RECIPES, else ./recipes, else the recipes next to the installed package."""
-    if os.environ.get("SEEDRUN_RECIPES"):
-        return Path(os.environ["SEEDRUN_RECIPES"]).absolute()
-    local = Path("recipes")
-    if (local / "config.yaml").is_file():
-        return local.absolute()
-    return Path(__file__).resolve().parent.parent / "recipes"
+PACKAGED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # package data: in the wheel too
 
 
-def recipe_groups(root: Path | None = None) -> dict[str, list[str]]:
-    """{group: [recipe names]} from the folders under recipes/."""
-    root = root or recipes_dir()
-    return {
-        group.name: sorted(path.stem for path in group.glob("*.yaml"))
-        for group in sorted(root.iterdir()) if group.is_dir()
-    }
+def recipe_dirs() -> tuple[Path, ...]:
+    """The recipe folders Hydra searches, first match wins: those of $SEEDRUN_RECIPES, then the packaged ones."""
+    dirs = []
+    for entry in os.environ.get("SEEDRUN_RECIPES", "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser().absolute()
+        if not folder.is_dir():
+            raise InputError("SEEDRUN_RECIPES", entry, "expected a folder of recipes; there is no such folder")
+        dirs.append(folder)
+    return (*dirs, PACKAGED_RECIPES)
+
+
+def recipe_groups(dirs: tuple[Path, ...] | None = None) -> dict[str, list[str]]:
+    """{group: [recipe names]} over the recipe folders (each group folder's *.yaml, merged)."""
+    return _recipe_groups(dirs or recipe_dirs())
+
+
+@lru_cache(maxsize=16)
+def _recipe_groups(dirs: tuple[Path, ...]) -> dict[str, list[str]]:
+    names: dict[str, set[str]] = {}
+    for root in dirs:
+        for group in root.iterdir():
+            if group.is_dir() and not group.name.startswith((".", "_")):
+                names.setdefault(group.name, set()).update(path.stem for path in group.glob("*.yaml"))
+    return {group: sorted(names[group]) for group in sorted(names)}
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -74,18 +91,41 @@ def check_overrides(overrides: Iterable[tuple[str, str]], source: str) -> None:
             node = node[part]
 
 
-@lru_cache(maxsize=256)
 def _compose_cached(overrides: tuple[str, ...]) -> dict[str, Any]:
-    return _to_container(_compose_groups(overrides))
+    return _compose_container(recipe_dirs(), overrides)
 
 
 @lru_cache(maxsize=256)
-def _compose_groups(overrides: tuple[str, ...]):
+def _compose_container(dirs: tuple[Path, ...], overrides: tuple[str, ...]) -> dict[str, Any]:
+    return _to_container(_compose_groups(dirs, overrides))
+
+
+@lru_cache(maxsize=256)
+def _compose_groups(dirs: tuple[Path, ...], overrides: tuple[str, ...]):
     """Hydra's composition (unresolved) for a set of overrides; cached, since it costs ~0.2 s a call."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
+    with initialize_config_dir(config_dir=str(dirs[-1]), version_base=None):  # the packaged recipes
+        if len(dirs) > 1:
+            _search_first(dirs[:-1])
         return compose(config_name="config", overrides=list(overrides))
+
+
+def _search_first(folders: tuple[Path, ...]) -> None:
+    """Put `folders`, in order, before the packaged recipes on Hydra's config search path.
+
+    initialize_config_dir() takes one folder; this re-creates the Hydra it set up with a longer search
+    path (what it does itself, in three lines), and leaving its `with` block still restores Hydra's state.
+    """
+    from hydra._internal.hydra import Hydra
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = copy.deepcopy(GlobalHydra.instance().config_loader().get_search_path())
+    for folder in folders:
+        search_path.prepend("seedrun", str(folder), anchor=SearchPathQuery(provider="main"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
 
 
 def _to_container(cfg) -> dict[str, Any]:
@@ -117,7 +157,7 @@ def compose_config(overrides: list[str], source: str = "overrides") -> dict[str,
             return _deep_copy(_compose_cached(tuple(overrides)))  # rare forms: let Hydra do all of it
         if not values:
             return _deep_copy(_compose_cached(choices))
-        cfg = copy.deepcopy(_compose_groups(choices))
+        cfg = copy.deepcopy(_compose_groups(recipe_dirs(), choices))
         for override in values:
             OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
                              force_add=override.is_add() or override.is_force_add())
