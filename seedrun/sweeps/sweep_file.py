@@ -12,7 +12,7 @@ A sweep file:
       distill.weight_decay: [1e-4, 5e-4]
     seeds: [0, 1]                    # innermost axis (the student's `seed`)
     baselines: true                  # also train each student alone with MoCo-v2 (the paper's baseline)
-    launcher: {name: local}          # or slurm: partition, timeout_min, ... (recipes/launcher/)
+    launcher: {name: local}          # or slurm: partition, timeout_min, ... (seedrun/recipes/launcher/)
 
 Keys and values are Hydra overrides: `teacher: resnet50_mocov2` picks a recipe, `distill.K: ...` sets a
 value. A teacher whose `checkpoint` is null becomes a pre-training run of its own that the
