@@ -1,8 +1,12 @@
 """Data: image sets (Fashion-MNIST, CIFAR, digits, ImageFolder trees), augmentations, and epoch sampling.
 
-    datasets     image sets found by name and root, loaded as uint8 tensors
-    augment      the paper's augmentations, applied to whole batches on the tensor
+    loader       one interface to a split, whichever loader reads it (data.loader: auto|memory|stream)
+    datasets     image sets found by name and root, loaded as uint8 tensors (the memory loader)
+    augment      the paper's augmentations, applied to whole batches on the tensor (the memory loader)
     sampling     the order of an epoch and the random stream of a step, seeded for exact resume
+    formats      ImageFolder trees and the official SEED TSV files: cached file lists, layout checks (torch-free)
+    sampler      the stream loader's sharded, resumable batch sampler
+    stream       the stream loader: DataLoader workers decoding and augmenting one image at a time
 
 Submodules import torch; this package itself imports nothing heavy.
 """

@@ -64,10 +64,13 @@ def locate(data: dict[str, Any], data_root: Optional[str] = None) -> Path | str:
     if fmt == "imagefolder":
         if explicit is None:
             raise DataNotFound("set data.root, --data-root or $SEEDRUN_DATA to a folder with train/ and val/")
+        from seedrun.data.formats import layout
+
         for folder in (explicit, explicit / data["name"]):
-            if (folder / "train").is_dir() and (folder / "val").is_dir():
+            if layout(folder) is not None:  # train/ + val/ folders, or the official code's train.tsv + val.tsv
                 return folder
-        raise DataNotFound(f"expected {explicit}/train/<class>/ and {explicit}/val/<class>/")
+        raise DataNotFound(f"expected {explicit}/train/<class>/ and {explicit}/val/<class>/ "
+                           f"(or train.tsv and val.tsv with their .lineidx)")
     raise DataNotFound(f"unknown data format {fmt!r}")
 
 

@@ -12,6 +12,8 @@ def classify_failure(exc: BaseException) -> str:
         return "out_of_memory"
     if isinstance(exc, FloatingPointError) or "nan" in text.lower().split():
         return "nan_loss"
+    if type(exc).__name__ == "DataError":  # seedrun.data.formats: too many unreadable images
+        return "data_error"
     return "exception"
 
 

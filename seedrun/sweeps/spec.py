@@ -15,7 +15,10 @@ from typing import Any, Optional
 # Keys that do not change a run's result: moving the data or the cluster must not retrain it.
 EXECUTION_KEYS = ("launcher", "device", "threads")
 # Which evaluations follow a run (eval.after, eval.protocols) are runs of their own: not this run's content.
-EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"), ("eval", "after"), ("eval", "protocols"))
+EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"), ("data", "workers"), ("data", "prefetch"),
+                     ("data", "max_bad_images"), ("eval", "after"), ("eval", "protocols"))
+# Keys left out while at these values, so that adding them to the recipes kept recorded runs' hashes.
+DEFAULT_SUBKEYS = {("data", "loader"): "auto"}
 
 
 def canonical_json(value: Any) -> str:
@@ -26,6 +29,9 @@ def config_hash(config: dict[str, Any]) -> str:
     content = {key: value for key, value in config.items() if key not in EXECUTION_KEYS}
     for section, key in EXECUTION_SUBKEYS:
         if isinstance(content.get(section), dict) and key in content[section]:
+            content[section] = {k: v for k, v in content[section].items() if k != key}
+    for (section, key), default in DEFAULT_SUBKEYS.items():
+        if isinstance(content.get(section), dict) and content[section].get(key, default) == default:
             content[section] = {k: v for k, v in content[section].items() if k != key}
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 

@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seedrun.data.augment import augment
-from seedrun.data.datasets import load
-from seedrun.data.sampling import epoch_order, step_generator
+from seedrun.data.loader import open_split
 from seedrun.losses import seed_loss
 from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
@@ -48,7 +46,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     softmax(z_T . [z_T; queue] / tau_T) with log_softmax(z_S . [z_T; queue] / tau_S))."""
     device = setup_torch(config)
     data_cfg, d, s = config["data"], config["distill"], config["student"]
-    train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
+    train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(config["seed"])
 
     teacher_backbone, teacher_head = load_teacher(config, teacher_dir)
@@ -64,9 +62,9 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     if small_patches and d["strategy"] != "seed":
         raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
     small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
-    batch_size = batch_size_for(d["batch_size"], len(train.images))
+    batch_size = batch_size_for(d["batch_size"], len(train))
     parameters = list(student.parameters()) + list(objective.parameters())
-    optimizer, loop = sgd_and_loop(parameters, d, batch_size, len(train.images), run_dir, hooks)
+    optimizer, loop = sgd_and_loop(parameters, d, batch_size, len(train), run_dir, hooks)
     steps_per_epoch = loop.steps_per_epoch
 
     step = 0
@@ -89,17 +87,17 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
                 "step": step, "epoch": step // steps_per_epoch}
 
-    aug = data_cfg["augment"]
+    # views of a batch: 0 the one both networks see, 1 the student's own second view (SEED + MoCo-v2),
+    # 2.. the small patches; the in-memory loader draws them on demand, the stream loader ahead
+    views = {0: None, **({1: None} if d["strategy"] == "seed_mocov2" else {}),
+             **{2 + crop: (tuple(d["small_crop_scale"]), d["small_crop_size"]) for crop in range(small_patches)}}
+    batches = train.batches(seed, batch_size, views)
     for epoch in range(step // steps_per_epoch, d["epochs"]):
         student.train()
-        order = epoch_order(len(train.images), seed, epoch)
         started, losses = time.monotonic(), []
-        for position in range(step % steps_per_epoch, steps_per_epoch):
-            indices = order[position * batch_size:(position + 1) * batch_size]
-            images = train.images[indices]
-            view = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step)).to(device)
-            another_view = lambda: augment(images, aug, data_cfg["image_size"], train.mean, train.std,  # noqa: E731
-                                           step_generator(seed, step, 1)).to(device)
+        for batch in batches.epoch(epoch, step % steps_per_epoch):
+            indices, view = batch.indices, batch.view(0).to(device)
+            another_view = lambda: batch.view(1).to(device)  # noqa: E731
             loop.set_lr(optimizer, step)
             with autocast(config, device):
                 with torch.no_grad():
@@ -109,9 +107,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
                     small_losses = []
                     for crop in range(small_patches):
-                        small = augment(images, aug, data_cfg["image_size"], train.mean, train.std,
-                                        step_generator(seed, step, 2 + crop), crop_scale=tuple(d["small_crop_scale"]),
-                                        out_size=d["small_crop_size"]).to(device)
+                        small = batch.view(2 + crop).to(device)
                         with torch.no_grad():
                             z_teacher_small = F.normalize(teacher(small).float(), dim=1)
                         z_student_small = F.normalize(student(small).float(), dim=1)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from seedrun.data.augment import normalize
-from seedrun.data.datasets import ImageSet
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.training.checkpoints import save_checkpoint
 
@@ -68,20 +67,27 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 
 @torch.no_grad()
-def features(backbone: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+def embed(backbone: nn.Module, data, device: torch.device, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of a split's evaluation views, a chunk at a time, whichever loader reads it
+    (seedrun.data.loader): never the whole image set as float."""
     backbone.eval()
-    out = []
-    for start in range(0, len(data.images), batch_size):
-        x = normalize(data.images[start:start + batch_size], data.mean, data.std).to(device)
+    out, labels = [], []
+    for images, chunk_labels in data.chunks(batch_size):
+        x = normalize(images, data.mean, data.std).to(device)
         out.append(backbone(x).float().cpu())
-    return torch.cat(out)
+        labels.append(chunk_labels)
+    return torch.cat(out), torch.cat(labels)
 
 
-def evaluate_knn(backbone: nn.Module, train: ImageSet, test: ImageSet, config: dict[str, Any], device) -> dict[str, float]:
+def features(backbone: nn.Module, data, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    return embed(backbone, data, device, batch_size)[0]
+
+
+def evaluate_knn(backbone: nn.Module, train, test, config: dict[str, Any], device) -> dict[str, float]:
     knn = config["eval"]["knn"]
-    train_f, test_f = features(backbone, train, device).to(device), features(backbone, test, device).to(device)
-    result = knn_accuracy(train_f, train.labels.to(device), test_f, test.labels.to(device), train.num_classes,
-                          k=knn["k"], tau=knn["tau"])
+    (train_f, train_labels), (test_f, test_labels) = embed(backbone, train, device), embed(backbone, test, device)
+    result = knn_accuracy(train_f.to(device), train_labels.to(device), test_f.to(device), test_labels.to(device),
+                          train.num_classes, k=knn["k"], tau=knn["tau"])
     return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
 
 

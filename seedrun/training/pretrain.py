@@ -12,9 +12,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from seedrun.data.augment import augment, normalize
-from seedrun.data.datasets import ImageSet, load
-from seedrun.data.sampling import epoch_order, step_generator
+from seedrun.data.augment import normalize
+from seedrun.data.loader import open_split
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.models.heads import teacher_head
 from seedrun.models.model_file import MODEL, save_model
@@ -28,7 +27,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.training.pretexts) on two views."""
     device = setup_torch(config)
     data_cfg, p = config["data"], config["pretrain"]
-    train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
+    train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(p["seed"])
 
     torch.manual_seed(seed)
@@ -36,9 +35,9 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     head = teacher_head(p["method"], d, p["dim"])
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
-    batch_size = batch_size_for(p["batch_size"], len(train.images))
+    batch_size = batch_size_for(p["batch_size"], len(train))
     parameters = [param for param in list(encoder.parameters()) + list(pretext.parameters()) if param.requires_grad]
-    optimizer, loop = sgd_and_loop(parameters, p, batch_size, len(train.images), run_dir, hooks)
+    optimizer, loop = sgd_and_loop(parameters, p, batch_size, len(train), run_dir, hooks)
     steps_per_epoch = loop.steps_per_epoch
 
     step = 0
@@ -56,15 +55,12 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         return {"encoder": encoder.state_dict(), "pretext": pretext.state_dict(), "pretext_extra": pretext.extra_state(),
                 "optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
 
-    aug = data_cfg["augment"]
+    batches = train.batches(seed, batch_size, {0: None, 1: None})  # two views a batch, whichever loader
     for epoch in range(step // steps_per_epoch, p["epochs"]):
         encoder.train()
-        order = epoch_order(len(train.images), seed, epoch)
         started, losses = time.monotonic(), []
-        for position in range(step % steps_per_epoch, steps_per_epoch):
-            images = train.images[order[position * batch_size:(position + 1) * batch_size]]
-            view_a = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 0)).to(device)
-            view_b = augment(images, aug, data_cfg["image_size"], train.mean, train.std, step_generator(seed, step, 1)).to(device)
+        for batch in batches.epoch(epoch, step % steps_per_epoch):
+            view_a, view_b = batch.view(0).to(device), batch.view(1).to(device)
             loop.set_lr(optimizer, step)
             with autocast(config, device):
                 loss = pretext(encoder, view_a, view_b)
@@ -81,11 +77,15 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
 
     save_model(run_dir / MODEL, backbone, head, arch=p["arch"], width=p["width"], small_images=p["small_images"],
                in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"]})
+    if train.kind != "memory":  # it would need every image as float: computed only for in-memory sets
+        hooks.log("raw-pixel k-NN reference skipped: the data set streams (data.loader=stream)")
+        return evaluate_knn(backbone, train, test, config, device)
     return {**evaluate_knn(backbone, train, test, config, device), **pixel_reference(train, test, config)}
 
 
-def pixel_reference(train: ImageSet, test: ImageSet, config: dict[str, Any]) -> dict[str, float]:
-    """k-NN on raw pixels with the same protocol: the floor a learned representation should clear."""
+def pixel_reference(train, test, config: dict[str, Any]) -> dict[str, float]:
+    """k-NN on raw pixels with the same protocol: the floor a learned representation should clear
+    (in-memory sets only: seedrun.data.loader.MemoryData)."""
     knn = config["eval"]["knn"]
     flat = lambda data: normalize(data.images, data.mean, data.std).flatten(1)  # noqa: E731
     result = knn_accuracy(flat(train), train.labels, flat(test), test.labels, train.num_classes, k=knn["k"], tau=knn["tau"])

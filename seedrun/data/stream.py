@@ -1,0 +1,186 @@
+"""The stream loader: images read and decoded one at a time by DataLoader worker processes, for sets too
+big to hold in memory (ImageNet). Nothing but the file list (seedrun.data.formats) is held.
+
+Each worker reads a file (or a TSV row), decodes it (PIL with `draft`, which lets libjpeg decode at
+1/2, 1/4 or 1/8 scale when the output is that much smaller, or torchvision.io's decoder: `data.decoder`,
+default pil, the faster in benchmarks/loader.py) and applies the paper's per-image augmentations with
+torchvision.transforms.v2 on the uint8 tensor: RandomResizedCrop of the whole image, colour jitter,
+grayscale, Gaussian blur (sigma scaled by size / 224, as in seedrun.data.augment), flip; the settings are
+the recipe's `data.augment`, the ones the in-memory loader uses. Evaluation views are
+Resize(256 * s / 224) -> CenterCrop(s). Views travel as uint8 (4x less than float through the workers'
+shared memory, pinned when there is a GPU) and are normalised by `StreamBatch.view`.
+
+Randomness: a sample's augmentation is drawn from torch's generator seeded by (seed, epoch, index,
+view) inside `torch.random.fork_rng`, so it does not depend on the worker, the batch it lands in or
+where a run was resumed; a resumed run is bit-identical on the CPU.
+
+A file that cannot be read or decoded is reported (path and error) with its batch, and its slot is
+filled with another image of the same batch, so that batch sizes (and queue arithmetic) hold; the
+caller counts and logs them (seedrun.data.loader).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seedrun.data.formats import FileList
+from seedrun.data.sampler import SequentialBatchSampler, ShardedBatchSampler
+
+DECODERS = ("pil", "torchvision")
+
+
+def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:
+    return (((seed * 1_000_003 + epoch) * 20_000_003 + index) * 64 + view) % (2 ** 63)
+
+
+def train_transform(aug: dict[str, Any], size: int, image_size: int, crop_scale=None):
+    """MoCo-v2's per-image augmentation (official main_moco.py), on a uint8 (C, H, W) tensor."""
+    from torchvision.transforms import v2
+
+    sigma = [float(s) * image_size / 224 for s in aug["blur_sigma"]]
+    kernel = 2 * max(1, int(math.ceil(3 * sigma[1]))) + 1
+    steps = [
+        v2.RandomResizedCrop(size, scale=tuple(crop_scale or aug["crop_scale"]), antialias=True),
+        v2.RandomApply([v2.ColorJitter(*aug["jitter"])], p=aug["jitter_p"]),
+        v2.RandomGrayscale(p=aug["grayscale_p"]),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(sigma))], p=aug["blur_p"]),
+    ]
+    if aug.get("flip", True):
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int):
+    """Resize the short side to 256 * s / 224, then the central s x s (224 -> 256 -> 224 on ImageNet)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(round(256 * size / 224), antialias=True), v2.CenterCrop(size)])
+
+
+class ImageStream(Dataset):
+    """Items are (sample index, epoch); epoch -1 gives the evaluation view. Returns a dict with the
+    index, label and {view: uint8 tensor}, or the index, path and error when the image is unreadable."""
+
+    def __init__(self, files: FileList, data_cfg: dict[str, Any], seed: int = 0,
+                 views: Optional[dict[int, Optional[tuple]]] = None, decoder: str = "pil"):
+        if decoder not in DECODERS:
+            raise ValueError(f"data.decoder: expected one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.files, self.seed, self.decoder = files, seed, decoder
+        self.channels, size = data_cfg["channels"], data_cfg["image_size"]
+        self.views = views or {0: None}
+        aug, self.transforms = data_cfg["augment"], {}
+        smallest, largest_out = 1.0, size
+        for view, spec in self.views.items():
+            scale, out = spec or (None, None)
+            self.transforms[view] = train_transform(aug, out or size, size, scale)
+            smallest = min(smallest, float((scale or aug["crop_scale"])[0]))
+            largest_out = max(largest_out, out or size)
+        self.eval = eval_transform(size)
+        # decode no bigger than needed: the smallest training crop keeps full resolution at the output size
+        self.train_side = int(math.ceil(largest_out / math.sqrt(max(smallest, 1e-3))))
+        self.eval_side = round(256 * size / 224)
+        self._tsv, self._tsv_pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, index: int) -> tuple[bytes, int]:
+        files = self.files
+        if files.kind == "folders":
+            with open(files.path(index), "rb") as f:
+                return f.read(), files.label(index)
+        if self._tsv is None or self._tsv_pid != os.getpid():  # one handle per worker process
+            self._tsv, self._tsv_pid = open(files.folder, "rb"), os.getpid()
+        self._tsv.seek(files.offset(index))
+        fields = self._tsv.readline().rstrip(b"\r\n").split(b"\t")
+        if len(fields) < 3:
+            raise ValueError("expected key<TAB>label<TAB>base64 image")
+        return base64.b64decode(fields[-1], validate=True), int(fields[1])
+
+    def _decode(self, raw: bytes, side: int) -> torch.Tensor:
+        if self.decoder == "torchvision":
+            from torchvision.io import ImageReadMode, decode_image
+
+            mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
+            return decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.format == "JPEG":
+                image.draft("L" if self.channels == 1 else "RGB", (side, side))
+            array = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
+        tensor = torch.from_numpy(array.copy())
+        return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = item
+        try:
+            raw, label = self._read(index)
+            image = self._decode(raw, self.eval_side if epoch < 0 else self.train_side)
+        except Exception as exc:  # corrupt, truncated, unreadable: reported by the caller, never a crash
+            return {"index": index, "bad": f"{self.files.path(index)}: {type(exc).__name__}: {exc}"}
+        if epoch < 0:
+            return {"index": index, "label": label, "views": {0: self.eval(image)}}
+        views = {}
+        for view, transform in self.transforms.items():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index, view))
+                views[view] = transform(image)
+        return {"index": index, "label": label, "views": views}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; an unreadable image's slot is filled with the next readable one of the batch."""
+    good = [item for item in items if "bad" not in item]
+    bad = [item["bad"] for item in items if "bad" in item]
+    if not good:
+        return {"indices": torch.empty(0, dtype=torch.int64), "labels": torch.empty(0, dtype=torch.int64),
+                "views": {}, "bad": bad, "size": len(items)}
+    filled = [item if "bad" not in item else good[i % len(good)] for i, item in enumerate(items)]
+    return {"indices": torch.tensor([item["index"] for item in filled], dtype=torch.int64),
+            "labels": torch.tensor([item["label"] for item in filled], dtype=torch.int64),
+            "views": {k: torch.stack([item["views"][k] for item in filled]) for k in filled[0]["views"]},
+            "bad": bad, "size": len(items)}
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # one decode a process: the workers are the parallelism
+
+
+def default_workers() -> int:
+    """The CPUs of the task, minus one for the training process."""
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
+    return max(0, cpus - 1)
+
+
+def make_loader(dataset: ImageStream, batch_sampler, workers: int, prefetch: int, persistent: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init,
+                      persistent_workers=persistent and workers > 0,
+                      prefetch_factor=prefetch if workers > 0 else None)
+
+
+def train_loader(files: FileList, data_cfg: dict[str, Any], seed: int, batch_size: int,
+                 views: dict[int, Optional[tuple]], rank: int = 0, world: int = 1,
+                 workers: Optional[int] = None) -> tuple[DataLoader, ShardedBatchSampler]:
+    """A DataLoader over rank `rank`'s batches; set the sampler's epoch (and start) before each iter()."""
+    sampler = ShardedBatchSampler(len(files), batch_size, seed, rank, world)
+    dataset = ImageStream(files, data_cfg, seed, views, data_cfg.get("decoder") or "pil")
+    workers = default_workers() if workers is None else workers
+    return make_loader(dataset, sampler, workers, int(data_cfg.get("prefetch") or 2), persistent=True), sampler
+
+
+def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, workers: Optional[int] = None) -> DataLoader:
+    """Every image once, in order, as its evaluation view."""
+    dataset = ImageStream(files, data_cfg, decoder=data_cfg.get("decoder") or "pil")
+    workers = default_workers() if workers is None else workers
+    return make_loader(dataset, SequentialBatchSampler(len(files), batch_size), workers,
+                       int(data_cfg.get("prefetch") or 2), persistent=False)
