@@ -4,6 +4,10 @@ It reads its run from the database, trains in the run's fixed directory (resumin
 checkpoint if there is one), and records state, per-epoch metrics, final metrics, failures and
 provenance. It is a submitit Checkpointable.
 
+State changes are guarded transitions (seedrun.store.states): the job starts a run that is neither
+cancelled nor completed, and ends or requeues only a run it holds as `running`, so a run cancelled
+(or marked lost by `seedrun status`) while it trains keeps that state: no result, no requeue.
+
 Stopping, checkpointing and requeueing (checked against the one-node test cluster,
 tests/test_slurm_sweep.py):
 
@@ -41,11 +45,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import submitit
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import object_session
 
-from seedrun.store.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, SUBMITTED, Run, record_metrics,
-                            utcnow)
+from seedrun.store.schema import Run, record_metrics, utcnow
+from seedrun.store.states import BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED, transition
 from seedrun.store.engine import session_scope
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
@@ -138,7 +142,7 @@ class RunJob(submitit.helpers.Checkpointable):
         if self._signal is not None:
             self._disarm_alarm()  # finished before the step boundary came: nothing to requeue
         hooks.log("results " + json.dumps(results))
-        self._finish(COMPLETED, results=results)
+        self._finish(results)
         return results
 
     def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
@@ -174,13 +178,14 @@ class RunJob(submitit.helpers.Checkpointable):
         """Mark the run running (or blocked, or out of budget); None when it must not train."""
         info = provenance()
         with session_scope(self.db_url) as session:
+            # Only read here: a cancel that lands after this read makes the transitions below fail.
             run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
-            if run.state in (CANCELLED, COMPLETED):  # cancelled while queued, or a duplicate of a finished run
+            if run.state not in STARTABLE:
                 return None
             upstream = session.scalars(select(Run).where(Run.hash == run.depends_on)).one_or_none() if run.depends_on else None
             if upstream is not None and upstream.state != COMPLETED:
-                run.state, run.error = BLOCKED, f"upstream run {upstream.hash[:12]} is {upstream.state}"
-                run.failure_reason, run.finished_at = "blocked", utcnow()
+                transition(session, run.id, BLOCKED, expect=STARTABLE, failure_reason="blocked", finished_at=utcnow(),
+                           error=f"upstream run {upstream.hash[:12]} is {upstream.state}")
                 return None
             prov = dict(run.provenance or {})
             launcher = {**(run.config.get("launcher") or {}), **(prov.get("launcher") or {})}
@@ -195,14 +200,10 @@ class RunJob(submitit.helpers.Checkpointable):
                 limit = self._budgets["max_preemptions"]
                 if 0 <= limit < prov["preemptions"]:
                     prov["attempt_open"] = False
-                    run.provenance = prov
-                    run.state, run.failure_reason, run.finished_at = FAILED, "preempted", utcnow()
-                    run.error = f"preemption budget spent: {prov['preemptions']} preemptions > max_preemptions={limit}"
+                    transition(session, run.id, FAILED, expect=STARTABLE, provenance=prov, failure_reason="preempted",
+                               finished_at=utcnow(),
+                               error=f"preemption budget spent: {prov['preemptions']} preemptions > max_preemptions={limit}")
                     return None
-            run.state, run.attempts = RUNNING, run.attempts + 1
-            run.started_at = run.started_at or utcnow()
-            run.job_id = job_id()
-            run.error = run.failure_reason = None
             prov.update(info)
             prov.update(submitit_paths())
             prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
@@ -211,7 +212,11 @@ class RunJob(submitit.helpers.Checkpointable):
             weights = teacher_file(config, stage, teacher_dir)
             if weights is not None:
                 prov.update(teacher_digest(weights, prov))
-            run.provenance = prov
+            columns = Run.__table__.c
+            if not transition(session, run.id, RUNNING, expect=STARTABLE, attempts=columns.attempts + 1,
+                              started_at=func.coalesce(columns.started_at, utcnow()), job_id=job_id(), error=None,
+                              failure_reason=None, provenance=prov):
+                return None
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         return config, run_dir, stage, teacher_dir
@@ -283,7 +288,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 time.sleep(0.2)
             if self._signal is None:
                 self._log(f"not killed {SIGTERM_WAIT_S:.0f}s after SIGTERM: exiting; `seedrun sweep` resumes the run")
-                self._update(lambda run, prov: _set(run, state=PENDING, error="stopped by SIGTERM; resumable"))
+                self._update(lambda run, prov: _move(run, PENDING, error="stopped by SIGTERM; resumable"))
                 raise AttemptOver("stopped by SIGTERM")
             self._disarm_alarm()
         self._log("stopped: checkpoint written")
@@ -303,35 +308,31 @@ class RunJob(submitit.helpers.Checkpointable):
         outcome: dict[str, Any] = {}
 
         def record(run: Run, prov: dict[str, Any]) -> None:
-            if run.state == CANCELLED:
-                outcome["requeue"] = False
-                return
-            prov[kind] = prov.get(kind, 0) + 1
-            record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
-            if 0 <= limit < prov[kind]:
+            count = prov.get(kind, 0) + 1
+            if 0 <= limit < count:
                 what = "timeout" if timed_out else "preemption"
-                _set(run, state=FAILED, failure_reason="timeout" if timed_out else "preempted", finished_at=utcnow(),
-                     error=f"{what} budget spent: {prov[kind]} {kind} > max_{kind}={limit}")
-                outcome["requeue"] = False
+                moved = _move(run, FAILED, failure_reason="timeout" if timed_out else "preempted", finished_at=utcnow(),
+                              error=f"{what} budget spent: {count} {kind} > max_{kind}={limit}")
             elif handler is None:
-                _set(run, state=PENDING, error="interrupted outside submitit: `seedrun sweep` resumes it")
-                outcome["requeue"] = False
+                moved = _move(run, PENDING, error="interrupted outside submitit: `seedrun sweep` resumes it")
             else:
-                _set(run, state=SUBMITTED, error=None)
-                outcome["requeue"] = True
-            outcome["count"] = prov[kind]
+                outcome["requeue"] = moved = _move(run, SUBMITTED, error=None)
+            if moved:  # else cancelled (or ended by status) meanwhile: nothing to count, no requeue
+                prov[kind] = outcome["count"] = count
+                record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
 
         self._account(extra=record)
         if not outcome.get("requeue"):
-            self._log(f"not requeued ({kind}: {outcome.get('count')}, limit {limit})")
+            self._log(f"not requeued ({kind}: {outcome['count']}, limit {limit})" if "count" in outcome else
+                      "not requeued: the run was cancelled or ended by another writer meanwhile")
             raise AttemptOver(f"interrupted, not requeued ({kind})")
         self._log(f"requeueing after {'a timeout' if timed_out else 'a preemption'} ({kind}: {outcome['count']}"
                   + (f" of {limit})" if limit >= 0 else ")"))
         try:
             handler(self._signal, None)  # submitit: checkpoint(), dump, `scontrol requeue`, sys.exit
         except Exception as exc:
-            self._update(lambda run, prov: _set(run, state=FAILED, failure_reason="exception",
-                                                error=f"requeue failed: {traceback_tail(exc)}"))
+            error = f"requeue failed: {traceback_tail(exc)}"
+            self._update(lambda run, prov: _move(run, FAILED, expect=(SUBMITTED,), failure_reason="exception", error=error))
             raise AttemptOver("requeue failed") from exc
         raise AttemptOver("submitit did not exit after requeueing")
 
@@ -347,12 +348,10 @@ class RunJob(submitit.helpers.Checkpointable):
         def record(run: Run, prov: dict[str, Any]) -> None:
             prov["failures"] = prov.get("failures", 0) + 1
             record_event(prov, run.attempts, "failure", f"{reason}: {str(exc)[:200]}")
-            retry = (run.state != CANCELLED and env is not None and reason != "nan_loss"
-                     and (limit < 0 or prov["failures"] <= limit))
-            if retry:
-                _set(run, state=SUBMITTED, error=traceback_tail(exc), failure_reason=None)
-            elif run.state != CANCELLED:
-                _set(run, state=FAILED, error=traceback_tail(exc), failure_reason=reason, finished_at=utcnow())
+            retry = env is not None and reason != "nan_loss" and (limit < 0 or prov["failures"] <= limit)
+            retry = retry and _move(run, SUBMITTED, error=traceback_tail(exc), failure_reason=None)
+            if not retry:
+                _move(run, FAILED, error=traceback_tail(exc), failure_reason=reason, finished_at=utcnow())
             outcome["retry"], outcome["count"] = retry, prov["failures"]
 
         self._account(extra=record)
@@ -361,14 +360,13 @@ class RunJob(submitit.helpers.Checkpointable):
             env._requeue(10**6)  # Slurm: `scontrol requeue`; local: exits with submitit's requeue code
             sys.exit(-1)
 
-    def _finish(self, state: str, results: Optional[dict] = None, error: Optional[str] = None,
-                reason: Optional[str] = None) -> None:
+    def _finish(self, results: dict[str, float]) -> None:
         def record(run: Run, prov: dict[str, Any]) -> None:
-            if run.state == CANCELLED:
-                return
-            _set(run, state=state, error=error, failure_reason=reason, finished_at=utcnow())
-            prov["end"] = utcnow().isoformat()
-            record_metrics(object_session(run), run, results or {}, run.epoch)
+            if _move(run, COMPLETED, error=None, failure_reason=None, finished_at=utcnow()):
+                prov["end"] = utcnow().isoformat()
+                record_metrics(object_session(run), run, results, run.epoch)
+            else:
+                self._log("results not recorded: the run was cancelled or ended by another writer meanwhile")
 
         self._account(extra=record)
 
@@ -405,9 +403,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def _set(run: Run, **values: Any) -> None:
-    for key, value in values.items():
-        setattr(run, key, value)
+def _move(run: Run, state: str, expect: tuple[str, ...] = (RUNNING,), **values: Any) -> bool:
+    """Move the attempt's run (loaded in a session) to `state`, only from `expect`: by default from the
+    `running` it set itself, so that a cancel, or a loss recorded by status, is never overwritten."""
+    return transition(object_session(run), run.id, state, expect=expect, **values)
 
 
 def _signal_name(signum: Optional[int]) -> str:

@@ -10,14 +10,12 @@ import os
 import signal
 from typing import Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from seedrun.errors import InputError
-from seedrun.store.schema import (BLOCKED, CANCELLED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow, SweepRun,
-                            utcnow)
+from seedrun.store.schema import Run, Sweep as SweepRow, SweepRun, utcnow
+from seedrun.store.states import BLOCKED, CANCELLED, IN_FLIGHT, PENDING, RETRYABLE, transition_many
 from seedrun.store.engine import session_scope
-
-RETRYABLE = (FAILED, BLOCKED, CANCELLED, LOST)
 
 
 def find_run(session, prefix: str, command: str) -> Run:
@@ -119,9 +117,8 @@ def cancel(db_url: str, target: str) -> int:
         return 0
     # Record first: a job that starts or finishes after this sees `cancelled` and leaves it so.
     with session_scope(db_url) as session:
-        session.execute(update(Run).where(Run.id.in_([run_id for run_id, _ in targets]), Run.state.in_((PENDING,) + IN_FLIGHT))
-                        .values(state=CANCELLED, failure_reason="cancelled", error="cancelled with `seedrun cancel`",
-                                finished_at=utcnow()))
+        transition_many(session, CANCELLED, [{"rid": run_id} for run_id, _ in targets], expect=(PENDING,) + IN_FLIGHT,
+                        failure_reason="cancelled", error="cancelled with `seedrun cancel`", finished_at=utcnow())
     slurm_ids = [job_id for _, job_id in targets if job_id and not job_id.startswith(("local:", "pid:"))]
     local = [job_id.split(":", 1)[1] for _, job_id in targets if job_id and job_id.startswith(("local:", "pid:"))]
     status = 0

@@ -1,5 +1,8 @@
 """Submission: runs -> jobs. Locally, through submitit's LocalExecutor, one job at a time, stages in
 order (teachers before the students that need them), with live progress read from the database.
+
+A run is submitted only if this launcher moves it to `submitted` (seedrun.store.states.transition):
+one that another process started or finished meanwhile is left to it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 
 from seedrun.store.plan import Plan
-from seedrun.store.schema import BLOCKED, CANCELLED, COMPLETED, FAILED, SUBMITTED, Run
+from seedrun.store.schema import Run
+from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
 from seedrun.sweeps.spec import RunSpec
 from seedrun.store.engine import session_scope
 from seedrun.store.locations import seedrun_home
@@ -60,12 +64,14 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
         for run in ordered:
             upstream_state = _state(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
             if upstream_state != COMPLETED:
-                _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}")
-                outcome["blocked"] += 1
+                if _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}"):
+                    outcome["blocked"] += 1
+                progress.advance(overall)
+                continue
+            if not _mark(db_url, run.hash, SUBMITTED, None):  # another process took it since the plan was read
                 progress.advance(overall)
                 continue
             task = progress.add_task(_label(run), total=_epochs(run), note="starting")
-            _mark(db_url, run.hash, SUBMITTED, None)
             job = executor.submit(RunJob(run.hash, db_url, data_root))
             with session_scope(db_url) as session:
                 session.scalars(select(Run).where(Run.hash == run.hash)).one().job_id = f"local:{job.job_id}"
@@ -75,8 +81,9 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 time.sleep(POLL_SECONDS)
             state, epoch, error = _state(db_url, run.hash)
             if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
-                _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result")
-                state = FAILED
+                _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",
+                      expect=(PENDING,) + IN_FLIGHT)
+                state = _state(db_url, run.hash)[0]
             note = state
             if state == COMPLETED:
                 metrics = _metrics(db_url, run.hash)
@@ -95,12 +102,10 @@ def _job_error(job) -> Optional[str]:
     return None
 
 
-def _mark(db_url: str, run_hash: str, state: str, error: Optional[str]) -> None:
+def _mark(db_url: str, run_hash: str, state: str, error: Optional[str], expect=SUBMITTABLE) -> bool:
+    """Move the run to `state`; False if another writer moved it first (it is no longer in `expect`)."""
     with session_scope(db_url) as session:
-        run = session.scalars(select(Run).where(Run.hash == run_hash)).one()
-        run.state = state
-        if error is not None:
-            run.error = error
+        return transition(session, run_hash, state, expect=expect, **({"error": error} if error is not None else {}))
 
 
 def _metrics(db_url: str, run_hash: str) -> dict[str, float]:

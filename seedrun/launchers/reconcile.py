@@ -28,23 +28,23 @@ def reconcile(db_url: str) -> int:
 
     Slurm is asked once (seedrun.launchers.cluster.query_states: one sacct, at most one squeue) for every job in
     flight. A run is changed only if it is still in flight with the same job id when the answer is
-    written (one conditional UPDATE per run), so a job that records its own result meanwhile wins.
+    written (seedrun.store.states.transition, one per run), so a job that records its own result meanwhile wins.
     Jobs that died without recording are classified from Slurm's state: cancelled, timeout,
     out_of_memory, node_fail, or exception (failed, with Slurm's exit code). An array task waiting on
     a teacher that failed (DependencyNeverSatisfied: it would wait forever) is cancelled and marked
     blocked, or pending when its own teacher completed (`seedrun sweep` then resubmits it).
     """
-    from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, LOST, PENDING
+    from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, transition
 
     # Read with plain SQL: the ORM (a fifth of a second to import) is loaded only to write changes.
     runs = in_flight_runs(db_url)
-    changes: list[tuple[int, Optional[str], dict[str, Any]]] = []
+    changes: list[tuple[int, Optional[str], str, dict[str, Any]]] = []  # (run id, job id, new state, values)
     slurm_runs = []
     for run_id, job_id, depends_on in runs:
         if job_id and job_id.startswith(("local:", "pid:")):
             pid = job_id.split(":", 1)[1]
             if pid.isdigit() and not _local_alive(int(pid)):
-                changes.append((run_id, job_id, {"state": LOST, "error": "the local job's process is gone"}))
+                changes.append((run_id, job_id, LOST, {"error": "the local job's process is gone"}))
         elif job_id:
             slurm_runs.append((run_id, job_id, depends_on))
     to_cancel: list[str] = []
@@ -65,42 +65,40 @@ def reconcile(db_url: str) -> int:
                 upstream_states = states_of(db_url, waiting)
         for run_id, job_id, depends_on in slurm_runs if states is not None else []:
             found = states.get(job_id)
-            values: Optional[dict[str, Any]] = None
+            to: Optional[str] = None
+            values: dict[str, Any] = {}
             if found is None or found.missing:
-                values = {"state": LOST, "error": f"Slurm job {job_id} is unknown to sacct and squeue"}
+                to, values = LOST, {"error": f"Slurm job {job_id} is unknown to sacct and squeue"}
             elif found.state is State.CANCELLED:
-                values = {"state": CANCELLED, "failure_reason": "cancelled", "error": f"Slurm: {found.raw or 'CANCELLED'}"}
+                to, values = CANCELLED, {"failure_reason": "cancelled", "error": f"Slurm: {found.raw or 'CANCELLED'}"}
             elif found.state is State.COMPLETED:
-                values = {"state": LOST, "error": "Slurm says COMPLETED but the job recorded no result"}
+                to, values = LOST, {"error": "Slurm says COMPLETED but the job recorded no result"}
             elif found.terminal:
                 # The job died without recording it (killed, node lost, out of memory, time limit).
                 reason = died_as.get(found.state, "exception")
                 code = f", exit code {found.exit_code}" if found.exit_code else ""
                 code += f", signal {found.signal}" if found.signal else ""
-                values = {"state": FAILED, "failure_reason": reason, "error": f"Slurm: {found.raw or found.state}{code}"}
+                to, values = FAILED, {"failure_reason": reason, "error": f"Slurm: {found.raw or found.state}{code}"}
             elif found.state is State.PENDING and found.reason == "DependencyNeverSatisfied":
                 to_cancel.append(job_id)
                 upstream = upstream_states.get(depends_on or "", "unknown")
                 if upstream == COMPLETED:
-                    values = {"state": PENDING, "job_id": None,
-                              "error": "its array waited on another teacher that failed; `seedrun sweep` resubmits it"}
+                    to, values = PENDING, {"job_id": None,
+                                           "error": "its array waited on another teacher that failed; `seedrun sweep` resubmits it"}
                 else:
-                    values = {"state": BLOCKED, "failure_reason": "blocked",
-                              "error": f"upstream run {(depends_on or '')[:12]} is {upstream}"}
-            if values is not None:
-                changes.append((run_id, job_id, values))
+                    to, values = BLOCKED, {"failure_reason": "blocked",
+                                           "error": f"upstream run {(depends_on or '')[:12]} is {upstream}"}
+            if to is not None:
+                changes.append((run_id, job_id, to, values))
     changed = 0
     if changes:
-        from sqlalchemy import update
-
-        from seedrun.store.schema import IN_FLIGHT, Run
         from seedrun.store.engine import session_scope
+        from seedrun.store.schema import Run
 
+        job_column = Run.__table__.c.job_id
         with session_scope(db_url) as session:
-            for run_id, job_id, values in changes:
-                result = session.execute(update(Run).where(Run.id == run_id, Run.state.in_(IN_FLIGHT), Run.job_id == job_id)
-                                         .values(**values))
-                changed += result.rowcount or 0
+            for run_id, job_id, to, values in changes:
+                changed += transition(session, run_id, to, expect=IN_FLIGHT, where=[job_column == job_id], **values)
     if to_cancel:
         from seedrun.launchers.cluster import SlurmError, cancel
 

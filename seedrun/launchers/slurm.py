@@ -145,7 +145,7 @@ def _upstream_states(db_url: str, hashes: set[str]) -> dict[str, tuple[str, Opti
 
 def _split_blocked(todo: Sequence[RunSpec], db_url: str) -> tuple[list[RunSpec], dict[str, str], dict[str, str]]:
     """(runs to submit, {hash: why blocked}, {teacher hash: live job id to wait for})."""
-    from seedrun.store.schema import COMPLETED, IN_FLIGHT
+    from seedrun.store.states import COMPLETED, IN_FLIGHT
 
     hashes = {run.hash for run in todo}
     outside = {run.depends_on for run in todo if run.depends_on and run.depends_on not in hashes}
@@ -183,11 +183,13 @@ def _record(db_url: str, submitted: dict[str, str], blocked: dict[str, str], ext
     """One transaction: job id + state `submitted` (budgets reset) for each submitted run; blocked ones.
 
     A task can start within a second of sbatch, before this runs: a run that its job already marked
-    running, completed, or finished after `since` (the submission's start) keeps what the job recorded.
+    running, completed, submitted (requeued itself), or finished after `since` (the submission's start)
+    keeps what the job recorded.
     """
-    from sqlalchemy import bindparam, or_, select, update
+    from sqlalchemy import bindparam, or_, select
 
-    from seedrun.store.schema import BLOCKED, COMPLETED, RUNNING, SUBMITTED, Run
+    from seedrun.store.schema import Run
+    from seedrun.store.states import BLOCKED, SUBMITTABLE, SUBMITTED, transition_many
     from seedrun.store.engine import session_scope
 
     table = Run.__table__
@@ -205,19 +207,12 @@ def _record(db_url: str, submitted: dict[str, str], blocked: dict[str, str], ext
                 submitted_rows.append({"rid": run_id, "jid": submitted[run_hash], "prov": prov})
             else:
                 blocked_rows.append({"rid": run_id, "err": blocked[run_hash]})
-        if submitted_rows:
-            # A task that already started (it can, within a second) keeps what it recorded itself.
-            session.execute(
-                update(table).where(table.c.id == bindparam("rid"), table.c.state != RUNNING, table.c.state != COMPLETED,
-                                    or_(table.c.finished_at.is_(None), table.c.finished_at < since))
-                .values(job_id=bindparam("jid"), state=SUBMITTED, provenance=bindparam("prov"), error=None,
-                        failure_reason=None, finished_at=None),
-                submitted_rows)
-        if blocked_rows:
-            session.execute(
-                update(table).where(table.c.id == bindparam("rid"), table.c.state != RUNNING, table.c.state != COMPLETED)
-                .values(state=BLOCKED, failure_reason="blocked", error=bindparam("err")),
-                blocked_rows)
+        transition_many(session, SUBMITTED, submitted_rows, expect=SUBMITTABLE,
+                        where=[or_(table.c.finished_at.is_(None), table.c.finished_at < since)],
+                        job_id=bindparam("jid"), provenance=bindparam("prov"), error=None, failure_reason=None,
+                        finished_at=None)
+        transition_many(session, BLOCKED, blocked_rows, expect=SUBMITTABLE,
+                        failure_reason="blocked", error=bindparam("err"))
 
 
 def _sbatch_error(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """A sweep against the database: which runs are new, done, in flight or failed, and recording them.
 
 Recording is one transaction: the sweep, its runs (one row per hash, shared across sweeps) and the
-memberships land together or not at all.
+memberships land together or not at all. New runs are recorded pending; from there
+only seedrun.store.states.transition moves them.
 
 A sweep is what its file says now. When an edited file no longer names runs that an earlier version
 recorded, recording drops them from the sweep, so that `status SWEEP` and `table --sweep` show the
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
-from seedrun.store.schema import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, Run, Sweep as SweepRow,
-                            SweepRun)
+from seedrun.store.schema import Run, Sweep as SweepRow, SweepRun
+from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RETRYABLE
 from seedrun.sweeps.spec import RunSpec
 from seedrun.store.engine import session_scope
 from seedrun.store.locations import seedrun_home
@@ -45,7 +46,7 @@ class Plan:
 
     def to_run(self, retry_failed: bool = False) -> list[RunSpec]:
         """Runs that are neither completed nor in flight (failed ones only when asked)."""
-        todo = ["new", PENDING] + ([FAILED, BLOCKED, CANCELLED, LOST] if retry_failed else [])
+        todo = ["new", PENDING] + (list(RETRYABLE) if retry_failed else [])
         return self.with_state(*todo)
 
 
@@ -94,7 +95,7 @@ def record(plan: Plan, db_url: str) -> None:
         new = {spec.hash: spec for spec in sweep.runs if spec.hash not in existing}
         if new:
             session.execute(insert(Run), [
-                {"hash": spec.hash, "stage": spec.stage, "state": PENDING, "run_dir": str(run_dir_for(spec.hash)),
+                {"hash": spec.hash, "stage": spec.stage, "run_dir": str(run_dir_for(spec.hash)),  # pending: the default
                  "config": spec.config, "depends_on": spec.depends_on, "attempts": 0, "epoch": 0, "provenance": {}}
                 for spec in new.values()])
             existing = ids()
@@ -134,7 +135,7 @@ def add_runs(db_url: str, sweep_name: str, specs: list[RunSpec]) -> None:
         for spec in specs:
             run = session.scalars(select(Run).where(Run.hash == spec.hash)).one_or_none()
             if run is None:
-                run = Run(hash=spec.hash, stage=spec.stage, state=PENDING, run_dir=str(run_dir_for(spec.hash)),
+                run = Run(hash=spec.hash, stage=spec.stage, run_dir=str(run_dir_for(spec.hash)),
                           config=spec.config, depends_on=spec.depends_on, attempts=0, epoch=0, provenance={})
                 session.add(run)
                 session.flush()

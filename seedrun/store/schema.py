@@ -14,8 +14,7 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from seedrun.sweeps.settings import settings_of
-from seedrun.store.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING,  # noqa: F401
-                            STATES, SUBMITTED)
+from seedrun.store.states import PENDING
 
 
 def utcnow() -> dt.datetime:
@@ -50,6 +49,8 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     stage: Mapped[str] = mapped_column(String(20))  # teacher | distill
+    # Pending when recorded; changed only through seedrun.store.states.transition, never by assignment:
+    # several processes write it, and the guarded UPDATE there lets exactly one of two racing writers win.
     state: Mapped[str] = mapped_column(String(20), default=PENDING, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     epoch: Mapped[int] = mapped_column(Integer, default=0)

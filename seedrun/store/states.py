@@ -1,14 +1,113 @@
-"""Run states, importable without SQLAlchemy or torch (the fast commands need them).
+"""Run states, the transitions allowed between them, and the one function that moves a run.
 
 A run moves pending -> submitted -> running -> completed | failed | cancelled; "blocked" is a run whose
 upstream (its teacher, or the run it evaluates) failed; "lost" is a run whose scheduler job vanished.
+
+Several processes write a run's state: its job, the launcher that submitted it, `seedrun status`
+(reconciling runs with their jobs) and `seedrun cancel`. Each change is one guarded UPDATE (`transition`):
+it takes effect only if the run is, at that moment, in a state the change may come from, so of two
+writers racing (a job finishing while status marks its run lost, a job starting while the run is
+cancelled) exactly one wins, and the other is told it lost.
+
+Importable without SQLAlchemy or torch (the fast commands read the state names): SQLAlchemy is
+imported when a state is written.
 """
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Optional, Union
 
 PENDING, SUBMITTED, RUNNING, COMPLETED, FAILED, CANCELLED, BLOCKED, LOST = (
     "pending", "submitted", "running", "completed", "failed", "cancelled", "blocked", "lost",
 )
 STATES = (PENDING, SUBMITTED, RUNNING, COMPLETED, FAILED, CANCELLED, BLOCKED, LOST)
 IN_FLIGHT = (SUBMITTED, RUNNING)
+#: States a run may be (re)submitted or retried from: `seedrun retry`, `seedrun sweep --retry-failed`.
+RETRYABLE = (FAILED, BLOCKED, CANCELLED, LOST)
+#: States a launcher may submit (or block) a run from: no job holds it.
+SUBMITTABLE = (PENDING,) + RETRYABLE
+#: States a job may start its run from: a cancelled run stays cancelled, a completed one is not rerun.
+STARTABLE = (PENDING, SUBMITTED, RUNNING, FAILED, BLOCKED, LOST)
+
+#: from-state -> the states a run may move to from it. Who needs each move:
+#:   -> submitted   the launchers, submitting a new or retried run; the job, requeueing itself
+#:   -> running     the job starting, also before its launcher has recorded the submission (a task can
+#:                  start within a second of sbatch) and again after Slurm killed and requeued it
+#:   -> completed   the job, from its own `running` only: never over a cancel, a loss or a failure
+#:   -> failed      the job (a failure, a spent budget), the local launcher (a job that died without
+#:                  recording), status (Slurm says the job died)
+#:   -> pending     the job (stopped, resumable by `seedrun sweep`), status (an array task that waited
+#:                  on another teacher: resubmitted)
+#:   -> blocked     whoever finds the run's upstream failed: the launchers, the job, status
+#:   -> cancelled   `seedrun cancel` (pending or in flight), status (Slurm says cancelled)
+#:   -> lost        status, for a run in flight whose job is gone
+#: A completed run never changes again; a cancelled one only when it is retried.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({SUBMITTED, RUNNING, BLOCKED, FAILED, CANCELLED}),
+    SUBMITTED: frozenset({RUNNING, PENDING, BLOCKED, FAILED, CANCELLED, LOST}),
+    RUNNING: frozenset({RUNNING, COMPLETED, FAILED, SUBMITTED, PENDING, CANCELLED, LOST}),
+    FAILED: frozenset({SUBMITTED, RUNNING, BLOCKED}),
+    BLOCKED: frozenset({SUBMITTED, RUNNING, BLOCKED}),
+    CANCELLED: frozenset({SUBMITTED, BLOCKED}),
+    LOST: frozenset({SUBMITTED, RUNNING, BLOCKED}),
+    COMPLETED: frozenset(),
+}
+
+
+def sources(to: str, expect: Optional[Iterable[str]] = None) -> tuple[str, ...]:
+    """The states a run may move to `to` from (only those in `expect`, if given)."""
+    if to not in TRANSITIONS:
+        raise ValueError(f"not a run state: {to!r}")
+    expect = None if expect is None else set(expect)
+    unknown = (expect or set()) - set(STATES)
+    if unknown:
+        raise ValueError(f"not run states: {sorted(unknown)}")
+    found = tuple(state for state in STATES if to in TRANSITIONS[state] and (expect is None or state in expect))
+    if not found:  # a change that can never happen is a mistake in the caller
+        raise ValueError(f"no run may move to {to!r} from {sorted(expect or ())}")
+    return found
+
+
+def _statement(to: str, expect: Optional[Iterable[str]], where: Iterable[Any], values: dict[str, Any]):
+    from sqlalchemy import literal_column, update
+
+    from seedrun.store.schema import Run
+
+    table = Run.__table__
+    # The allowed states inline (they are this module's constants): an executemany cannot expand an IN list.
+    allowed = [literal_column(f"'{state}'") for state in sources(to, expect)]
+    return table, update(table).where(table.c.state.in_(allowed), *where).values(state=to, **values)
+
+
+def transition(db, run: Union[int, str], to: str, *, expect: Optional[Iterable[str]] = None,
+               where: Iterable[Any] = (), **values: Any) -> bool:
+    """Move one run (by id, or by hash) to state `to`, setting `values` with it; True if this writer won.
+
+    One UPDATE whose WHERE holds the run's allowed from-states (TRANSITIONS, narrowed to `expect`) and
+    the extra conditions `where`: it changes the row only if the run is in one of them when it runs,
+    so of two racing writers exactly one wins. A writer that lost (False) changed nothing, `values`
+    included, and must not go on as if it had won.
+
+    `db` is a Session or a Connection; the change commits with its transaction. `where` and `values`
+    are SQLAlchemy expressions over `Run.__table__.c` (not the ORM attributes, which would make this an
+    ORM statement); `values` may also be plain values.
+    """
+    table, statement = _statement(to, expect, where, values)
+    key = table.c.hash if isinstance(run, str) else table.c.id
+    return db.execute(statement.where(key == run)).rowcount == 1
+
+
+def transition_many(db, to: str, rows: list[dict[str, Any]], *, expect: Optional[Iterable[str]] = None,
+                    where: Iterable[Any] = (), **values: Any) -> int:
+    """`transition` for many runs as one statement run for each of `rows` (an executemany); returns how
+    many moved, as the driver counts them.
+
+    Each row holds the run's id under "rid" and the values of the bindparams that `values` name (a
+    bindparam may not share its name with a column: hence "rid").
+    """
+    from sqlalchemy import bindparam
+
+    if not rows:
+        return 0
+    table, statement = _statement(to, expect, where, values)
+    return db.execute(statement.where(table.c.id == bindparam("rid")), rows).rowcount
