@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config
 from seedrun.errors import InputError
+from seedrun.sweeps.launcher_values import check_launcher, control_character
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -109,6 +110,8 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
         raise InputError(str(path), unknown[0], f"unknown key; expected one of {', '.join(sorted(TOP_LEVEL_KEYS))}")
     if not isinstance(data.get("name"), str) or not data["name"].strip():
         raise InputError(str(path), "name", "expected a non-empty string")
+    if control_character(data["name"]):
+        raise InputError(str(path), "name", f"expected a name without control characters, got {data['name']!r}")
     return data
 
 
@@ -214,7 +217,9 @@ def _launcher_settings(recipe: dict, block: dict, path: str) -> dict:
         if key != "name" and key not in recipe:
             raise InputError(path, f"launcher.{key}",
                              f"unknown setting of launcher {recipe.get('name')!r}; known: {', '.join(sorted(recipe))}")
-    return {**recipe, **block}
+    settings = {**recipe, **block}
+    check_launcher(settings, path)
+    return settings
 
 
 def _label(key: str, values: dict) -> str:

@@ -1,0 +1,155 @@
+"""Launcher settings, typed and checked before anything is submitted.
+
+A sweep file is shared text: its `launcher:` block (and `launcher.*` overrides) ends up in `#SBATCH`
+lines. submitit shell-quotes each value, but a newline still ends the comment line, and every line
+after it becomes a shell command while the `#SBATCH` directives below it are silently ignored. So
+every setting has a type (an integer, a number, or a string of the characters Slurm accepts for it),
+`additional_parameters` keys must be sbatch long options, and no key or value may hold a control
+character. A violation is one InputError naming the file and `launcher.<key>`: exit 2, nothing run.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any, Callable, Optional
+
+from seedrun.errors import InputError
+
+# Slurm names: partitions (a comma-separated list), accounts, QOS, users' mail addresses.
+_NAMES = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
+# A feature expression: features joined by & | , with counts, brackets and parentheses (sbatch --constraint).
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.,&|*\[\]()!:=+-]+")
+# sbatch's long options: letters, digits, '-' (submitit turns '_' into '-').
+_OPTION = re.compile(r"[a-z][a-z0-9_-]*")
+#: sbatch options seedrun sets itself; a sweep setting them would break requeueing, logs or dependencies.
+RESERVED_OPTIONS = frozenset({"array", "dependency", "output", "error", "open-mode", "signal", "parsable",
+                              "wrap", "chdir", "job-name", "export", "no-requeue", "requeue", "wckey"})
+
+
+def control_character(text: str) -> Optional[str]:
+    """The first control (or line/paragraph separator) character in `text`, as repr, else None."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
+def _integer(low: int) -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"expected an integer >= {low}"
+        return None
+    return check
+
+
+def _number(value: Any) -> Optional[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        return "expected a number > 0"
+    return None
+
+
+def _text(pattern: re.Pattern, what: str) -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            return f"expected {what}"
+        return None
+    return check
+
+
+def _optional(check: Callable[[Any], Optional[str]]) -> Callable[[Any], Optional[str]]:
+    def optional(value: Any) -> Optional[str]:
+        if value is None:
+            return None
+        problem = check(value)
+        return problem and f"{problem}, or null"
+    return optional
+
+
+NAMES = "a Slurm name (letters, digits, _ . + -; a list separated by ',')"
+SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
+    "slurm": {
+        "partition": _optional(_text(_NAMES, NAMES)),
+        "account": _optional(_text(_NAMES, NAMES)),
+        "qos": _optional(_text(_NAMES, NAMES)),
+        "constraint": _optional(_text(_CONSTRAINT, "a feature expression (letters, digits, _ . , & | * [ ] ( ) ! : = + -)")),
+        "nodes": _integer(1),
+        "gpus_per_node": _integer(0),
+        "cpus_per_task": _integer(0),
+        "mem_gb": _optional(_number),
+        "timeout_min": _integer(1),
+        "array_parallelism": _integer(1),
+        "signal_delay_s": _integer(0),
+        "max_preemptions": _integer(-1),
+        "max_timeouts": _integer(-1),
+        "max_failures": _integer(-1),
+    },
+    "local": {
+        "cpus_per_task": _integer(0),
+        "timeout_min": _integer(0),
+        "max_preemptions": _integer(-1),
+        "max_timeouts": _integer(-1),
+        "max_failures": _integer(-1),
+    },
+}
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_launcher(launcher: dict[str, Any], path: str) -> None:
+    """Raise InputError for the first launcher setting that is not of its type or holds a control character."""
+    name = launcher.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise InputError(path, "launcher.name", f"expected a launcher name (local, slurm), got {_describe(name)}")
+    typed = SETTINGS.get(name, {})
+    for key, value in launcher.items():
+        where = f"launcher.{key}"
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise InputError(path, f"launcher.{key!r}", "expected a setting name (lower-case letters, digits, _)")
+        if key == "name":
+            continue
+        if key == "additional_parameters":
+            _check_additional(value, path)
+            continue
+        if isinstance(value, str) and control_character(value):
+            raise InputError(path, where, f"control character {control_character(value)} in {_describe(value)}")
+        check = typed.get(key)
+        problem = check(value) if check else _scalar(value)
+        if problem:
+            raise InputError(path, where, f"{problem}, got {_describe(value)}")
+
+
+def _scalar(value: Any) -> Optional[str]:
+    """A setting without a declared type (a recipe of one's own): a plain value without control characters."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return None
+    if isinstance(value, str):
+        return None
+    return "expected a plain value (a string, a number, true/false or null)"
+
+
+def _check_additional(value: Any, path: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InputError(path, "launcher.additional_parameters", "expected a mapping of sbatch option -> value")
+    for key, item in value.items():
+        where = f"launcher.additional_parameters.{key}"
+        if not isinstance(key, str) or not _OPTION.fullmatch(key):
+            raise InputError(path, f"launcher.additional_parameters[{_describe(key)}]",
+                             "expected an sbatch long option name (lower-case letters, digits, - or _)")
+        if key.replace("_", "-") in RESERVED_OPTIONS:
+            raise InputError(path, where, f"--{key.replace('_', '-')} is set by seedrun itself; remove it")
+        if isinstance(item, bool):
+            if item is not True:
+                raise InputError(path, where, "expected true (a flag) or a value; false is not an sbatch option")
+            continue
+        if isinstance(item, (int, float)):
+            continue
+        if not isinstance(item, str) or not item:
+            raise InputError(path, where, f"expected a non-empty string, a number or true, got {_describe(item)}")
+        if control_character(item):
+            raise InputError(path, where, f"control character {control_character(item)} in {_describe(item)}")
