@@ -1,0 +1,271 @@
+"""The stream loader on real JPEGs written here (Fashion-MNIST images upscaled to 64-96 px, in ImageNet's
+train/<class>/ and val/<class>/ layout, plus the official SEED TSV files made from the same images):
+one epoch reads each image once, ranks read disjoint halves, a run resumed mid-epoch ends bit-identical,
+unreadable images are skipped and reported (then fail the run past a limit), memory stays bounded, and
+both formats train a distillation run through the CLI."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CLI, ROOT, write_sweep
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+
+N_TRAIN, N_VAL = 320, 100
+
+
+def _fashion(count: int):
+    images = np.frombuffer(gzip.open(FASHION / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    return images.reshape(-1, 28, 28)[:count], labels[:count]
+
+
+def write_tree(root: Path, n_train: int, n_val: int, sizes=((96, 80), (64, 72), (80, 96))) -> Path:
+    """JPEGs in root/train/<class>/ and root/val/<class>/ (ImageNet's layout and file names)."""
+    from PIL import Image
+
+    images, labels = _fashion(n_train + n_val)
+    for i in range(n_train + n_val):
+        split = "train" if i < n_train else "val"
+        folder = root / split / f"n{labels[i]:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(images[i]).convert("RGB").resize(sizes[i % len(sizes)], Image.BILINEAR)
+        picture.save(folder / f"{split}_{i:05d}.JPEG", quality=90)
+    return root
+
+
+def write_tsv(tree: Path, root: Path) -> Path:
+    """The official code's format from the same JPEGs, in the tree's file-list order: rows
+    key<TAB>label<TAB>base64 JPEG, and a .lineidx of the rows' byte offsets."""
+    from seedrun.data.formats import file_list
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "train"), ("test", "val")):
+        files = file_list(tree, split)
+        offsets, position = [], 0
+        with open(root / f"{name}.tsv", "wb") as tsv:
+            for i in range(len(files)):
+                row = b"%s\t%d\t%s\n" % (Path(files.path(i)).stem.encode(), files.label(i),
+                                         base64.b64encode(Path(files.path(i)).read_bytes()))
+                offsets.append(position)
+                position += tsv.write(row)
+        (root / f"{name}.lineidx").write_text("".join(f"{o}\n" for o in offsets))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("SEEDRUN_CACHE", str(path))
+    yield path
+    patcher.undo()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, cache):
+    return write_tree(tmp_path_factory.mktemp("imagenet"), N_TRAIN, N_VAL)
+
+
+@pytest.fixture(scope="module")
+def tsv(tree, tmp_path_factory):
+    return write_tsv(tree, tmp_path_factory.mktemp("tsv"))
+
+
+def data_config(root, *more):
+    from seedrun.sweeps.compose import compose_config
+
+    return compose_config(["data=imagenet", f"data.root={root}", "data.image_size=32", "data.loader=stream",
+                           "data.workers=2", *more])["data"]
+
+
+def read_epoch(data, epoch=0, batch_size=32, **shard):
+    indices, labels = [], []
+    for batch in data.batches(0, batch_size, {0: None}, **shard).epoch(epoch):
+        assert batch.view(0).shape == (batch_size, 3, 32, 32) and batch.view(0).dtype == torch.float32
+        indices += batch.indices.tolist()
+        labels += batch.labels.tolist()
+    return indices, labels
+
+
+@pytest.mark.parametrize("fmt", ["folders", "tsv"])
+def test_one_epoch_reads_every_image_once(fmt, tree, tsv):
+    from seedrun.data.loader import open_split
+
+    data = open_split(data_config(tree if fmt == "folders" else tsv), "train")
+    assert data.kind == "stream" and len(data) == N_TRAIN
+    indices, labels = read_epoch(data, epoch=3)
+    assert sorted(indices) == list(range(N_TRAIN))  # 320 = 10 batches of 32: nothing dropped, nothing twice
+    assert indices != sorted(indices)  # shuffled
+    _, truth = _fashion(N_TRAIN)
+    folders = open_split(data_config(tree), "train").files
+    assert labels == [folders.label(i) for i in indices]  # the TSV rows carry the folders' labels
+    assert [folders.classes[label] for label in labels] == [f"n{truth[int(Path(folders.path(i)).stem[-5:])]:08d}"
+                                                             for i in indices]
+    chunks = list(open_split(data_config(tree if fmt == "folders" else tsv), "test").chunks(64))
+    assert [tuple(images.shape) for images, _ in chunks] == [(64, 3, 32, 32), (N_VAL - 64, 3, 32, 32)]
+
+
+def test_two_ranks_read_disjoint_halves_whose_union_is_the_epoch(tree):
+    from seedrun.data.loader import open_split
+
+    data = open_split(data_config(tree), "train")
+    halves = [set(read_epoch(data, epoch=1, **{"rank": rank, "world": 2})[0]) for rank in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == N_TRAIN // 2
+    assert not halves[0] & halves[1]
+    assert halves[0] | halves[1] == set(range(N_TRAIN))
+    assert halves[0] != set(read_epoch(data, epoch=2, rank=0, world=2)[0])  # each epoch deals anew
+
+
+def test_file_list_is_cached_and_a_changed_tree_is_seen(tmp_path, cache):
+    from seedrun.data.formats import file_list
+
+    root = write_tree(tmp_path / "t", 20, 10)
+    logged = []
+    assert len(file_list(root, "train", logged.append)) == 20 and len(logged) == 1
+    assert len(file_list(root, "train", logged.append)) == 20 and len(logged) == 1  # from the cache
+    target = next((root / "train").glob("*/*.JPEG"))
+    shutil.copy(target, target.with_name("extra.JPEG"))
+    assert len(file_list(root, "train", logged.append)) == 21 and len(logged) == 2
+
+
+class StopAt:
+    def __init__(self, stop_after):
+        self.calls, self.stop_after, self.epochs, self.logged = 0, stop_after, [], []
+
+    def log(self, message):
+        self.logged.append(message)
+
+    def epoch_end(self, epoch, metrics):
+        self.epochs.append(epoch)
+
+    def should_stop(self):
+        self.calls += 1
+        return self.stop_after is not None and self.calls >= self.stop_after
+
+
+def test_a_streamed_run_resumed_mid_epoch_ends_bit_identical(tree, tmp_path):
+    from seedrun.sweeps.compose import compose_config
+    from seedrun.sweeps.spec import pretrain_config
+    from seedrun.training.checkpoints import CHECKPOINT
+    from seedrun.training.distill import distill
+    from seedrun.training.loop import Interrupted
+    from seedrun.training.pretrain import pretrain
+
+    config = compose_config([
+        "data=imagenet", f"data.root={tree}", "data.image_size=32", "data.loader=stream", "data.workers=2",
+        "teacher.width=8", "student.width=8", "teacher.pretrain.epochs=1", "teacher.pretrain.batch_size=32",
+        "teacher.pretrain.queue_size=128", "distill.epochs=2", "distill.batch_size=32", "distill.queue_size=128",
+        "distill.warmup_epochs=0", "threads=1"])
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    hooks = StopAt(None)
+    pretrain(pretrain_config(config), teacher, hooks)
+    assert any("raw-pixel k-NN reference skipped" in line for line in hooks.logged)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    metrics = distill(config, straight, StopAt(None), teacher)
+    with pytest.raises(Interrupted):
+        distill(config, broken, StopAt(4), teacher)  # mid first epoch (10 steps an epoch)
+    assert torch.load(broken / CHECKPOINT, weights_only=True)["step"] == 4
+    hooks = StopAt(None)
+    assert distill(config, broken, hooks, teacher) == metrics
+    assert hooks.epochs == [1, 2]
+    a, b = (torch.load(d / CHECKPOINT, weights_only=True) for d in (straight, broken))
+    assert all(torch.equal(a["student"][name], b["student"][name]) for name in a["student"])
+    assert torch.equal(a["queue"]["embeddings"], b["queue"]["embeddings"])
+
+
+def test_an_unreadable_jpeg_is_skipped_and_reported_then_fails_past_the_limit(tree, tmp_path, cache):
+    from seedrun.data.formats import DataError
+    from seedrun.data.loader import open_split
+    from seedrun.job.failures import classify_failure
+
+    root = tmp_path / "t"
+    shutil.copytree(tree, root)
+    broken = sorted((root / "train").glob("*/*.JPEG"))[:2]
+    broken[0].write_bytes(b"not a JPEG at all")
+    broken[1].write_bytes(broken[1].read_bytes()[:200])  # truncated
+    logged = []
+    data = open_split(data_config(root, "data.max_bad_images=2"), "train", log=logged.append)
+    indices, _ = read_epoch(data)
+    assert len(indices) == N_TRAIN  # full batches: a skipped image's slot is another image of the batch
+    reported = [line for line in logged if line.startswith("skipped an unreadable image")]
+    assert sorted(str(path) for path in broken) == sorted(line.split(": ")[1] for line in reported)
+    assert not {data.files.path(i) for i in indices} & {str(path) for path in broken}
+
+    strict = open_split(data_config(root, "data.max_bad_images=1"), "train", log=logged.append)
+    with pytest.raises(DataError, match="more than data.max_bad_images=1") as failure:
+        read_epoch(strict)
+    assert classify_failure(failure.value) == "data_error"
+
+
+MEMORY_PROBE = """
+import itertools, resource, sys
+import torch
+torch.set_num_threads(1)
+from seedrun.sweeps.compose import compose_config
+from seedrun.data.loader import open_split
+
+def config(root):
+    return compose_config(["data=imagenet", "data.root=" + root, "data.image_size=64", "data.loader=auto",
+                           "data.memory_budget_mb=8", "data.workers=0"])["data"]
+
+warm = open_split(config(sys.argv[1]), "train")  # lazy imports and first allocations, on another tree
+for batch in itertools.islice(warm.batches(0, 50, {0: None}).epoch(0), 5):
+    batch.view(0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+train = open_split(config(sys.argv[2]), "train")
+seen = sum(len(batch.view(0)) for batch in train.batches(0, 50, {0: None}).epoch(0))
+print(train.kind, seen, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_memory_stays_bounded_on_a_tree_larger_than_the_budget(tree, tmp_path, cache):
+    # 1,000 images of 128 x 112: 12 MB decoded at 64 px, 43 MB at full size; the budget is 8 MB, so auto
+    # streams them, and reading an epoch must not grow the process by anything like the set's size
+    root = write_tree(tmp_path / "big", 1000, 10, sizes=((128, 112),))
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tree), str(root)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env={**os.environ, "SEEDRUN_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    kind, seen, growth = result.stdout.splitlines()[-1].split()
+    assert kind == "stream" and int(seen) == 1000
+    assert int(growth) < 8 * 2 ** 20, f"peak RSS grew by {int(growth) / 2 ** 20:.1f} MB reading one epoch"
+
+
+@pytest.mark.parametrize("fmt", ["folders", "tsv"])
+def test_both_formats_train_a_distillation_through_the_cli(fmt, tree, tsv, tmp_path, cache):
+    cli = CLI(tmp_path / "home")
+    cli.env["SEEDRUN_CACHE"] = str(cache)
+    sweep = write_sweep(tmp_path / "s.yaml", f"""name: stream-{fmt}
+base:
+  data: imagenet
+  data.root: {tree if fmt == "folders" else tsv}
+  data.image_size: 32
+  data.loader: stream
+  data.workers: 1
+  teacher.width: 8
+  teacher.pretrain.epochs: 1
+  teacher.pretrain.batch_size: 32
+  teacher.pretrain.queue_size: 128
+  student.width: 8
+  distill.epochs: 1
+  distill.batch_size: 32
+  distill.queue_size: 128
+  distill.warmup_epochs: 0
+  threads: 1
+""")
+    result = cli("sweep", str(sweep))
+    assert "completed 2" in result.stdout + result.stderr
