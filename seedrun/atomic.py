@@ -17,8 +17,9 @@ from typing import IO, Any, Callable, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write` on a fresh binary file and put it at `path` atomically and durably."""
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], fsync: bool = True) -> Path:
+    """Call `write` on a fresh binary file and put it at `path` atomically and (unless `fsync` is
+    False: many small files that may be rewritten) durably."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,25 +27,27 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if fsync:
+        _fsync_dir(path.parent)
     return path
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda fh: fh.write(data))
+def atomic_write_bytes(path: PathLike, data: bytes, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data), fsync=fsync)
 
 
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: PathLike, text: str, fsync: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def atomic_write_json(path: PathLike, value: Any, **dumps: Any) -> Path:
-    return atomic_write_text(path, json.dumps(value, **dumps) + "\n")
+def atomic_write_json(path: PathLike, value: Any, fsync: bool = True, **dumps: Any) -> Path:
+    return atomic_write_text(path, json.dumps(value, **dumps) + "\n", fsync=fsync)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:

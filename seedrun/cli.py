@@ -139,7 +139,34 @@ def cmd_status(args) -> int:
     from seedrun.views.status import show_status
 
     _no_cycle_collection()
+    _catch_up(_db_url(args))
     return show_status(_db_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
+
+
+def _catch_up(db_url: str) -> None:
+    """The index brought up to date from the folders of the runs it holds in flight (seedrun.store.catchup)."""
+    if _db_exists(db_url):
+        from seedrun.store.catchup import catch_up
+
+        catch_up(db_url)
+
+
+def cmd_sync(args) -> int:
+    """Build or repair the database from run folders (seedrun.store.sync)."""
+    import os
+
+    from seedrun.errors import InputError
+    from seedrun.store.locations import seedrun_home
+    from seedrun.store.sync import sync
+
+    folders = args.folders or [str(seedrun_home() / "runs")]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise InputError("sync", "FOLDER", f"{folder} is not a folder (give run folders or folders of them)")
+    _, report = sync(_db_url(args), folders)
+    for line in report:
+        print(line)
+    return 0
 
 
 def cmd_table(args) -> int:
@@ -158,6 +185,7 @@ def cmd_table(args) -> int:
 
     get_table(args.ablation)  # an unknown name fails before the database is opened
     db_url = _db_url(args)
+    _catch_up(db_url)
     if args.plot:
         from seedrun.tables import plot_table
 
@@ -317,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("sync", parents=[with_db], help="build or repair the database from run folders "
+                                                       "(a lost database, a copied runs/, two homes merged)",
+                       description="Apply every run folder's record (run.json) to the database: runs it lacks "
+                                   "are added, runs whose folder is newer are brought up to date, newer "
+                                   "database records are kept and reported. Idempotent; deletes nothing.")
+    p.add_argument("folders", nargs="*", metavar="FOLDER",
+                   help="run folders or folders of them (default: $SEEDRUN_HOME/runs)")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("eval", parents=[with_db], help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
     p.add_argument("target", help="a sweep name or a run hash prefix")

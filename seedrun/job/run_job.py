@@ -1,8 +1,9 @@
 """The job: what runs on the worker (a Slurm node or a local subprocess) for one run.
 
-It reads its run from the database, trains in the run's fixed directory (resuming from its
-checkpoint if there is one), and records state, per-epoch metrics, final metrics, failures and
-provenance. It is a submitit Checkpointable.
+It reads its run from its folder and the database, trains in the run's fixed directory (resuming from
+its checkpoint if there is one), and records state, per-epoch metrics, final metrics, failures and
+provenance: in the run's folder first, then in the database (seedrun.job.recording). It is a submitit
+Checkpointable.
 
 State changes are guarded transitions (seedrun.store.states): the job starts a run that is neither
 cancelled nor completed, and ends or requeues only a run it holds as `running`, so a run cancelled
@@ -45,14 +46,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import submitit
-from sqlalchemy import func, select
-from sqlalchemy.orm import object_session
 
-from seedrun.store.schema import Run, record_metrics, utcnow
-from seedrun.store.states import BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED, transition
-from seedrun.store.engine import session_scope
+from seedrun.store.folders import FolderRecord, append_metrics, write_record
+from seedrun.store.schema import utcnow
+from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED,
+                                  transition_record)
+from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
+from seedrun.atomic import atomic_write_text
 from seedrun.job.provenance import (accelerator, add_hours, job_environment, job_id, provenance, submitit_paths,
                                     teacher_digest, teacher_file)
 
@@ -72,13 +74,14 @@ class _RecordingHooks:
             f.write(line + "\n")
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        with session_scope(self.job.db_url) as session:
-            run = session.scalars(select(Run).where(Run.hash == self.job.run_hash)).one()
-            run.epoch = epoch
-            record_metrics(session, run, metrics, epoch)
-            run.provenance = {**(run.provenance or {}), "heartbeat": time.time()}
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+        append_metrics(str(self.run_dir), epoch, metrics)  # the folder first, then run.json, then the database
+
+        def record(run: FolderRecord, prov: dict[str, Any]) -> None:
+            run["epoch"] = epoch
+            run["summary"] = {**(run.summary or {}), **finite_or_none(metrics)}
+            prov["heartbeat"] = time.time()
+
+        self.job._update(record)
 
     def should_stop(self) -> bool:
         return self.job.stop_requested
@@ -104,6 +107,9 @@ class RunJob(submitit.helpers.Checkpointable):
         self._budgets = dict(DEFAULT_BUDGETS)
         self._grace_s = 60.0
         self._hooks: Optional[_RecordingHooks] = None
+        self._record = FolderRecord()
+        self._run_dir = Path(".")
+        self._db_down_until = 0.0  # after a write that failed, the database is left alone until then
 
     def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
         return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root}
@@ -158,67 +164,67 @@ class RunJob(submitit.helpers.Checkpointable):
             if stage == "eval":  # teacher_dir is the evaluated run's directory
                 from seedrun.evaluate.run import evaluate
 
-                results = evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
-                self._record_on_source(results)
-                return results
+                # recorded on the run it evaluated too, with the result (seedrun.store.catchup)
+                return evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
             from seedrun.training.distill import distill
 
             return distill(config, run_dir, hooks, teacher_dir, self.data_root)
         except Interrupted as exc:
             raise Stopped(str(exc)) from None
 
-    def _record_on_source(self, results: dict[str, float]) -> None:
-        """An evaluation's numbers also belong to the run it evaluated (at that run's final epoch)."""
-        with session_scope(self.db_url) as session:
-            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
-            source = session.scalars(select(Run).where(Run.hash == run.depends_on)).one()
-            record_metrics(session, source, results, source.epoch)
-
     def _start(self) -> Optional[tuple[dict[str, Any], Path, str, Optional[Path]]]:
-        """Mark the run running (or blocked, or out of budget); None when it must not train."""
+        """Mark the run running (or blocked, or out of budget); None when it must not train.
+
+        The run's record comes from its folder and, where this job writes the database, from the
+        database too (the newer wins); the change is written to the folder first (seedrun.job.recording)."""
         info = provenance()
-        with session_scope(self.db_url) as session:
-            # Only read here: a cancel that lands after this read makes the transitions below fail.
-            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
-            if run.state not in STARTABLE:
+        loaded = load_run(self)
+        if loaded is None:
+            return None
+        run, config, run_dir, upstream = loaded
+        self._record, self._run_dir = run, run_dir
+        if run.state not in STARTABLE:
+            return None
+        stage = run["stage"]
+        if upstream is not None and upstream[0] != COMPLETED:
+            if transition_record(run, BLOCKED, expect=STARTABLE, failure_reason="blocked", finished_at=utcnow(),
+                                 error=f"upstream run {run['depends_on'][:12]} is {upstream[0]}"):
+                self._save()
+            return None
+        prov = dict(run.provenance or {})
+        launcher = {**(config.get("launcher") or {}), **(prov.get("launcher") or {})}
+        self._budgets = budgets_of(launcher)
+        delay = as_int(launcher.get("signal_delay_s"), 120)
+        self._grace_s = float(min(60, max(5, delay // 3)))
+        if prov.get("attempt_open"):
+            # The previous attempt ended without recording how: SIGTERM (requeue, preemption) or a kill.
+            prov["preemptions"] = prov.get("preemptions", 0) + 1
+            add_hours(prov, max(0.0, prov.get("heartbeat", 0) - prov.get("attempt_started", 0)))
+            record_event(prov, run.attempts, "preempted", "the previous attempt was stopped or killed and requeued")
+            limit = self._budgets["max_preemptions"]
+            if 0 <= limit < prov["preemptions"]:
+                prov["attempt_open"] = False
+                if transition_record(run, FAILED, expect=STARTABLE, provenance=prov, failure_reason="preempted",
+                                     finished_at=utcnow(), error=f"preemption budget spent: {prov['preemptions']} "
+                                                                 f"preemptions > max_preemptions={limit}"):
+                    self._save()
                 return None
-            upstream = session.scalars(select(Run).where(Run.hash == run.depends_on)).one_or_none() if run.depends_on else None
-            if upstream is not None and upstream.state != COMPLETED:
-                transition(session, run.id, BLOCKED, expect=STARTABLE, failure_reason="blocked", finished_at=utcnow(),
-                           error=f"upstream run {upstream.hash[:12]} is {upstream.state}")
-                return None
-            prov = dict(run.provenance or {})
-            launcher = {**(run.config.get("launcher") or {}), **(prov.get("launcher") or {})}
-            self._budgets = budgets_of(launcher)
-            delay = as_int(launcher.get("signal_delay_s"), 120)
-            self._grace_s = float(min(60, max(5, delay // 3)))
-            if prov.get("attempt_open"):
-                # The previous attempt ended without recording how: SIGTERM (requeue, preemption) or a kill.
-                prov["preemptions"] = prov.get("preemptions", 0) + 1
-                add_hours(prov, max(0.0, prov.get("heartbeat", 0) - prov.get("attempt_started", 0)))
-                record_event(prov, run.attempts, "preempted", "the previous attempt was stopped or killed and requeued")
-                limit = self._budgets["max_preemptions"]
-                if 0 <= limit < prov["preemptions"]:
-                    prov["attempt_open"] = False
-                    transition(session, run.id, FAILED, expect=STARTABLE, provenance=prov, failure_reason="preempted",
-                               finished_at=utcnow(),
-                               error=f"preemption budget spent: {prov['preemptions']} preemptions > max_preemptions={limit}")
-                    return None
-            prov.update(info)
-            prov.update(submitit_paths())
-            prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
-            config, run_dir, stage = run.config, Path(run.run_dir), run.stage
-            teacher_dir = Path(upstream.run_dir) if upstream is not None else None
-            weights = teacher_file(config, stage, teacher_dir)
-            if weights is not None:
-                prov.update(teacher_digest(weights, prov))
-            columns = Run.__table__.c
-            if not transition(session, run.id, RUNNING, expect=STARTABLE, attempts=columns.attempts + 1,
-                              started_at=func.coalesce(columns.started_at, utcnow()), job_id=job_id(), error=None,
-                              failure_reason=None, provenance=prov):
-                return None
+        prov.update(info)
+        prov.update(submitit_paths())
+        prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
+        teacher_dir = Path(upstream[1]) if upstream is not None else None
+        weights = teacher_file(config, stage, teacher_dir)
+        if weights is not None:
+            prov.update(teacher_digest(weights, prov))
+        if not transition_record(run, RUNNING, expect=STARTABLE, attempts=int(run.attempts or 0) + 1,
+                                 started_at=run.get("started_at") or utcnow(), job_id=job_id(), error=None,
+                                 failure_reason=None, provenance=prov):
+            return None
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        self._save()
+        if run.state != RUNNING:  # the database holds a newer change (cancelled meanwhile): it stands
+            return None
         return config, run_dir, stage, teacher_dir
 
     # ---- signals --------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ class RunJob(submitit.helpers.Checkpointable):
         limit = self._budgets["max_timeouts" if timed_out else "max_preemptions"]
         outcome: dict[str, Any] = {}
 
-        def record(run: Run, prov: dict[str, Any]) -> None:
+        def record(run: FolderRecord, prov: dict[str, Any]) -> None:
             count = prov.get(kind, 0) + 1
             if 0 <= limit < count:
                 what = "timeout" if timed_out else "preemption"
@@ -345,7 +351,7 @@ class RunJob(submitit.helpers.Checkpointable):
         env = job_environment()
         outcome: dict[str, Any] = {}
 
-        def record(run: Run, prov: dict[str, Any]) -> None:
+        def record(run: FolderRecord, prov: dict[str, Any]) -> None:
             prov["failures"] = prov.get("failures", 0) + 1
             record_event(prov, run.attempts, "failure", f"{reason}: {str(exc)[:200]}")
             retry = env is not None and reason != "nan_loss" and (limit < 0 or prov["failures"] <= limit)
@@ -361,20 +367,21 @@ class RunJob(submitit.helpers.Checkpointable):
             sys.exit(-1)
 
     def _finish(self, results: dict[str, float]) -> None:
-        def record(run: Run, prov: dict[str, Any]) -> None:
+        def record(run: FolderRecord, prov: dict[str, Any]) -> None:
             if _move(run, COMPLETED, error=None, failure_reason=None, finished_at=utcnow()):
                 prov["end"] = utcnow().isoformat()
-                record_metrics(object_session(run), run, results, run.epoch)
+                run["summary"] = {**(run.summary or {}), **finite_or_none(results)}
+                run["results"] = finite_or_none(results)
             else:
                 self._log("results not recorded: the run was cancelled or ended by another writer meanwhile")
 
         self._account(extra=record)
 
-    def _account(self, keep_open: bool = False, extra: Optional[Callable[[Run, dict], None]] = None) -> None:
+    def _account(self, keep_open: bool = False, extra: Optional[Callable[[FolderRecord, dict], None]] = None) -> None:
         """Add this attempt's wall and GPU hours to provenance (once), then apply `extra` in the same
         transaction. `keep_open`: the attempt may still be killed (SIGTERM): the next start counts it."""
 
-        def update(run: Run, prov: dict[str, Any]) -> None:
+        def update(run: FolderRecord, prov: dict[str, Any]) -> None:
             if not self._accounted:
                 add_hours(prov, time.time() - self._started)
                 prov["heartbeat"] = time.time()
@@ -387,12 +394,23 @@ class RunJob(submitit.helpers.Checkpointable):
         self._update(update)
         self._accounted = True
 
-    def _update(self, fn: Callable[[Run, dict], None]) -> None:
-        with session_scope(self.db_url) as session:
-            run = session.scalars(select(Run).where(Run.hash == self.run_hash)).one()
-            prov = dict(run.provenance or {})
-            fn(run, prov)
-            run.provenance = prov
+    def _update(self, fn: Callable[[FolderRecord, dict], None]) -> None:
+        """Change the run's record (its folder first, then the database where this job writes it)."""
+        run = self._record
+        pull(self, run)
+        prov = dict(run.provenance or {})
+        fn(run, prov)
+        run["provenance"] = prov
+        self._save()
+
+    def _save(self) -> None:
+        """run.json, atomically; then the database, if this job writes it (seedrun.job.recording.push:
+        retried, never raising). A newer change the database holds (a cancel) comes back into the record."""
+        run = self._record
+        run["updated"] = max(time.time(), float(run.get("updated") or 0) + 1e-6)
+        write_record(str(self._run_dir), run)
+        if push(self, run, self._run_dir):
+            write_record(str(self._run_dir), run)
 
     def _log(self, message: str) -> None:
         if self._hooks is not None:
@@ -403,10 +421,11 @@ class RunJob(submitit.helpers.Checkpointable):
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def _move(run: Run, state: str, expect: tuple[str, ...] = (RUNNING,), **values: Any) -> bool:
-    """Move the attempt's run (loaded in a session) to `state`, only from `expect`: by default from the
-    `running` it set itself, so that a cancel, or a loss recorded by status, is never overwritten."""
-    return transition(object_session(run), run.id, state, expect=expect, **values)
+def _move(run: FolderRecord, state: str, expect: tuple[str, ...] = (RUNNING,), **values: Any) -> bool:
+    """Move the attempt's run record to `state`, only from `expect`: by default from the `running` it set
+    itself, so that a cancel, or a loss recorded by status (brought into the record by _save), is never
+    overwritten."""
+    return transition_record(run, state, expect=expect, **values)
 
 
 def _signal_name(signum: Optional[int]) -> str:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
+from seedrun.store.catchup import catch_up
 from seedrun.store.plan import Plan
 from seedrun.store.schema import Run
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
@@ -79,6 +80,7 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 state, epoch, _ = _state(db_url, run.hash)
                 progress.update(task, completed=epoch, note=state)
                 time.sleep(POLL_SECONDS)
+            catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
             state, epoch, error = _state(db_url, run.hash)
             if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
                 _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",

@@ -252,6 +252,9 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     except RuntimeError as exc:  # no srun: not a Slurm machine
         raise InputError(sweep.path, "launcher.name", f"slurm: {exc}") from None
 
+    from seedrun.store.folders import prepare_folders
+
+    prepare_folders(db_url, [run.hash for run in runs])  # SQLite: jobs on other hosts read their folders
     task_ids: dict[str, str] = {}
     array_sizes: dict[str, int] = {}
     extra: dict[str, dict[str, Any]] = {}

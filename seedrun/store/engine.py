@@ -6,26 +6,37 @@ while `seedrun status` reads); any SQLAlchemy URL works through `--db` or SEEDRU
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from seedrun.errors import database_error
+from seedrun.errors import InputError, database_error
+from seedrun.store.experiments import experiment_of
+from seedrun.store.folders import creator, record_creator
 from seedrun.store.schema import Base, Run
 from seedrun.sweeps.settings import settings_of
+
+
+def busy_seconds() -> float:
+    """How long one SQLite statement waits for a lock (SEEDRUN_DB_BUSY_S, default 60)."""
+    try:
+        return max(0.0, float(os.environ.get("SEEDRUN_DB_BUSY_S", "60")))
+    except ValueError:
+        return 60.0
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -35,15 +46,19 @@ _engines: dict[str, Engine] = {}
 
 def engine_for(url: str, create: bool = True) -> Engine:
     """One engine per URL per process; tables are created on first use when `create` is set."""
-    if url in _engines:
-        return _engines[url]
     sqlite_path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if url in _engines:
+        if sqlite_path is None or sqlite_path.exists():
+            return _engines[url]
+        _engines.pop(url).dispose()  # the file was deleted (to be rebuilt by `seedrun sync`): a new one
     if sqlite_path is not None and not create and not sqlite_path.exists():
         raise FileNotFoundError(sqlite_path)
     try:
         if sqlite_path is not None:
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 60})
+            if not sqlite_path.exists() or creator(url) is None:
+                record_creator(url)  # jobs on other hosts then leave the file alone (seedrun.store.folders)
+            engine = create_engine(url, connect_args={"timeout": busy_seconds()})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
@@ -74,6 +89,19 @@ def _upgrade(engine: Engine) -> None:
             missing = connection.execute(select(Run.id, Run.config).where(Run.settings.is_(None))).all()
             for run_id, config in missing:
                 connection.execute(update(Run).where(Run.id == run_id).values(settings=settings_of(config or {})))
+    columns = {column["name"] for column in inspect(engine).get_columns("runs")}
+    for name, kind in (("updated_at", "FLOAT"), ("experiment", "VARCHAR(64)")):
+        if name not in columns:
+            with engine.begin() as connection:
+                try:
+                    connection.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
+                except DBAPIError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc) and "already exists" not in str(exc):
+                        raise
+    with engine.begin() as connection:
+        missing = connection.execute(select(Run.id, Run.config).where(Run.experiment.is_(None))).all()
+        for run_id, config in missing:
+            connection.execute(update(Run).where(Run.id == run_id).values(experiment=experiment_of(config or {})))
     with engine.begin() as connection:
         connection.execute(text("CREATE INDEX IF NOT EXISTS ix_sweep_runs_order ON sweep_runs (sweep_id, position)"))
         if engine.dialect.name == "sqlite":
@@ -87,19 +115,56 @@ def _upgrade(engine: Engine) -> None:
 
 @contextmanager
 def session_scope(url: str, retries: int = 8) -> Iterator[Session]:
-    """A transaction that commits on success; SQLite lock contention is retried with backoff.
+    """A transaction that commits on success and rolls back on any error (then re-raised).
 
-    The body must be safe to re-run (it is, for every writer here: each reads what it changes).
+    A lock met in commit() is retried with backoff. A body that can meet a lock itself, and must not
+    fail (a job's writes), goes through `write` instead, which re-runs the whole transaction.
     """
     factory = sessionmaker(engine_for(url), expire_on_commit=False)
     with factory() as session:
-        yield session
-        for attempt in range(retries):
-            try:
-                session.commit()
-                return
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == retries - 1:
-                    raise
-                time.sleep(0.05 * 2**attempt)
+        try:
+            yield session
+            for attempt in range(retries):
+                try:
+                    session.commit()
+                    return
+                except OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == retries - 1:
+                        raise
+                    time.sleep(0.05 * 2**attempt)
+        except BaseException:
+            session.rollback()
+            raise
 
+
+T = TypeVar("T")
+
+
+def write(url: str, body: Callable[[Session], T], wait_s: float = 60.0) -> T:
+    """Run `body(session)` in a transaction and commit it, retrying the whole transaction (after a
+    rollback) with backoff while the database is locked, busy or unreachable, for up to `wait_s`
+    seconds in all; then the last error is raised. `body` must be safe to re-run (it reads what it changes).
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            with session_scope(url, retries=1) as session:
+                return body(session)
+        except (OperationalError, DBAPIError) as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise
+        except InputError as exc:  # engine_for: a server that is down (or a URL that is wrong)
+            if exc.source != "--db" or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lock, a busy file or a connection that failed: worth another try (not a mistake in the SQL)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    text_ = str(exc).lower()
+    return any(word in text_ for word in ("locked", "busy", "could not connect", "connection", "server closed",
+                                          "terminating", "timeout", "timed out", "unable to open"))

@@ -110,6 +110,28 @@ def record(plan: Plan, db_url: str) -> None:
             session.execute(insert(SweepRun), rows)
         if plan.stale:
             _drop_stale(session, row.id, plan.stale)
+        note = _sweep_note(session, row)
+    write_sweep_note(note)
+
+
+def _sweep_note(session, row: SweepRow) -> dict:
+    members = session.execute(select(Run.hash, SweepRun.position, SweepRun.axes).join(SweepRun)
+                              .where(SweepRun.sweep_id == row.id).order_by(SweepRun.position)).all()
+    return {"name": row.name, "ablation": row.ablation, "path": row.path, "axes": row.axes,
+            "runs": [[run_hash, position, axes] for run_hash, position, axes in members]}
+
+
+def write_sweep_note(note: dict) -> None:
+    """$SEEDRUN_HOME/sweeps/<name>.json: the sweep and its runs, for `seedrun sync` to rebuild a lost
+    database's sweeps from (seedrun.store.sync)."""
+    import hashlib
+
+    from seedrun.atomic import atomic_write_json
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in note["name"])[:80]
+    if safe != note["name"]:
+        safe += "-" + hashlib.sha256(note["name"].encode()).hexdigest()[:8]
+    atomic_write_json(seedrun_home() / "sweeps" / f"{safe}.json", note)
 
 
 def _drop_stale(session, sweep_id: int, hashes: list[str]) -> None:
@@ -142,3 +164,6 @@ def add_runs(db_url: str, sweep_name: str, specs: list[RunSpec]) -> None:
             if run.id not in members:
                 session.add(SweepRun(sweep_id=row.id, run_id=run.id, position=position, axes=spec.axes))
                 position += 1
+        session.flush()
+        note = _sweep_note(session, row)
+    write_sweep_note(note)

@@ -26,6 +26,12 @@ def _settings_of_inserted(context) -> dict[str, Any]:
     return settings_of(context.get_current_parameters()["config"])
 
 
+def _experiment_of_inserted(context) -> str:
+    from seedrun.store.experiments import experiment_of
+
+    return experiment_of(context.get_current_parameters()["config"])
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -59,6 +65,8 @@ class Run(Base):
     # The config's experiment settings, flat (seedrun.sweeps.settings): what tables group by and status shows.
     # Never set by hand: configs do not change once recorded, and this follows the config.
     settings: Mapped[Optional[dict[str, Any]]] = mapped_column(default=_settings_of_inserted)
+    # The experiment the run is a seed of: its config hash with the seed left out (seedrun.store.experiments).
+    experiment: Mapped[Optional[str]] = mapped_column(String(64), default=_experiment_of_inserted)
     depends_on: Mapped[Optional[str]] = mapped_column(String(64))  # hash of the upstream run
     job_id: Mapped[Optional[str]] = mapped_column(String(64))
     error: Mapped[Optional[str]] = mapped_column(Text)
@@ -70,6 +78,9 @@ class Run(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    # When this row last took in a change (unix seconds): a run folder's record (run.json, written first
+    # by the job) newer than this is brought in by `status`, `table` and `sync` (seedrun.store.catchup).
+    updated_at: Mapped[Optional[float]] = mapped_column(Float)
 
     metrics: Mapped[list["Metric"]] = relationship(back_populates="run", cascade="all, delete-orphan")
     memberships: Mapped[list["SweepRun"]] = relationship(back_populates="run", cascade="all, delete-orphan")

@@ -15,7 +15,8 @@ imported when a state is written.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+import time
+from typing import Any, Iterable, MutableMapping, Optional, Union
 
 PENDING, SUBMITTED, RUNNING, COMPLETED, FAILED, CANCELLED, BLOCKED, LOST = (
     "pending", "submitted", "running", "completed", "failed", "cancelled", "blocked", "lost",
@@ -74,6 +75,7 @@ def _statement(to: str, expect: Optional[Iterable[str]], where: Iterable[Any], v
     from seedrun.store.schema import Run
 
     table = Run.__table__
+    values.setdefault("updated_at", time.time())  # newer than any folder record written before it
     # The allowed states inline (they are this module's constants): an executemany cannot expand an IN list.
     allowed = [literal_column(f"'{state}'") for state in sources(to, expect)]
     return table, update(table).where(table.c.state.in_(allowed), *where).values(state=to, **values)
@@ -111,3 +113,17 @@ def transition_many(db, to: str, rows: list[dict[str, Any]], *, expect: Optional
         return 0
     table, statement = _statement(to, expect, where, values)
     return db.execute(statement.where(table.c.id == bindparam("rid")), rows).rowcount
+
+
+def transition_record(record: MutableMapping[str, Any], to: str, *, expect: Optional[Iterable[str]] = None,
+                      **values: Any) -> bool:
+    """`transition` for a run's folder record (seedrun.store.folders, run.json) held in memory: the same
+    rules, applied to the record's "state"; True if it moved (and `values` were set), False if not.
+
+    The job changes its folder record through this, before the database (the record is written first).
+    """
+    if record.get("state") not in sources(to, expect):
+        return False
+    record["state"] = to
+    record.update(values)
+    return True

@@ -1,0 +1,217 @@
+"""The index brought up to date from run folders (seedrun.store.folders): what a job's own write does
+after its folder, what `status` and `table` do for the runs still in flight, and what `sync` does for
+every folder it is given.
+
+A folder record is applied when it is newer than the row (run.json's "updated" against runs.updated_at,
+which every database write sets). Its state change goes through seedrun.store.states.transition, as
+every state change does: a record that says `completed` for a run the index holds `submitted` moves it
+through `running` (the job did), and one that the rules refuse (a run cancelled or marked lost
+meanwhile) changes nothing and is reported. Metrics rows follow the folder's metrics.jsonl (the epochs
+after the row's epoch) and the final results; an evaluation run's results also go on the run it
+evaluated, under its protocol's names (seedrun.store.protocols).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sys
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from seedrun.store.folders import ROW_FIELDS, metric_lines, read_config, read_record
+from seedrun.store.states import COMPLETED, IN_FLIGHT, RUNNING, TRANSITIONS
+
+
+@dataclass
+class Applied:
+    """What applying folder records did: counts and the disagreements worth telling."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _when(value: Any) -> Optional[dt.datetime]:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value if isinstance(value, (int, float)) and math.isfinite(value) else None
+            for name, value in (values or {}).items()}
+
+
+def _row_values(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    values = {name: record.get(name) for name in ROW_FIELDS if name != "state"}
+    values["started_at"], values["finished_at"] = _when(values["started_at"]), _when(values["finished_at"])
+    values["provenance"] = values["provenance"] or {}
+    values["summary"] = summary
+    values["attempts"], values["epoch"] = int(values["attempts"] or 0), int(values["epoch"] or 0)
+    values["updated_at"] = float(record.get("updated") or 0)
+    return values
+
+
+def _path(start: str, to: str) -> Optional[list[str]]:
+    """The states a run goes through from `start` to `to` (a job that started and finished between two
+    looks goes through running); None where the rules allow no way."""
+    if to in TRANSITIONS[start]:
+        return [to]
+    if RUNNING in TRANSITIONS[start] and to in TRANSITIONS[RUNNING]:
+        return [RUNNING, to]
+    return None
+
+
+def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [{"run_id": run_id, "name": name, "value": float(value), "epoch": epoch}
+            for epoch, metrics in pairs for name, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+
+
+def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = False,
+                 config: Optional[dict[str, Any]] = None, out: Optional[Applied] = None) -> Applied:
+    """Apply one folder record to the database in `session` (committed by the caller)."""
+    from sqlalchemy import insert, select, update
+
+    from seedrun.store.schema import Metric, Run
+    from seedrun.store.states import transition
+
+    out = out if out is not None else Applied()
+    table = Run.__table__
+    run_hash = record["hash"]
+    row = session.execute(select(table.c.id, table.c.state, table.c.epoch, table.c.updated_at, table.c.summary)
+                          .where(table.c.hash == run_hash)).first()
+    results = record.get("results") or {}
+    if row is None:
+        config = config if config is not None else read_config(run_dir)
+        if not create or config is None:
+            out.notes.append(f"{run_hash[:12]}: not in the database" + ("" if create else "; `seedrun sync` adds it"))
+            return out
+        values = _row_values(record, _finite_or_none(record.get("summary") or {}))
+        # A row made from its folder takes the state recorded there: a copy of a state, not a change of one.
+        run_id = session.execute(insert(Run).values(hash=run_hash, stage=record["stage"], run_dir=run_dir,
+                                                    config=config, depends_on=record.get("depends_on"),
+                                                    state=record["state"], **values)).inserted_primary_key[0]
+        rows = _metric_rows(run_id, metric_lines(run_dir))
+        if record["state"] == COMPLETED:
+            rows += _metric_rows(run_id, [(values["epoch"], results)])
+        if rows:
+            session.execute(insert(Metric), rows)
+        if record["state"] == COMPLETED and record["stage"] == "eval":
+            _on_source(session, record, results, out)
+        out.added += 1
+        return out
+    run_id, state, epoch, updated_at, summary = row
+    if float(record.get("updated") or 0) <= float(updated_at or 0):
+        if record.get("state") != state:
+            out.notes.append(f"{run_hash[:12]}: folder says {record.get('state')}, the database's newer record says "
+                             f"{state}: kept")
+        out.unchanged += 1
+        return out
+    summary = summary if isinstance(summary, dict) else {}
+    values = _row_values(record, {**summary, **_finite_or_none(record.get("summary") or {})})
+    to = record["state"]
+    if to != state:
+        steps = _path(state, to)
+        if steps is None:
+            out.notes.append(f"{run_hash[:12]}: folder says {to}, the database says {state}: kept ({state} cannot "
+                             f"become {to})")
+            out.unchanged += 1
+            return out
+        moved, current = True, state
+        for step in steps:
+            moved = transition(session, run_id, step, expect=(current,), **(values if step == to else {}))
+            if not moved:
+                out.notes.append(f"{run_hash[:12]}: changed by another writer meanwhile; kept")
+                return out
+            current = step
+    else:
+        session.execute(update(table).where(table.c.id == run_id, table.c.state == state).values(**values))
+    rows = _metric_rows(run_id, metric_lines(run_dir, after_epoch=epoch or 0))
+    if to == COMPLETED and state != COMPLETED:
+        rows += _metric_rows(run_id, [(values["epoch"], results)])
+        if record.get("stage") == "eval":
+            _on_source(session, record, results, out)
+    if rows:
+        session.execute(insert(Metric), rows)
+    out.updated += 1
+    return out
+
+
+def _on_source(session, record: dict[str, Any], results: dict[str, Any], out: Applied) -> None:
+    """An evaluation's results on the run it evaluated, under the protocol's names, at its final epoch."""
+    from sqlalchemy import select
+
+    from seedrun.store.protocols import qualified
+    from seedrun.store.schema import Run, record_metrics
+
+    source = session.scalars(select(Run).where(Run.hash == record.get("depends_on"))).one_or_none()
+    if source is None:
+        out.notes.append(f"{record['hash'][:12]}: the run it evaluated is not in the database")
+        return
+    record_metrics(session, source, qualified(record.get("protocol_key"), results), source.epoch)
+
+
+def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = False) -> Applied:
+    """Bring the runs the index holds in flight (or these runs) up to date from their folders.
+
+    Reads only those runs' folders, so its cost grows with runs in flight, not with runs ever
+    recorded; writes (and imports SQLAlchemy) only when a folder holds something newer. A database
+    that is locked or read-only is left as it is, with one line on stderr: reading goes on.
+    """
+    from seedrun.store.records import connect
+
+    out = Applied()
+    try:
+        connection, mark = connect(url)
+    except Exception:
+        return out
+    with closing(connection):
+        cursor = connection.cursor()
+        try:
+            if hashes is None:
+                cursor.execute("SELECT hash, run_dir, updated_at FROM runs "
+                               f"WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
+                rows = cursor.fetchall()
+            else:
+                hashes, rows = list(hashes), []
+                for start in range(0, len(hashes), 500):
+                    chunk = hashes[start:start + 500]
+                    cursor.execute(f"SELECT hash, run_dir, updated_at FROM runs WHERE hash IN "
+                                   f"({', '.join(mark for _ in chunk)})", chunk)
+                    rows += cursor.fetchall()
+        except Exception:  # a database from before runs.updated_at: its first write upgrades it
+            return out
+    newer = []
+    for run_hash, run_dir, updated_at in rows:
+        record = read_record(run_dir) if run_dir else None
+        if record is not None and record.get("hash") == run_hash and \
+                float(record.get("updated") or 0) > float(updated_at or 0):
+            newer.append((record, run_dir))
+    if not newer:
+        return out
+    from seedrun.store.engine import busy_seconds, write
+
+    def body(session) -> Applied:
+        applied = Applied()
+        for record, run_dir in newer:
+            apply_record(session, record, run_dir, out=applied)
+        return applied
+
+    try:
+        out = write(url, body, wait_s=min(10.0, busy_seconds()))
+    except Exception as exc:  # locked for longer, read-only, gone: the folders stay the record
+        if not quiet:
+            print(f"note: {len(newer)} run(s) have newer records in their folders than in the database, which "
+                  f"could not be written ({str(exc).strip().splitlines()[0][:120]})", file=sys.stderr)
+        return out
+    if not quiet:
+        for note in out.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return out
