@@ -137,34 +137,77 @@ def _to_container(cfg) -> dict[str, Any]:
 def compose_config(overrides: list[str], source: str = "overrides") -> dict[str, Any]:
     """The fully resolved config for a list of overrides (checked first; errors are InputError).
 
-    Recipe choices (`student=resnet18`) go through Hydra's compose, cached per set of choices; value
-    overrides are parsed by Hydra's own override grammar and applied to a copy with OmegaConf before
-    interpolations are resolved, which is what Hydra does, at a fraction of the cost: a 1,000-run
-    sweep composes in seconds, not minutes.
+    Recipe choices (`student=resnet18`) go through Hydra's compose, once per set of choices. Value
+    overrides are parsed by Hydra's own override grammar (once per distinct text) and set on a copy of
+    the composed config as plain data; interpolations (`${oc.env:...}`, `${.pretrain.epochs}`) are
+    resolved by OmegaConf the first time their inputs are seen and reused after (seedrun.sweeps.fast).
+    Whatever that path cannot show to be the same (a new key, a delete, a sweep, a resolver it does not
+    know) goes through Hydra and OmegaConf as before; both give byte-identical configs
+    (tests/test_plan_view.py checks it), so run hashes do not depend on the path taken.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+        parsed = [_parse(text) for text in overrides]
         groups = set(recipe_groups())
         is_choice = [override.key_or_group in groups and override.package is None for override in parsed]
         choices = tuple(text for text, choice in zip(overrides, is_choice) if choice)
         values = [override for override, choice in zip(parsed, is_choice) if not choice]
         if any(override.is_delete() or override.is_sweep_override() for override in values):
             return _deep_copy(_compose_cached(tuple(overrides)))  # rare forms: let Hydra do all of it
+        named = [_split(text) for text in choices]
+        if len({group for group, _ in named}) == len(named):  # one choice per group: order does not matter,
+            choices = tuple(f"{group}={name}" for group, name in sorted(named))  # and check_overrides' cache is hit
         if not values:
             return _deep_copy(_compose_cached(choices))
-        cfg = copy.deepcopy(_compose_groups(recipe_dirs(), choices))
-        for override in values:
-            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
-                             force_add=override.is_add() or override.is_force_add())
-        return _to_container(cfg)
+        from seedrun.sweeps.fast import apply_values
+
+        fast = apply_values(choices, values, lambda: _compose_slow(choices, values))
+        return fast if fast is not None else _compose_slow(choices, values)
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(source, None, f"could not compose recipes with {' '.join(overrides)}: {first}") from None
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str):
+    from seedrun.sweeps.fast import parse_simple
+
+    simple = parse_simple(text)
+    if simple is not None:
+        return simple
+    return _parser().parse_overrides(overrides=[text])[0]
+
+
+@lru_cache(maxsize=1)
+def _parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _compose_slow(choices: tuple[str, ...], values: list) -> dict[str, Any]:
+    """Hydra's way: the composed config copied, each value override applied by OmegaConf, then resolved."""
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(_compose_groups(recipe_dirs(), choices))
+    for override in values:
+        OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
+                         force_add=override.is_add() or override.is_force_add())
+    return _to_container(cfg)
+
+
+def unresolved(choices: tuple[str, ...]) -> dict[str, Any]:
+    """The composed config for a set of recipe choices as plain data, interpolations left as text (cached)."""
+    return _unresolved(recipe_dirs(), choices)
+
+
+@lru_cache(maxsize=256)
+def _unresolved(dirs: tuple[Path, ...], choices: tuple[str, ...]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(_compose_groups(dirs, choices), resolve=False)
 
 
 def _deep_copy(value: Any) -> Any:
