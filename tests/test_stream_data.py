@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -266,6 +267,59 @@ base:
   distill.queue_size: 128
   distill.warmup_epochs: 0
   threads: 1
+  eval.after: {"[knn]" if fmt == "tsv" else "[]"}
 """)
     result = cli("sweep", str(sweep))
-    assert "completed 2" in result.stdout + result.stderr
+    # teacher and student; on the TSV files, a k-NN evaluation run too (its features streamed in chunks,
+    # its labels read from the rows)
+    assert f"completed {3 if fmt == 'tsv' else 2}  failed 0" in result.stdout, result.stdout
+    runs = json.loads(cli("status", "--json").stdout)["runs"]
+    assert all(10.0 < r["metrics"]["knn_top1"] <= 100.0 for r in runs)
+    if fmt == "tsv":
+        (evaluation,) = [r for r in runs if r["axes"].get("protocol") == "knn"]
+        assert {"knn20_top1", "nn1_top1"} <= set(evaluation["metrics"])
+
+
+def _tiny_copy(tree: Path, root: Path) -> Path:
+    shutil.copytree(tree / "train" / "n00000000", root / "train" / "n00000000")
+    shutil.copytree(tree / "val" / "n00000000", root / "val" / "n00000000")
+    return root
+
+
+def _no_val(tree, tmp_path):
+    root = _tiny_copy(tree, tmp_path / "t")
+    shutil.rmtree(root / "val")
+    return root, f"{root}: expected {root}/train/<class>/ and {root}/val/<class>/"
+
+
+def _empty_class(tree, tmp_path):
+    root = _tiny_copy(tree, tmp_path / "t")
+    (root / "train" / "n00000009").mkdir()
+    return root, f"{root / 'train' / 'n00000009'}: expected images"
+
+
+def _lineidx_mismatch(tree, tmp_path):
+    root = write_tsv(_tiny_copy(tree, tmp_path / "t"), tmp_path / "tsv")
+    offsets = (root / "val.lineidx").read_text().split()
+    (root / "val.lineidx").write_text("".join(f"{int(o) + 7 * (i > 0)}\n" for i, o in enumerate(offsets)))
+    return root, f"{root / 'val.lineidx'}: expected byte offsets of the lines of val.tsv"
+
+
+@pytest.mark.parametrize("problem", [_no_val, _empty_class, _lineidx_mismatch])
+def test_a_bad_tree_is_one_line_at_plan_time(problem, tree, tmp_path, cache):
+    root, expected = problem(tree, tmp_path)
+    cli = CLI(tmp_path / "home")
+    mine = write_sweep(tmp_path / "s.yaml", "name: s\nbase:\n  data: imagenet\n")
+    for sweep, dry_run in (("sweeps/temperature.yaml", ["--dry-run"]), (str(mine), ["--dry-run"]), (str(mine), [])):
+        result = cli("sweep", sweep, "--data-root", str(root), *dry_run, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {sweep}: data.root: ") and expected in line, line
+    assert not cli.db.exists()
+
+
+def test_the_imagenet_layout_passes_the_plan_time_check(tree, tsv, tmp_path, cache):
+    cli = CLI(tmp_path / "home")
+    for root in (tree, tsv):
+        out = cli("sweep", "sweeps/temperature.yaml", "--dry-run", "--data-root", str(root))
+        assert "data set" not in out.stdout + out.stderr, out.stdout + out.stderr

@@ -84,6 +84,27 @@ def check_layout(root: Path) -> None:
                           f"{len(unknown)} val class folder(s) have no train folder")
 
 
+LOADERS = ("auto", "memory", "stream")
+DECODERS = ("pil", "torchvision")
+
+
+def check_settings(data: dict) -> Optional[tuple[str, str]]:
+    """The first bad loader setting of a data config as (key, what was expected), or None."""
+    loader = data.get("loader") or "auto"
+    if loader not in LOADERS:
+        return "data.loader", f"expected one of {', '.join(LOADERS)}, got {loader!r}"
+    if loader == "stream" and data.get("format") != "imagefolder":
+        return "data.loader", (f"expected auto or memory: the stream loader reads ImageFolder trees and TSV files, "
+                               f"{data.get('format')!r} data sets load into memory")
+    for key in ("workers", "max_bad_images", "prefetch", "memory_budget_mb"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "prefetch")):
+            return f"data.{key}", f"expected an integer >= {int(key == 'prefetch')}{' or null' if key == 'workers' else ''}, got {value!r}"
+    if (data.get("decoder") or "pil") not in DECODERS:
+        return "data.decoder", f"expected one of {', '.join(DECODERS)}, got {data.get('decoder')!r}"
+    return None
+
+
 def lineidx_path(tsv: Path) -> Path:
     return tsv.with_suffix(".lineidx")
 

@@ -34,10 +34,9 @@ import torch
 
 from seedrun.data.augment import augment, normalize
 from seedrun.data.datasets import ImageSet, load, locate
-from seedrun.data.formats import DataError, DataInvalid, file_list, layout
+from seedrun.data.formats import LOADERS, DataError, DataInvalid, file_list, layout
 from seedrun.data.sampling import epoch_order, step_generator
 
-LOADERS = ("auto", "memory", "stream")
 Views = dict[int, Optional[tuple]]
 
 

@@ -30,10 +30,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seedrun.data.formats import FileList
+from seedrun.data.formats import DECODERS, FileList
 from seedrun.data.sampler import SequentialBatchSampler, ShardedBatchSampler
-
-DECODERS = ("pil", "torchvision")
 
 
 def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:

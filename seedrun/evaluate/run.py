@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from seedrun.data.datasets import load
+from seedrun.data.loader import open_split
 from seedrun.evaluate.features import cached_features, extract_features, file_sha256
 from seedrun.evaluate.knn import knn_variants
 from seedrun.evaluate.linear import linear_probe
@@ -42,25 +42,42 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
     model_path = source_dir / MODEL
     backbone, _head = load_own_model(model_path, data_cfg["channels"])
     backbone = backbone.to(device).eval()
-    train, test = load(data_cfg, "train", data_root), load(data_cfg, "test", data_root)
+    train, test = open_split(data_cfg, "train", data_root, log), open_split(data_cfg, "test", data_root, log)
     data_key = {"dataset": data_cfg["name"], "size": data_cfg["image_size"], "train_subset": data_cfg.get("train_subset"),
                 "test_subset": data_cfg.get("test_subset"), "transform": "none"}
 
-    def feats(split, data):
-        return _features(model_path, backbone, data.images, data.mean, data.std, {**data_key, "split": split}, device)
+    def feats(split, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of a split: from the uint8 tensor in memory, or streamed a chunk at a time
+        (evaluation views Resize(256 s / 224) -> CenterCrop(s); TSV labels come with the images)."""
+        if data.kind == "memory":
+            return _features(model_path, backbone, data.images, data.mean, data.std, {**data_key, "split": split},
+                             device), data.labels
+        from seedrun.store.locations import seedrun_home
+        from seedrun.training.loop import embed
+
+        key = {"checkpoint_sha256": file_sha256(model_path), **data_key, "split": split,
+               "transform": "resize-centercrop", "files": len(data)}
+        value = cached_features(seedrun_home() / "features", key,
+                                lambda: dict(zip(("features", "labels"), embed(backbone, data, device))))
+        return value["features"], value["labels"]
 
     if protocol == "knn":
         variants = tuple((int(k), tau) for k, tau in settings["variants"])
+        (train_f, train_labels), (test_f, test_labels) = feats("train", train), feats("test", test)
         # on the accelerator when there is one: the similarity matmul is the whole cost
-        return knn_variants(feats("train", train).to(device), train.labels.to(device), feats("test", test).to(device),
-                            test.labels.to(device), train.num_classes, variants=variants)
+        return knn_variants(train_f.to(device), train_labels.to(device), test_f.to(device),
+                            test_labels.to(device), train.num_classes, variants=variants)
     if protocol == "linear":
-        result = linear_probe(feats("train", train), train.labels, feats("test", test), test.labels, train.num_classes,
+        (train_f, train_labels), (test_f, test_labels) = feats("train", train), feats("test", test)
+        result = linear_probe(train_f, train_labels, test_f, test_labels, train.num_classes,
                               protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
                               epochs=settings.get("epochs"), device=device)
         return {"linear_top1": result["linear_top1"], "linear_top5": result["linear_top5"],
                 "linear_best_epoch": result["best_epoch"]}
     if protocol == "semisup":
+        if train.kind != "memory":
+            raise ValueError("the semi-supervised protocol fine-tunes on images held in memory; "
+                             "with data.loader=stream it is not supported yet")
         metrics = {}
         for fraction in settings["fractions"]:
             subset = labelled_subset(train.labels, fraction, seed=settings["subset_seed"])
@@ -78,8 +95,6 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
             log(f"semi-supervised {100 * fraction:g}% labels ({len(subset)} images): top-1 {result['finetune_top1']:.2f}")
         return metrics
     if protocol == "transfer":
-        from seedrun.evaluate import transfer
-
         metrics = {}
         for name in settings["datasets"]:
             data = _transfer_data(name, settings, data_cfg)

@@ -263,11 +263,25 @@ def _check_path(target: str, path: str, key: str, what: str, dry_run: bool, warn
 
 def _check_data(data: dict, path: str, dry_run: bool, warnings: list[str], data_root: Optional[str]) -> None:
     from seedrun.data.datasets import DataNotFound, locate
+    from seedrun.data.formats import DataInvalid, check_layout, check_settings
 
+    bad_setting = check_settings(data)
+    if bad_setting:
+        raise InputError(path, *bad_setting)
     try:
-        locate(data, data_root)
+        where = locate(data, data_root)
     except DataNotFound as exc:
+        root = data.get("root") or data_root
+        if data["format"] == "imagefolder" and root and Path(root).expanduser().is_dir():
+            # a folder given explicitly that is not a data set: bad input, also on --dry-run
+            raise InputError(path, "data.root", f"{root}: {exc}") from None
         if dry_run:
             warnings.append(f"data set {data['name']!r} not found: {exc}")
         else:
             raise InputError(path, "data", f"data set {data['name']!r} not found: {exc}")
+        return
+    if data["format"] == "imagefolder":  # the tree's layout, read without decoding an image (also on --dry-run)
+        try:
+            check_layout(Path(where))
+        except DataInvalid as exc:
+            raise InputError(path, "data.root", str(exc)) from None
