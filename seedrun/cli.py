@@ -28,38 +28,20 @@ def _db_exists(url: str) -> bool:
 def cmd_sweep(args) -> int:
     from rich.console import Console
 
-    from seedrun.store.plan import read_plan, record
+    from seedrun.launchers.plan_view import print_header, show_dry_run
     from seedrun.sweeps.sweep_file import expand
 
     console = Console()
     sweep = expand(args.file, args.overrides, dry_run=args.dry_run, data_root=args.data_root)
     db_url = _db_url(args)
-    plan = read_plan(sweep, db_url) if (_db_exists(db_url) or not args.dry_run) else _empty_plan(sweep)
-    counts = plan.counts()
-    stages = {stage: len(sweep.stage(stage)) for stage in ("pretrain", "distill", "eval")}
-    launcher = sweep.launcher.get("name") or plan.sweep.runs[0].config.get("launcher", {}).get("name", "local")
-    console.print(f"sweep [bold]{sweep.name}[/] ({sweep.path}): {len(sweep.runs)} runs "
-                  f"({stages['pretrain']} pre-training, {stages['distill']} distillation"
-                  + (f", {stages['eval']} evaluation" if stages["eval"] else "") + f"), launcher {launcher}")
-    console.print(f"  new {counts['new']}  done {counts['done']}  running {counts['running']}  failed {counts['failed']}")
-    if plan.stale:
-        console.print(f"  no longer in the sweep: {len(plan.stale)} run(s) an earlier version of {sweep.path} named; "
-                      "recording drops them from the sweep (their results stay in the database)")
-    if sweep.axes:
-        for axis in sweep.axes:
-            values = []
-            for run in sweep.runs:
-                if axis in run.axes and run.axes[axis] not in values:
-                    values.append(run.axes[axis])
-            console.print(f"  {axis}: {' '.join(str(value) for value in values)}")
-    for warning in sweep.warnings:
-        console.print(f"  [yellow]warning:[/] {warning}")
+    if args.dry_run and not _db_exists(db_url):  # nothing recorded yet: no database to read (nor SQLAlchemy to load)
+        return show_dry_run(console, sweep, {}, 0, args.retry_failed, args.all, args.json)
+    from seedrun.store.plan import read_plan, record
+
+    plan = read_plan(sweep, db_url)
     if args.dry_run:
-        for run in sweep.runs:
-            console.print(f"  {run.short}  {run.stage:<8}  {plan.states.get(run.hash, 'new'):<9}  "
-                          + " ".join(f"{k}={v}" for k, v in run.axes.items()))
-        console.print("dry run: nothing recorded, nothing started")
-        return 0
+        return show_dry_run(console, sweep, plan.states, len(plan.stale), args.retry_failed, args.all, args.json)
+    launcher = print_header(console, sweep, plan.states, len(plan.stale))
 
     record(plan, db_url)
     todo = plan.to_run(retry_failed=args.retry_failed)
@@ -98,12 +80,6 @@ def _print_references(db_url: str, sweep: str) -> None:
               f"k-NN top-1 {top1:.1f}")
         if "pixels_knn_top1" in record.metrics and who == "teacher":
             print(f"raw pixels, same k-NN: top-1 {record.metrics['pixels_knn_top1']:.1f}")
-
-
-def _empty_plan(sweep):
-    from seedrun.store.plan import Plan
-
-    return Plan(sweep)
 
 
 def _table_groups(ablation: str, db_url: str, sweep: Optional[str]) -> list:
@@ -325,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "failed teacher, 2 on bad input (nothing recorded or started).")
     p.add_argument("file", help="sweep YAML file (see sweeps/)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. distill.epochs=2")
-    p.add_argument("--dry-run", action="store_true", help="check and print the plan; record and start nothing")
+    p.add_argument("--dry-run", action="store_true", help="check and print the plan (Slurm: the arrays it would "
+                                                          "submit); record and start nothing")
+    p.add_argument("--all", action="store_true", help="with --dry-run: list every run, however many")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the whole plan as JSON")
     p.add_argument("--retry-failed", action="store_true", help="also rerun failed, blocked, cancelled and lost runs")
     p.add_argument("--data-root", help="folder holding the data sets (default: $SEEDRUN_DATA, then system "
                                        "and cache locations)")

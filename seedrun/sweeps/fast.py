@@ -14,6 +14,7 @@ takes the slow path (a key that does not exist yet, a list index, `+key`, a reso
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import re
 from functools import lru_cache
@@ -102,7 +103,7 @@ def _template(choices: tuple[str, ...]) -> tuple[dict[str, Any], tuple]:
 def apply_values(choices: tuple[str, ...], values: list, slow: Callable[[], dict[str, Any]]) -> Optional[dict[str, Any]]:
     """The resolved config for recipe `choices` plus parsed value `overrides`, or None: take the slow path."""
     template, template_sites = _template(choices)
-    config = _copy(template)
+    config = marshal.loads(marshal.dumps(template))  # a deep copy of plain data, in C
     touched: list[tuple[tuple[str, ...], Any]] = []
     for override in values:
         if override.package is not None or override.is_add() or override.is_force_add():

@@ -99,8 +99,19 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_CHECKED: set[tuple[str, str]] = set()
+
+
 def check_launcher(launcher: dict[str, Any], path: str) -> None:
     """Raise InputError for the first launcher setting that is not of its type or holds a control character."""
+    key = (path, repr(launcher))  # every run of a sweep has the same few launchers: check each once
+    if key in _CHECKED:
+        return
+    _check_launcher(launcher, path)
+    _CHECKED.add(key)
+
+
+def _check_launcher(launcher: dict[str, Any], path: str) -> None:
     name = launcher.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise InputError(path, "launcher.name", f"expected a launcher name (local, slurm), got {_describe(name)}")
