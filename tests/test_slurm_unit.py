@@ -153,8 +153,8 @@ def test_parse_squeue_real_output() -> None:
 @pytest.mark.parametrize("raw, state", [
     ("COMPLETED", State.COMPLETED), ("CANCELLED by 1000", State.CANCELLED),
     ("CANCELLED+", State.CANCELLED), ("OUT_OF_MEMORY", State.OUT_OF_MEMORY),
-    ("NODE_FAIL", State.NODE_FAIL), ("BOOT_FAIL", State.NODE_FAIL), ("PREEMPTED", State.PREEMPTED),
-    ("REQUEUED", State.REQUEUED), ("REQUEUE_HOLD", State.REQUEUED), ("DEADLINE", State.TIMEOUT),
+    ("NODE_FAIL", State.NODE_FAIL), ("BOOT_FAIL", State.BOOT_FAIL), ("PREEMPTED", State.PREEMPTED),
+    ("REQUEUED", State.REQUEUED), ("REQUEUE_HOLD", State.REQUEUED), ("DEADLINE", State.DEADLINE),
     ("COMPLETING", State.RUNNING), ("CONFIGURING", State.RUNNING), ("SUSPENDED", State.RUNNING),
     ("running", State.RUNNING), ("WEIRD", State.UNKNOWN), ("", State.UNKNOWN),
 ])

@@ -449,8 +449,8 @@ def test_reconcile_classifies_jobs_that_died_without_recording(home, monkeypatch
         got = dict((job_id, (state, reason)) for job_id, state, reason in
                    db.execute("select job_id, state, failure_reason from runs"))
     assert got == {"9_0": ("cancelled", "cancelled"), "9_1": ("failed", "timeout"), "9_2": ("failed", "out_of_memory"),
-                   "9_3": ("failed", "node_fail"), "9_4": ("failed", "exception"), "9_5": ("lost", None),
-                   "9_6": ("lost", None), "9_7": ("submitted", None), "9_8": ("failed", None),
+                   "9_3": ("failed", "node_fail"), "9_4": ("failed", "exception"), "9_5": ("lost", "no_result"),
+                   "9_6": ("lost", "vanished"), "9_7": ("submitted", None), "9_8": ("failed", None),
                    "9_9": ("blocked", "blocked")}
     assert (fake_slurm / "scancel.calls").read_text().split() == ["9_9"]  # it would wait forever
 

@@ -63,6 +63,8 @@ class State(str, enum.Enum):
     TIMEOUT = "TIMEOUT"
     PREEMPTED = "PREEMPTED"
     NODE_FAIL = "NODE_FAIL"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     REQUEUED = "REQUEUED"
     UNKNOWN = "UNKNOWN"
@@ -72,10 +74,12 @@ class State(str, enum.Enum):
 
 
 #: States after which the job will not run again by itself. PREEMPTED is not
-#: here: with JobRequeue a preempted job usually comes back as REQUEUED/PENDING.
+#: here: with JobRequeue a preempted job usually comes back as REQUEUED/PENDING,
+#: so the controller is asked too (query_states); a job both call PREEMPTED has
+#: ended (PreemptMode=CANCEL): seedrun.launchers.end_states decides what then.
 TERMINAL_STATES = frozenset(
     {State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT,
-     State.NODE_FAIL, State.OUT_OF_MEMORY}
+     State.NODE_FAIL, State.BOOT_FAIL, State.DEADLINE, State.OUT_OF_MEMORY}
 )
 
 # Slurm's many raw states (sacct and squeue spell them the same) -> ours.
@@ -91,8 +95,6 @@ _STATE_MAP: dict[str, State] = {
     "REQUEUE_HOLD": State.REQUEUED,
     "REQUEUE_FED": State.REQUEUED,
     "RESV_DEL_HOLD": State.PENDING,
-    "BOOT_FAIL": State.NODE_FAIL,
-    "DEADLINE": State.TIMEOUT,
     "REVOKED": State.CANCELLED,     # federation: runs on a sibling cluster instead
     "SPECIAL_EXIT": State.FAILED,
 }
@@ -424,3 +426,14 @@ def cancel(job_ids: Sequence[str], *, signal: str | None = None) -> None:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         if not lines or not all(any(b in ln.lower() for b in benign) for ln in lines):
             raise SlurmError(f"scancel failed ({proc.returncode}): {proc.stderr.strip()}")
+
+
+def requeue(job_ids: Sequence[str]) -> list[str]:
+    """Put ended jobs (or array tasks) back in the queue with ``scontrol requeue``; same job ids.
+
+    One call per job, unlike the queries: preemptions are few, and when scontrol is given a list it
+    does not say for sure which of them it refused. Returns the ids Slurm refused (a job it no longer
+    holds, one not requeueable); raises SlurmError when scontrol cannot be run at all.
+    """
+    ids = list(dict.fromkeys(str(j).strip() for j in job_ids if str(j).strip()))
+    return [j for j in ids if _run(["scontrol", "requeue", j]).returncode != 0]

@@ -29,12 +29,13 @@ def reconcile(db_url: str) -> int:
     Slurm is asked once (seedrun.launchers.cluster.query_states: one sacct, at most one squeue) for every job in
     flight. A run is changed only if it is still in flight with the same job id when the answer is
     written (seedrun.store.states.transition, one per run), so a job that records its own result meanwhile wins.
-    Jobs that died without recording are classified from Slurm's state: cancelled, timeout,
-    out_of_memory, node_fail, or exception (failed, with Slurm's exit code). An array task waiting on
+    Jobs that died without recording are classified from Slurm's state (seedrun.launchers.end_states:
+    every end state Slurm has, and a job it no longer knows); a preempted job is requeued within the
+    run's max_preemptions (seedrun.launchers.requeue), its run failed once that is spent. An array task waiting on
     a teacher that failed (DependencyNeverSatisfied: it would wait forever) is cancelled and marked
     blocked, or pending when its own teacher completed (`seedrun sweep` then resubmits it).
     """
-    from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, transition
+    from seedrun.store.states import BLOCKED, COMPLETED, IN_FLIGHT, LOST, PENDING, transition
 
     # Read with plain SQL: the ORM (a fifth of a second to import) is loaded only to write changes.
     runs = in_flight_runs(db_url)
@@ -48,11 +49,11 @@ def reconcile(db_url: str) -> int:
         elif job_id:
             slurm_runs.append((run_id, job_id, depends_on))
     to_cancel: list[str] = []
+    preempted: list[tuple[int, str]] = []
     if slurm_runs:
         from seedrun.launchers.cluster import SlurmError, State, query_states
+        from seedrun.launchers.end_states import end_of, ended
 
-        died_as = {State.TIMEOUT: "timeout", State.OUT_OF_MEMORY: "out_of_memory", State.NODE_FAIL: "node_fail",
-                   State.FAILED: "exception"}
         try:
             states = query_states([job_id for _, job_id, _ in slurm_runs])
         except SlurmError:
@@ -67,18 +68,11 @@ def reconcile(db_url: str) -> int:
             found = states.get(job_id)
             to: Optional[str] = None
             values: dict[str, Any] = {}
-            if found is None or found.missing:
-                to, values = LOST, {"error": f"Slurm job {job_id} is unknown to sacct and squeue"}
-            elif found.state is State.CANCELLED:
-                to, values = CANCELLED, {"failure_reason": "cancelled", "error": f"Slurm: {found.raw or 'CANCELLED'}"}
-            elif found.state is State.COMPLETED:
-                to, values = LOST, {"error": "Slurm says COMPLETED but the job recorded no result"}
-            elif found.terminal:
-                # The job died without recording it (killed, node lost, out of memory, time limit).
-                reason = died_as.get(found.state, "exception")
-                code = f", exit code {found.exit_code}" if found.exit_code else ""
-                code += f", signal {found.signal}" if found.signal else ""
-                to, values = FAILED, {"failure_reason": reason, "error": f"Slurm: {found.raw or found.state}{code}"}
+            if found is not None and found.state is State.PREEMPTED and not found.missing:
+                preempted.append((run_id, job_id))  # back to the queue, within its budget
+            elif ended(found):
+                # The job died without recording it (killed, preempted, node lost, out of memory, time limit).
+                to, values = end_of(job_id, found)
             elif found.state is State.PENDING and found.reason == "DependencyNeverSatisfied":
                 to_cancel.append(job_id)
                 upstream = upstream_states.get(depends_on or "", "unknown")
@@ -99,6 +93,10 @@ def reconcile(db_url: str) -> int:
         with session_scope(db_url) as session:
             for run_id, job_id, to, values in changes:
                 changed += transition(session, run_id, to, expect=IN_FLIGHT, where=[job_column == job_id], **values)
+    if preempted:
+        from seedrun.launchers.requeue import requeue_preempted
+
+        changed += requeue_preempted(db_url, preempted)
     if to_cancel:
         from seedrun.launchers.cluster import SlurmError, cancel
 

@@ -31,7 +31,8 @@ SUBMITTABLE = (PENDING,) + RETRYABLE
 STARTABLE = (PENDING, SUBMITTED, RUNNING, FAILED, BLOCKED, LOST)
 
 #: from-state -> the states a run may move to from it. Who needs each move:
-#:   -> submitted   the launchers, submitting a new or retried run; the job, requeueing itself
+#:   -> submitted   the launchers, submitting a new or retried run; the job, requeueing itself; status,
+#:                  requeueing a preempted job (also one whose start only its folder recorded)
 #:   -> running     the job starting, also before its launcher has recorded the submission (a task can
 #:                  start within a second of sbatch) and again after Slurm killed and requeued it
 #:   -> completed   the job, from its own `running` only: never over a cancel, a loss or a failure
@@ -45,7 +46,7 @@ STARTABLE = (PENDING, SUBMITTED, RUNNING, FAILED, BLOCKED, LOST)
 #: A completed run never changes again; a cancelled one only when it is retried.
 TRANSITIONS: dict[str, frozenset[str]] = {
     PENDING: frozenset({SUBMITTED, RUNNING, BLOCKED, FAILED, CANCELLED}),
-    SUBMITTED: frozenset({RUNNING, PENDING, BLOCKED, FAILED, CANCELLED, LOST}),
+    SUBMITTED: frozenset({SUBMITTED, RUNNING, PENDING, BLOCKED, FAILED, CANCELLED, LOST}),
     RUNNING: frozenset({RUNNING, COMPLETED, FAILED, SUBMITTED, PENDING, CANCELLED, LOST}),
     FAILED: frozenset({SUBMITTED, RUNNING, BLOCKED}),
     BLOCKED: frozenset({SUBMITTED, RUNNING, BLOCKED}),

@@ -18,6 +18,8 @@
 #     its siblings are still pending.
 #   - JobRequeue=1: batch jobs may be requeued (tests simulate preemption with
 #     `scontrol requeue`; submitit requeues itself on timeout).
+#   - partitions "preemptible" and "urgent" (PreemptMode=CANCEL): a job of urgent
+#     really preempts one of preemptible, which ends PREEMPTED (tests/test_slurm_preempt.py).
 #   - no systemd in the container: daemons are started directly and tracked by
 #     pid files in $DIR (stop-slurm.sh kills by those pids, never by name).
 #
@@ -164,7 +166,13 @@ KillWait=5
 # advertise $NODE_CPUS CPUs whatever the hardware has (lets whole arrays run at once)
 SlurmdParameters=config_overrides
 NodeName=localhost CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
-PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# preemption as a shared cluster has it (PreemptMode=CANCEL): a job of "urgent" cancels jobs of
+# "preemptible" that hold what it needs, and they end PREEMPTED; jobs of the default partition are never preempted
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=preemptible Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 CONF
 )
 SLURMDBD_CONF_NEW=$(cat <<CONF
