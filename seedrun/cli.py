@@ -82,20 +82,29 @@ def _print_references(db_url: str, sweep: str) -> None:
             print(f"raw pixels, same k-NN: top-1 {record.metrics['pixels_knn_top1']:.1f}")
 
 
-def _table_groups(ablation: str, db_url: str, sweep: Optional[str]) -> list:
-    """The runs that can fill the table, grouped by the database (seedrun.store.groups.load_groups)."""
+def _table_groups(ablation: str, db_url: str, sweep: Optional[str], protocol: Optional[str] = None) -> list:
+    """The runs that can fill the table, grouped by the database (seedrun.store.groups.load_groups);
+    linear and transfer columns read the results of one probe protocol (seedrun.store.protocols)."""
     from seedrun.store.groups import load_groups
+    from seedrun.store.protocols import candidates
     from seedrun.tables import get_table
     from seedrun.tables.build import metric_names, stages
 
     table = get_table(ablation)
-    return load_groups(db_url, sweep=sweep, stages=stages(table), metrics=metric_names(table))
+    metrics = metric_names(table)
+    return load_groups(db_url, sweep=sweep, stages=stages(table), metrics=metrics,
+                       names={metric: candidates(metric, protocol) for metric in metrics})
 
 
-def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool) -> None:
+def _print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool,
+                 protocol: Optional[str] = None) -> None:
+    from seedrun.store.protocols import protocol_note
     from seedrun.tables import build_table, render
 
-    data = build_table(ablation, _table_groups(ablation, db_url, sweep), paper=paper)
+    data = build_table(ablation, _table_groups(ablation, db_url, sweep, protocol), paper=paper)
+    note = protocol_note({column.metric for column in data.columns}, protocol)
+    if note:
+        data.notes.append(note)
     output = render(data, fmt)
     if isinstance(output, str):
         print(output, end="" if output.endswith("\n") else "\n")
@@ -125,6 +134,28 @@ def _catch_up(db_url: str) -> None:
         from seedrun.store.catchup import catch_up
 
         catch_up(db_url)
+
+
+def cmd_db_upgrade(args) -> int:
+    """Bring the database's schema to this release's (seedrun.store.migrations); a no-op when it is."""
+    from sqlalchemy import create_engine
+
+    from seedrun.errors import database_error
+    from seedrun.store.engine import engine_for
+    from seedrun.store.migrate import schema_version
+    from seedrun.store.migrations import HEAD
+
+    db_url = _db_url(args)
+    before = None
+    if _db_exists(db_url):
+        try:
+            with create_engine(db_url).connect() as connection:
+                before = schema_version(connection)
+        except Exception as exc:  # no driver, no server
+            raise database_error(db_url, exc) from exc
+    engine_for(db_url)  # upgrades it
+    print(f"schema {HEAD}" + (" (already)" if before == HEAD else f" (was {before or 'before versions'})"))
+    return 0
 
 
 def cmd_sync(args) -> int:
@@ -160,16 +191,19 @@ def cmd_table(args) -> int:
     from seedrun.tables import get_table
 
     get_table(args.ablation)  # an unknown name fails before the database is opened
+    if args.protocol is not None and args.protocol not in ("moco", "compress"):
+        raise _usage(f"table: --protocol: expected moco or compress, got {args.protocol!r}")
     db_url = _db_url(args)
     _catch_up(db_url)
     if args.plot:
         from seedrun.tables import plot_table
 
-        plot_table(args.ablation, _table_groups(args.ablation, db_url, args.sweep) if _db_exists(db_url) else [],
+        plot_table(args.ablation, _table_groups(args.ablation, db_url, args.sweep, args.protocol)
+                   if _db_exists(db_url) else [],
                    args.plot)
         print(f"wrote {args.plot}")
     if _db_exists(db_url):
-        _print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper)
+        _print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper, args.protocol)
     else:
         from seedrun.tables import build_table, render
 
@@ -322,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true", help="show the paper's published values next to ours")
     p.add_argument("--sweep", help="fill the table from this sweep's runs only")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")
+    p.add_argument("--protocol", metavar="RECIPE", help="the probe protocol of the linear and transfer columns: "
+                                                        "moco (the paper's, default) or compress")
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
 
@@ -333,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="*", metavar="FOLDER",
                    help="run folders or folders of them (default: $SEEDRUN_HOME/runs)")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("db", help="the run database itself: `seedrun db upgrade`")
+    db_sub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    q = db_sub.add_parser("upgrade", parents=[with_db], help="bring the database's schema to this release's "
+                                                             "(also done by the first command that writes)")
+    q.set_defaults(func=cmd_db_upgrade)
 
     p = sub.add_parser("eval", parents=[with_db], help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
     p.add_argument("target", help="a sweep name or a run hash prefix")

@@ -24,9 +24,12 @@ def test_protocols_after_training_and_reevaluation_without_retraining(cli, tmp_p
     runs = {r["stage"] + r["axes"].get("protocol", ""): r for r in json.loads(cli("status", "--json").stdout)["runs"]}
     student = runs["distill"]
     assert runs["evallinear"]["state"] == runs["evaltransfer"]["state"] == "completed"
-    # the probe's numbers are recorded on the evaluation run and on the student it evaluated
-    assert 10.0 < student["metrics"]["linear_top1"] <= 100.0
-    assert student["metrics"]["linear_top1"] == runs["evallinear"]["metrics"]["linear_top1"]
+    # the probe's numbers are recorded on the evaluation run and, under its protocol's names, on the student
+    assert 10.0 < student["metrics"]["linear.moco.top1"] <= 100.0 and "linear_top1" not in student["metrics"]
+    assert student["metrics"]["linear.moco.top1"] == runs["evallinear"]["metrics"]["linear_top1"]
+    assert student["metrics"]["transfer.moco.digits_top1"] == runs["evaltransfer"]["metrics"]["transfer_digits_top1"]
+    table = cli("table", "--ablation", "temperature", "--format", "markdown").stdout
+    assert f"{student['metrics']['linear.moco.top1']:.1f}" in table and "the moco probe protocol (the paper's)" in table
     assert 10.0 < runs["evaltransfer"]["metrics"]["transfer_digits_top1"] <= 100.0  # 10 digit classes
 
     model = cli.home / "runs" / student["hash"][:16] / "model.pt"

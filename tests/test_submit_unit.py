@@ -471,7 +471,7 @@ def test_logs_cancel_and_retry(home, fake_slurm, capsys):
     assert {run_row(db_url, r.hash)["state"] for r in runs} == {"cancelled"}
     assert "cancelled 3 runs of sweep triage (3 Slurm jobs, one scancel)" in capsys.readouterr().out
     # logs: by hash prefix, with the run's own log
-    Path(run_row(db_url, runs[0].hash)["run_dir"]).mkdir(parents=True)
+    Path(run_row(db_url, runs[0].hash)["run_dir"]).mkdir(parents=True, exist_ok=True)  # submission writes it
     (Path(run_row(db_url, runs[0].hash)["run_dir"]) / "log.txt").write_text("epoch 1/1 loss 4.2\n")
     assert show_logs(db_url, runs[0].hash[:10]) == 0
     out = capsys.readouterr().out

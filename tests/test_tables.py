@@ -36,7 +36,8 @@ def table(name: str, records: list[RunRecord], paper: bool = False):
 
 def _record(stage: str, config: dict, state: str, metrics: dict | None, minute: int) -> RunRecord:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    config = {**config, "run_dir": f"/runs/{digest}"}  # bookkeeping keys must not split a cell
+    # where a run executes (bookkeeping left out of its hash) must not split a cell
+    config = {**config, "launcher": {"folder": f"/runs/{digest}"}, "data": {**config["data"], "root": f"/data/{digest}"}}
     finished = START + dt.timedelta(minutes=minute) if state in ("completed", "failed") else None
     return RunRecord(hash=digest, stage=stage, state=state, epoch=200 if state == "completed" else 0,
                      config=config, metrics=dict(metrics or {}), finished_at=finished)
@@ -322,9 +323,10 @@ def test_a_database_from_before_runs_settings_still_reads_and_is_upgraded(tmp_pa
     records = fixture_records()
     _write(url, records)
     store._engines.clear()
-    with sqlite3.connect(tmp_path / "runs.db") as connection:  # the schema as it was
+    with sqlite3.connect(tmp_path / "runs.db") as connection:  # the schema as it was (no versions then)
         connection.execute("DROP INDEX ix_runs_grouping")
         connection.execute("ALTER TABLE runs DROP COLUMN settings")
+        connection.execute("DROP TABLE alembic_version")
     expected = render(table("main", records, paper=True), "csv")
     assert render(_from_database("main", url, paper=True), "csv") == expected  # read from the configs
     assert {r.config["distill"]["epochs"] for r in load_records(url, keys=["distill.epochs"]) if r.stage == "distill"} == {200}

@@ -12,16 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, event, inspect, select, text, update
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seedrun.errors import InputError, database_error
-from seedrun.store.experiments import experiment_of
 from seedrun.store.folders import creator, record_creator
-from seedrun.store.schema import Base, Run
-from seedrun.sweeps.settings import settings_of
+from seedrun.store.migrate import upgrade
 
 
 def busy_seconds() -> float:
@@ -66,51 +64,9 @@ def engine_for(url: str, create: bool = True) -> Engine:
             pass
     except Exception as exc:  # unknown kind of database, no driver, no server (the driver's own errors too)
         raise database_error(url, exc) from exc
-    Base.metadata.create_all(engine)
-    _upgrade(engine)
+    upgrade(engine)  # to HEAD (seedrun.store.migrations); one line on stderr when it was older
     _engines[url] = engine
     return engine
-
-
-def _upgrade(engine: Engine) -> None:
-    """Bring a database recorded by an earlier seedrun up to this schema; a no-op once it is.
-
-    create_all makes only missing tables (with their indexes), so columns and indexes added to an
-    existing table since are added here: runs.settings, filled from each run's config, and the
-    indexes the read path (seedrun.store.records) relies on.
-    """
-    if "settings" not in {column["name"] for column in inspect(engine).get_columns("runs")}:
-        with engine.begin() as connection:
-            try:
-                connection.execute(text("ALTER TABLE runs ADD COLUMN settings JSON"))
-            except DBAPIError as exc:  # another process added it first
-                if "duplicate column" not in str(exc) and "already exists" not in str(exc):
-                    raise
-            missing = connection.execute(select(Run.id, Run.config).where(Run.settings.is_(None))).all()
-            for run_id, config in missing:
-                connection.execute(update(Run).where(Run.id == run_id).values(settings=settings_of(config or {})))
-    columns = {column["name"] for column in inspect(engine).get_columns("runs")}
-    for name, kind in (("updated_at", "FLOAT"), ("experiment", "VARCHAR(64)")):
-        if name not in columns:
-            with engine.begin() as connection:
-                try:
-                    connection.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
-                except DBAPIError as exc:  # another process added it first
-                    if "duplicate column" not in str(exc) and "already exists" not in str(exc):
-                        raise
-    with engine.begin() as connection:
-        missing = connection.execute(select(Run.id, Run.config).where(Run.experiment.is_(None))).all()
-        for run_id, config in missing:
-            connection.execute(update(Run).where(Run.id == run_id).values(experiment=experiment_of(config or {})))
-    with engine.begin() as connection:
-        connection.execute(text("CREATE INDEX IF NOT EXISTS ix_sweep_runs_order ON sweep_runs (sweep_id, position)"))
-        if engine.dialect.name == "sqlite":
-            # A covering index for `seedrun table`'s one query (seedrun.store.groups.load_groups). Runs rows are
-            # wide (the config is two kilobytes), so grouping 10,000 runs by scanning the table reads
-            # some 25 MB; this index holds just what the query reads, in its order. SQLite only:
-            # PostgreSQL cannot put JSON columns in a B-tree index.
-            connection.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_grouping "
-                                    "ON runs (stage, settings, state, finished_at, summary)"))
 
 
 @contextmanager

@@ -13,8 +13,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from seedrun.store.records import RunRecord, connect, has_settings, load_records, names_only, parse_json
-from seedrun.sweeps.settings import SETTING_KEYS, settings_of
+from seedrun.store.records import RunRecord, connect, load_records, names_only, parse_json
+from seedrun.sweeps.settings import settings_of
 from seedrun.store.states import COMPLETED
 
 
@@ -28,6 +28,7 @@ class RunGroup:
     count: int = 0
     metrics: dict[str, list[float]] = field(default_factory=dict)  # if completed: each metric's finite values
     latest: Any = None  # the last finished_at among the runs; None when none finished
+    experiment: Optional[str] = None  # seedrun.store.experiments: the config hash without the seed
 
     @property
     def completed(self) -> int:
@@ -56,15 +57,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def group_records(records: Iterable[RunRecord]) -> list[RunGroup]:
-    """What load_groups reads from the database, from records in memory (one per hash kept)."""
+def group_records(records: Iterable[RunRecord], experiments: Optional[dict[str, str]] = None) -> list[RunGroup]:
+    """What load_groups reads from the database, from records in memory (one per hash kept).
+
+    `experiments` ({hash: experiment key}) where the records' configs are partial; else from each config."""
+    from seedrun.store.experiments import experiment_of
+
     groups: dict[tuple, RunGroup] = {}
     for run in latest_per_hash(records):
         settings = settings_of(run.config or {})
-        key = (run.stage, run.state, json.dumps(settings))
+        experiment = experiments.get(run.hash) if experiments is not None else experiment_of(run.config or {})
+        key = (run.stage, run.state, json.dumps(settings), experiment)
         group = groups.get(key)
         if group is None:
-            group = groups[key] = RunGroup(run.stage, run.state, settings)
+            group = groups[key] = RunGroup(run.stage, run.state, settings, experiment=experiment)
         group.count += 1
         for name, value in (run.metrics or {}).items() if run.state == COMPLETED else ():
             if _finite(value):
@@ -75,28 +81,40 @@ def group_records(records: Iterable[RunRecord]) -> list[RunGroup]:
 
 
 _GROUPS_SQL = """
-    SELECT r.stage, r.state, r.settings, COUNT(*), MAX(r.finished_at){metric_columns}
+    SELECT r.stage, r.state, r.settings, {experiment}, COUNT(*), MAX(r.finished_at){metric_columns}
     FROM runs r
     {where}
-    GROUP BY r.stage, r.settings, r.state  -- the order of ix_runs_grouping: no sort
+    GROUP BY r.stage, r.settings, {experiment}, r.state  -- the order of ix_runs_grouping: no sort
 """
 
 
-def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable[str]] = None,
-                metrics: Iterable[str] = ()) -> list[RunGroup]:
-    """The runs (of one sweep, if named; of these stages, if given) grouped by stage, state and settings.
+def _columns(cursor) -> set[str]:
+    cursor.execute("SELECT name FROM pragma_table_info('runs')")
+    return {name for (name,) in cursor.fetchall()}
 
+
+def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable[str]] = None,
+                metrics: Iterable[str] = (), names: Optional[dict[str, list[str]]] = None) -> list[RunGroup]:
+    """The runs (of one sweep, if named; of these stages, if given) grouped by stage, state, settings
+    and experiment (seedrun.store.experiments).
+
+    `names`: where a metric is read under other names ({metric: [name, ...]}, the first found per run:
+    seedrun.store.protocols.candidates); the groups hold it under the metric's own name.
     On SQLite the grouping and the picking of metric values out of each run's summary happen in one
     query, so Python sees a row per group, not per run. Elsewhere (or on a database without
     runs.settings) the records are read and grouped in Python, with the same result.
     """
     metrics = sorted(set(metrics))
-    names_only(metrics)
+    names = {metric: (names or {}).get(metric) or [metric] for metric in metrics}
+    read = list(dict.fromkeys(name for metric in metrics for name in names[metric]))
+    names_only(read)
     stages = sorted(set(stages)) if stages is not None else None
     connection, mark = connect(url)
     with closing(connection):
         cursor = connection.cursor()
-        fast = mark == "?" and has_settings(cursor)
+        columns = _columns(cursor) if mark == "?" else set()
+        fast = "settings" in columns
+        experiment_sql = "r.experiment" if "experiment" in columns else "NULL"
         if fast:
             conditions, params = [], []
             if sweep is not None:
@@ -108,26 +126,43 @@ def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable
                 params.extend(stages)
             # The completed runs' metric values, as one JSON array per run (one json_extract with
             # several paths parses each summary once; with one path it would return a bare value).
-            paths = [f"'$.{name}'" for name in metrics]
+            paths = [f"'$.\"{name}\"'" for name in read]
             metric_columns = (f", json_group_array(json(json_extract(r.summary, {', '.join(paths + paths[:1])}))) "
                               f"FILTER (WHERE r.state = '{COMPLETED}')") if metrics else ""
-            cursor.execute(_GROUPS_SQL.format(metric_columns=metric_columns,
+            cursor.execute(_GROUPS_SQL.format(metric_columns=metric_columns, experiment=experiment_sql,
                                               where=("WHERE " + " AND ".join(conditions)) if conditions else ""), params)
             rows = cursor.fetchall()
     if not fast:
-        records = load_records(url, sweep=sweep, keys=SETTING_KEYS, metrics=metrics, with_axes=False)
-        return group_records(record for record in records if stages is None or record.stage in stages)
+        records = load_records(url, sweep=sweep, metrics=read, with_axes=False)
+        records = [record._replace(metrics=_first_found(record.metrics, metrics, names)) for record in records
+                   if stages is None or record.stage in stages]
+        return group_records(records)
     groups = []
     parsed: dict[str, dict[str, Any]] = {}
-    for stage, state, settings, count, latest, *values in rows:
+    position = {name: index for index, name in enumerate(read)}
+    for stage, state, settings, experiment, count, latest, *values in rows:
         if settings not in parsed:
             parsed[settings] = parse_json(settings) or {}
-        group = RunGroup(stage, state, parsed[settings], count, latest=latest)
+        group = RunGroup(stage, state, parsed[settings], count, latest=latest, experiment=experiment)
         if values and values[0] is not None:
             # record_metrics writes numbers, or null for NaN and infinities: dropping nulls is enough.
-            for name, column in zip(metrics, zip(*json.loads(values[0]))):
-                found = [value for value in column if value is not None]
+            runs = json.loads(values[0])
+            for metric in metrics:
+                found = []
+                for run in runs:
+                    value = next((run[position[name]] for name in names[metric] if run[position[name]] is not None), None)
+                    if value is not None:
+                        found.append(value)
                 if found:
-                    group.metrics[name] = found
+                    group.metrics[metric] = found
         groups.append(group)
     return groups
+
+
+def _first_found(values: dict[str, Any], metrics: list[str], names: dict[str, list[str]]) -> dict[str, Any]:
+    out = {}
+    for metric in metrics:
+        value = next((values[name] for name in names[metric] if values.get(name) is not None), None)
+        if value is not None:
+            out[metric] = value
+    return out

@@ -2,7 +2,7 @@
 not one overwritten by the other.
 
 An evaluation run records its numbers under their plain names (linear_top1) on itself, and on the run
-it evaluated under its protocol's names as well: `linear.moco.top1`, `linear.compress.top5`,
+it evaluated under its protocol's names: `linear.moco.top1`, `linear.compress.top5`,
 `transfer.moco.digits_top1`, `knn.k200.top1`, ... (protocol, the probe's recipe where it has one,
 the metric without the protocol's prefix). Tables read the protocol they name (the paper's by
 default: seedrun.tables.definitions), never whichever probe finished last.
@@ -28,10 +28,29 @@ def protocol_key(config: Mapping[str, Any]) -> Optional[str]:
 
 
 def qualified(key: Optional[str], results: Mapping[str, Any]) -> dict[str, Any]:
-    """`results` under their plain names and, with a protocol key, under the protocol's names too."""
-    out = dict(results)
-    if key:
-        protocol = key.split(".")[0]
-        for name, value in results.items():
-            out[f"{key}.{name.removeprefix(protocol + '_')}"] = value
-    return out
+    """`results` under the protocol's names (under their plain names where there is no protocol key)."""
+    if not key:
+        return dict(results)
+    protocol = key.split(".")[0]
+    return {f"{key}.{name.removeprefix(protocol + '_')}": value for name, value in results.items()}
+
+
+def candidates(metric: str, recipe: Optional[str] = None) -> list[str]:
+    """The names a table column's metric is read under, first found first: the protocol's (the paper's
+    recipe unless `recipe` is given), then the plain name (runs recorded before results were kept per
+    protocol, or that recorded the metric themselves)."""
+    family = metric.split("_")[0]
+    if family not in PAPER_PROTOCOL:
+        return [metric]
+    key = f"{family}.{recipe}" if recipe else PAPER_PROTOCOL[family]
+    return [f"{key}.{metric.removeprefix(family + '_')}", metric]
+
+
+def protocol_note(metrics: Any, recipe: Optional[str] = None) -> Optional[str]:
+    """What a table says of the protocol its linear and transfer columns show, if it has any."""
+    families = sorted({metric.split("_")[0] for metric in metrics} & set(PAPER_PROTOCOL))
+    if not families:
+        return None
+    chosen = recipe or PAPER_PROTOCOL["linear"].split(".")[1]
+    paper = " (the paper's)" if chosen == PAPER_PROTOCOL["linear"].split(".")[1] else ""
+    return f"{' and '.join(families)} columns: the {chosen} probe protocol{paper}; `--protocol` chooses another."

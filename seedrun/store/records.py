@@ -178,7 +178,7 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
     names_only(metrics or [])
     if metrics is not None:
         # One column per metric: summaries are small, and SQLite's numbers need no parsing in Python.
-        summary_sql = ", ".join(f"json_extract(r.summary, '$.{name}')" for name in metrics) or "NULL"
+        summary_sql = ", ".join(f"json_extract(r.summary, '$.\"{name}\"')" for name in metrics) or "NULL"
     else:
         summary_sql = "r.summary"
     width = len(metrics) if metrics else 1

@@ -148,10 +148,11 @@ def _finished(group: "RunGroup") -> tuple:
 
 @dataclass
 class _Setting:
-    """The runs of one setting (in groups by state): seeds of the same experiment."""
+    """The runs of one setting and experiment (in groups by state): seeds of the same experiment."""
 
     values: dict[str, Any]
     groups: list["RunGroup"] = field(default_factory=list)
+    experiment: Optional[str] = None
 
     @cached_property
     def completed(self) -> int:
@@ -166,8 +167,8 @@ def _group_by_setting(groups: Iterable["RunGroup"]) -> list[_Setting]:
     settings: dict[tuple, _Setting] = {}
     for group in groups:
         values = {"stage": group.stage, **{key: _hashable(value) for key, value in group.settings.items()}}
-        signature = tuple(sorted(values.items()))
-        settings.setdefault(signature, _Setting(values)).groups.append(group)
+        signature = (tuple(sorted(values.items())), group.experiment)
+        settings.setdefault(signature, _Setting(values, experiment=group.experiment)).groups.append(group)
     return list(settings.values())
 
 
@@ -213,10 +214,29 @@ def _choose_settings(sources: dict[tuple, list[_Setting]], filters: dict[tuple, 
         completed = sum(setting.completed for setting in members)
         return cells_done[context], cells_with[context], completed, max(setting.latest for setting in members)
 
-    return {
-        key: [group for setting in max(contexts.items(), key=preference)[1] for group in setting.groups] if contexts else []
-        for key, contexts in contexts_of.items()
-    }
+    def one_experiment(members: list[_Setting]) -> list[_Setting]:
+        # Equal settings, configs that differ elsewhere (a student's width, a batch size): never averaged.
+        # The cell keeps the experiment with the most completed runs, then the most recently finished.
+        best = max(members, key=lambda setting: (setting.completed, setting.latest))
+        return [setting for setting in members if setting.experiment == best.experiment]
+
+    chosen = {key: one_experiment(max(contexts.items(), key=preference)[1]) if contexts else []
+              for key, contexts in contexts_of.items()}
+    return {key: [group for setting in members for group in setting.groups] for key, members in chosen.items()}
+
+
+def _experiments_apart(sources: dict[tuple, list[_Setting]], chosen: dict[tuple, list["RunGroup"]]) -> tuple[int, int]:
+    """(cells that matched several experiments with the chosen settings, most experiments in one cell)."""
+    cells, most = 0, 1
+    for key, members in chosen.items():
+        if not members:
+            continue
+        kept = {group.experiment for group in members}
+        values = next(setting.values for setting in sources[key] if setting.groups[0].experiment in kept)
+        same = {setting.experiment for setting in sources[key] if setting.values == values}
+        if len(same) > 1:
+            cells, most = cells + 1, max(most, len(same))
+    return cells, most
 
 
 def _cell_from_runs(groups: list["RunGroup"], metric: str, paper: Optional[float]) -> Cell:
@@ -324,6 +344,11 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) ->
     matched = {id(group): group.count for settings in sources.values() for setting in settings for group in setting.groups}
     kept = {id(group) for members in chosen.values() for group in members}
     left_out = sum(count for key, count in matched.items() if key not in kept)
+    apart, most = _experiments_apart(sources, chosen)
+    if apart:
+        data.notes.append(f"{apart} cell(s) matched up to {most} experiments with the same settings (configs that "
+                          "differ elsewhere, e.g. a student's width): never averaged, each cell shows the one with "
+                          "the most completed runs (--sweep chooses).")
     if left_out:
         data.notes.append(f"{left_out} matching run(s) with other settings left out: each cell keeps "
                           "the setting most cells share (build the table from one sweep to choose).")

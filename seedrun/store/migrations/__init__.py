@@ -1,0 +1,12 @@
+"""Schema migrations (Alembic): the database's schema version and the steps between versions.
+
+    versions/0001_runs_settings.py       the schema before folder records (what `store._upgrade` made)
+    versions/0002_folder_records.py      runs.updated_at and runs.experiment; the grouping index with it
+
+seedrun.store.engine upgrades a database to HEAD on its first write (one line on stderr says so);
+`seedrun db upgrade` does it on request. A database from before versions (no alembic_version table)
+is brought up from the start: every step checks what is already there. Reading never upgrades: the
+read path copes with every earlier schema.
+"""
+
+HEAD = "0002"

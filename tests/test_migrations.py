@@ -1,0 +1,78 @@
+"""Schema migrations (seedrun.store.migrations, Alembic): real database files written by each release
+(tests/fixtures/db/, made by make_fixture.py) open, read the same tables before and after the upgrade,
+and upgrade on the first write with one line saying so, or with `seedrun db upgrade`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from seedrun.cli import _table_groups, main
+from seedrun.store import engine as store
+from seedrun.store.migrations import HEAD
+from seedrun.store.records import load_records
+from seedrun.tables import build_table, render
+
+FIXTURES = Path(__file__).parent / "fixtures" / "db"
+RELEASES = sorted(FIXTURES.glob("seedrun-*.db"))
+
+
+def _tables(url: str) -> dict[str, str]:
+    out = {name: render(build_table(name, _table_groups(name, url, None), paper=True), "csv")
+           for name in ("temperature", "main", "teacher")}
+    out["records"] = json.dumps([(r.hash, r.state, r.epoch, r.metrics, str(r.finished_at), r.sweep, r.axes)
+                                 for r in load_records(url)], sort_keys=True)
+    return out
+
+
+def _version(path: Path):
+    with sqlite3.connect(path) as connection:
+        try:
+            return connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
+
+
+@pytest.fixture
+def copies(tmp_path):
+    store._engines.clear()
+    yield {release.name: Path(shutil.copy(release, tmp_path / release.name)) for release in RELEASES}
+    store._engines.clear()
+
+
+def test_there_is_a_fixture_for_this_release_and_one_from_before_versions():
+    assert {"seedrun-before-versions.db", f"seedrun-{HEAD}.db"} <= {release.name for release in RELEASES}
+
+
+def test_every_release_file_reads_the_same_tables_before_and_after_upgrading(copies, capsys):
+    expected = None
+    for name, path in copies.items():
+        url = f"sqlite:///{path}"
+        before = _tables(url)
+        expected = expected or before
+        assert before == expected, f"{name} reads differently from the other releases' files"
+        store.engine_for(url)  # the first write upgrades
+        err = capsys.readouterr().err
+        if name == f"seedrun-{HEAD}.db":
+            assert "upgraded" not in err
+        else:
+            assert err.count("seedrun: upgraded the run database") == 1 and f"to {HEAD}" in err
+        assert _version(path) == HEAD
+        assert _tables(url) == expected, f"{name} reads differently after the upgrade"
+
+
+def test_db_upgrade_on_request_and_again(copies, capsys):
+    path = copies["seedrun-before-versions.db"]
+    assert main(["db", "upgrade", "--db", f"sqlite:///{path}"]) == 0
+    assert capsys.readouterr().out.strip() == f"schema {HEAD} (was before versions)"
+    store._engines.clear()
+    assert main(["db", "upgrade", "--db", f"sqlite:///{path}"]) == 0
+    assert capsys.readouterr().out.strip() == f"schema {HEAD} (already)"
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+        assert {"updated_at", "experiment"} <= columns
+        assert connection.execute("SELECT COUNT(*) FROM runs WHERE experiment IS NULL").fetchone()[0] == 0
