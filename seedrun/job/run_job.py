@@ -216,6 +216,13 @@ class RunJob(submitit.helpers.Checkpointable):
         weights = teacher_file(config, stage, teacher_dir)
         if weights is not None:
             prov.update(teacher_digest(weights, prov))
+            named = (config.get("teacher") or {}).get("checkpoint_sha256") if teacher_dir is None else None
+            if named and prov.get("teacher_sha256") not in (None, named):  # the run is named by another teacher
+                if transition_record(run, FAILED, expect=STARTABLE, provenance=prov, failure_reason="teacher_changed",
+                                     finished_at=utcnow(), error=f"the teacher file {weights} is not the one this run "
+                                     f"was planned with (sha256 {named[:12]}); `seedrun sweep` plans it anew"):
+                    self._save()
+                return None
         if not transition_record(run, RUNNING, expect=STARTABLE, attempts=int(run.attempts or 0) + 1,
                                  started_at=run.get("started_at") or utcnow(), job_id=job_id(), error=None,
                                  failure_reason=None, provenance=prov):

@@ -1,7 +1,8 @@
 """A run as data: its resolved config and the stable hash that names it everywhere.
 
 The hash is the sha256 of the config's canonical JSON (sorted keys, no whitespace), leaving out what
-changes where or how a run executes but not what it computes (launcher, device, threads, data root).
+changes where or how a run executes but not what it computes (launcher, device, threads, data root,
+and a teacher checkpoint's path when its sha256 is there: teachers are known by content).
 The same config always gets the same hash, so a run is trained once however many sweeps name it.
 """
 
@@ -27,6 +28,10 @@ def canonical_json(value: Any) -> str:
 
 def config_hash(config: dict[str, Any]) -> str:
     content = {key: value for key, value in config.items() if key not in EXECUTION_KEYS}
+    teacher = content.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("checkpoint_sha256"):
+        # a teacher file is known by its content (seedrun.sweeps.teachers): where it lies changes nothing
+        content["teacher"] = {k: v for k, v in teacher.items() if k != "checkpoint"}
     for section, key in EXECUTION_SUBKEYS:
         if isinstance(content.get(section), dict) and key in content[section]:
             content[section] = {k: v for k, v in content[section].items() if k != key}

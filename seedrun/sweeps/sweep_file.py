@@ -201,8 +201,7 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
                     teacher_run = RunSpec("pretrain", pretrain_config(config, "teacher"), axes={})
                     pretrain_runs.setdefault(teacher_run.hash, teacher_run)
                 else:
-                    _check_path(config["teacher"]["checkpoint"], path, _label("teacher.checkpoint", values),
-                                "teacher checkpoint", dry_run, warnings)
+                    _check_teacher(config["teacher"], path, _label("teacher.checkpoint", values), dry_run, warnings)
                 if baselines:
                     missing = {"queue_size", "encoder_momentum", "tau"} - set(config["teacher"].get("pretrain") or {})
                     if missing:
@@ -276,13 +275,20 @@ def _where(key: str, values: dict) -> str:
     return f"{key} (={values[key]!r})" if key in values else key
 
 
-def _check_path(target: str, path: str, key: str, what: str, dry_run: bool, warnings: list[str]) -> None:
-    if os.path.exists(target):
-        return
-    if dry_run:
-        warnings.append(f"{what} not found: {target} ({key})")
+def _check_teacher(teacher: dict, path: str, key: str, dry_run: bool, warnings: list[str]) -> None:
+    """A teacher checkpoint file must exist (a dry run only warns) and be one SEED can distil from; the
+    run is then named by its content (teacher.checkpoint_sha256, seedrun.sweeps.teachers), not its path."""
+    target = teacher["checkpoint"]
+    if not isinstance(target, str) or not target:
+        raise InputError(path, key, f"expected a path to a checkpoint file or null, got {target!r}")
+    if os.path.isfile(target):
+        from seedrun.sweeps.teachers import check_teacher_file
+
+        teacher["checkpoint_sha256"] = check_teacher_file(target, path, key)
+    elif dry_run:  # named by its path until the file is there: the plan's hashes are provisional
+        warnings.append(f"teacher checkpoint not found: {target} ({key})")
     else:
-        raise InputError(path, key, f"{what} not found at {target}")
+        raise InputError(path, key, f"teacher checkpoint not found at {target}")
 
 
 def _check_data(data: dict, path: str, dry_run: bool, warnings: list[str], data_root: Optional[str]) -> None:
