@@ -100,7 +100,7 @@ def check_settings(data: dict) -> Optional[tuple[str, str]]:
         value = data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "prefetch")):
             return f"data.{key}", f"expected an integer >= {int(key == 'prefetch')}{' or null' if key == 'workers' else ''}, got {value!r}"
-    if (data.get("decoder") or "pil") not in DECODERS:
+    if (data.get("decoder") or "torchvision") not in DECODERS:
         return "data.decoder", f"expected one of {', '.join(DECODERS)}, got {data.get('decoder')!r}"
     return None
 

@@ -1,14 +1,15 @@
 """The stream loader: images read and decoded one at a time by DataLoader worker processes, for sets too
 big to hold in memory (ImageNet). Nothing but the file list (seedrun.data.formats) is held.
 
-Each worker reads a file (or a TSV row), decodes it (PIL with `draft`, which lets libjpeg decode at
-1/2, 1/4 or 1/8 scale when the output is that much smaller, or torchvision.io's decoder: `data.decoder`,
-default pil, the faster in benchmarks/loader.py) and applies the paper's per-image augmentations with
+Each worker reads a file (or a TSV row), decodes it (`data.decoder`: torchvision.io's decode_image,
+the default, measured faster than PIL at 224 px in benchmarks/loader.py; or PIL with `draft`, which lets
+libjpeg decode at 1/2, 1/4 or 1/8 scale when even the smallest crop would be that much smaller than the
+image) and applies the paper's per-image augmentations with
 torchvision.transforms.v2 on the uint8 tensor: RandomResizedCrop of the whole image, colour jitter,
 grayscale, Gaussian blur (sigma scaled by size / 224, as in seedrun.data.augment), flip; the settings are
 the recipe's `data.augment`, the ones the in-memory loader uses. Evaluation views are
 Resize(256 * s / 224) -> CenterCrop(s). Views travel as uint8 (4x less than float through the workers'
-shared memory, pinned when there is a GPU) and are normalised by `StreamBatch.view`.
+shared memory, pinned when there is a GPU) and are normalised on the training device by `StreamBatch.view`.
 
 Randomness: a sample's augmentation is drawn from torch's generator seeded by (seed, epoch, index,
 view) inside `torch.random.fork_rng`, so it does not depend on the worker, the batch it lands in or
@@ -67,7 +68,7 @@ class ImageStream(Dataset):
     index, label and {view: uint8 tensor}, or the index, path and error when the image is unreadable."""
 
     def __init__(self, files: FileList, data_cfg: dict[str, Any], seed: int = 0,
-                 views: Optional[dict[int, Optional[tuple]]] = None, decoder: str = "pil"):
+                 views: Optional[dict[int, Optional[tuple]]] = None, decoder: str = "torchvision"):
         if decoder not in DECODERS:
             raise ValueError(f"data.decoder: expected one of {', '.join(DECODERS)}, got {decoder!r}")
         self.files, self.seed, self.decoder = files, seed, decoder
@@ -107,7 +108,9 @@ class ImageStream(Dataset):
             from torchvision.io import ImageReadMode, decode_image
 
             mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-            return decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
+            image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
+            # channels-last (H, W, C in memory): torchvision's uint8 antialiased resize is twice as fast so
+            return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
         import numpy as np
         from PIL import Image
 
@@ -116,7 +119,7 @@ class ImageStream(Dataset):
                 image.draft("L" if self.channels == 1 else "RGB", (side, side))
             array = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
         tensor = torch.from_numpy(array.copy())
-        return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+        return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)  # channels-last, as decoded
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, epoch = item
@@ -171,14 +174,14 @@ def train_loader(files: FileList, data_cfg: dict[str, Any], seed: int, batch_siz
                  workers: Optional[int] = None) -> tuple[DataLoader, ShardedBatchSampler]:
     """A DataLoader over rank `rank`'s batches; set the sampler's epoch (and start) before each iter()."""
     sampler = ShardedBatchSampler(len(files), batch_size, seed, rank, world)
-    dataset = ImageStream(files, data_cfg, seed, views, data_cfg.get("decoder") or "pil")
+    dataset = ImageStream(files, data_cfg, seed, views, data_cfg.get("decoder") or "torchvision")
     workers = default_workers() if workers is None else workers
     return make_loader(dataset, sampler, workers, int(data_cfg.get("prefetch") or 2), persistent=True), sampler
 
 
 def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, workers: Optional[int] = None) -> DataLoader:
     """Every image once, in order, as its evaluation view."""
-    dataset = ImageStream(files, data_cfg, decoder=data_cfg.get("decoder") or "pil")
+    dataset = ImageStream(files, data_cfg, decoder=data_cfg.get("decoder") or "torchvision")
     workers = default_workers() if workers is None else workers
     return make_loader(dataset, SequentialBatchSampler(len(files), batch_size), workers,
                        int(data_cfg.get("prefetch") or 2), persistent=False)

@@ -96,8 +96,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         student.train()
         started, losses = time.monotonic(), []
         for batch in batches.epoch(epoch, step % steps_per_epoch):
-            indices, view = batch.indices, batch.view(0).to(device)
-            another_view = lambda: batch.view(1).to(device)  # noqa: E731
+            indices, view = batch.indices, batch.view(0, device)
+            another_view = lambda: batch.view(1, device)  # noqa: E731
             loop.set_lr(optimizer, step)
             with autocast(config, device):
                 with torch.no_grad():
@@ -107,7 +107,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
                     small_losses = []
                     for crop in range(small_patches):
-                        small = batch.view(2 + crop).to(device)
+                        small = batch.view(2 + crop, device)
                         with torch.no_grad():
                             z_teacher_small = F.normalize(teacher(small).float(), dim=1)
                         z_student_small = F.normalize(student(small).float(), dim=1)

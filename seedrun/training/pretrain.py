@@ -60,7 +60,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         encoder.train()
         started, losses = time.monotonic(), []
         for batch in batches.epoch(epoch, step % steps_per_epoch):
-            view_a, view_b = batch.view(0).to(device), batch.view(1).to(device)
+            view_a, view_b = batch.view(0, device), batch.view(1, device)
             loop.set_lr(optimizer, step)
             with autocast(config, device):
                 loss = pretext(encoder, view_a, view_b)
