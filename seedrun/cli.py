@@ -423,6 +423,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:  # `seedrun status | head`: the reader has gone, which is fine
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: what was done is recorded (a submission records what it queued)
+        print("interrupted", file=sys.stderr)
+        return 130
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -52,7 +52,7 @@ from seedrun.store.schema import utcnow
 from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED,
                                   transition_record)
 from seedrun.job.recording import finite_or_none, load_run, pull, push
-from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event
+from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
 from seedrun.job.provenance import (accelerator, add_hours, job_environment, job_id, provenance, submitit_paths,
@@ -93,6 +93,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __init__(self, run_hash: str, db_url: str, data_root: Optional[str] = None):
         self.run_hash, self.db_url, self.data_root = run_hash, db_url, data_root
+        self.submission: Optional[str] = None  # the launcher's submission id: a new one resets the budgets
         self._reset()
 
     def _reset(self) -> None:
@@ -112,7 +113,8 @@ class RunJob(submitit.helpers.Checkpointable):
         self._db_down_until = 0.0  # after a write that failed, the database is left alone until then
 
     def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
-        return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root}
+        return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root,
+                "submission": getattr(self, "submission", None)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -192,6 +194,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 self._save()
             return None
         prov = dict(run.provenance or {})
+        reset_budgets(prov, getattr(self, "submission", None))  # started before its submission was recorded
         launcher = {**(config.get("launcher") or {}), **(prov.get("launcher") or {})}
         self._budgets = budgets_of(launcher)
         delay = as_int(launcher.get("signal_delay_s"), 120)
@@ -288,7 +291,9 @@ class RunJob(submitit.helpers.Checkpointable):
         checkpoint at a step boundary (see the module doc): the requeued job is the same run, and it
         resumes from run_dir/checkpoint.pt."""
         self.stop_requested = True
-        return submitit.helpers.DelayedSubmission(type(self)(self.run_hash, self.db_url, self.data_root))
+        again = type(self)(self.run_hash, self.db_url, self.data_root)
+        again.submission = getattr(self, "submission", None)  # the same submission: budgets carry on
+        return submitit.helpers.DelayedSubmission(again)
 
     def _after_stop(self) -> None:
         self._disarm_alarm()

@@ -8,6 +8,7 @@ one that another process started or finished meanwhile is left to it.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Optional
 
 from rich.console import Console
@@ -58,6 +59,7 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     timeout = int(launcher.get("timeout_min") or 0) or 60 * 24 * 7
     executor.update_parameters(timeout_min=timeout)
     ordered = sorted(runs, key=lambda run: STAGE_ORDER.index(run.stage))  # stable: sweep order within a stage
+    submission = f"local-{uuid.uuid4().hex[:12]}"
     outcome = {"completed": 0, "failed": 0, "blocked": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -73,7 +75,9 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 progress.advance(overall)
                 continue
             task = progress.add_task(_label(run), total=_epochs(run), note="starting")
-            job = executor.submit(RunJob(run.hash, db_url, data_root))
+            attempt = RunJob(run.hash, db_url, data_root)
+            attempt.submission = submission  # a new `seedrun sweep` starts the run's budgets afresh
+            job = executor.submit(attempt)
             with session_scope(db_url) as session:
                 session.scalars(select(Run).where(Run.hash == run.hash)).one().job_id = f"local:{job.job_id}"
             while not job.done():

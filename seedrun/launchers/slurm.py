@@ -21,6 +21,7 @@ its state is purged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -44,6 +45,7 @@ class ArrayPlan:
     runs: list[RunSpec]
     launcher: dict[str, Any]
     upstream: list[str] = field(default_factory=list)  # hashes of the runs (teachers) it waits for
+    after: Optional[str] = None  # the --dependency it was submitted with
 
 
 def slug(name: str) -> str:
@@ -260,29 +262,17 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     extra: dict[str, dict[str, Any]] = {}
     lines: list[str] = []
     failure: Optional[BaseException] = None
-    for array in arrays:
-        params = executor_parameters(array.launcher, f"seedrun-{slug(sweep.name)}-{array.stage}")
-        after = dependency(array, task_ids, array_sizes, alive)
-        if after:
-            params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"], "dependency": after}
-        try:
-            executor.update_parameters(**params)
-            with executor.batch():
-                jobs = [executor.submit(job_factory(run.hash, db_url, data_root)) for run in array.runs]
-        except Exception as exc:  # sbatch refused (bad partition, account, ...): keep what was queued
-            failure = exc
-            break
-        master = jobs[0].job_id.partition("_")[0]
-        array_sizes[master] = len(jobs)
-        launcher = {key: value for key, value in array.launcher.items()}
-        for run, job in zip(array.runs, jobs):
-            task_ids[run.hash] = job.job_id
-            extra[run.hash] = {"launcher": launcher, "data_root": data_root,
-                               "submission": {"id": sid, "folder": str(root), "job_id": job.job_id,
-                                              "array_job_id": master, "sweep": sweep.name}}
-        throttle = min(len(jobs), int(array.launcher.get("array_parallelism") or 256))
-        lines.append(f"  {master}  {array.stage:<8} {len(jobs)} task{'s' * (len(jobs) != 1)} (at most {throttle} at once)"
-                     + (f"  after {after.removeprefix('afterok:')}" if after else ""))
+    with interrupts_deferred(console) as interrupted:  # Ctrl-C: this sbatch ends, the rest is not submitted
+        for array in arrays:
+            if interrupted:
+                break
+            try:
+                jobs = _submit_array(executor, array, sweep, task_ids, array_sizes, alive, job_factory, db_url,
+                                     data_root, sid)
+            except BaseException as exc:  # sbatch refused (bad partition, ...), or anything else: record what was queued
+                failure = exc
+                break
+            _note_array(array, jobs, sid, root, sweep, data_root, task_ids, array_sizes, extra, lines)
     try:
         _record(db_url, task_ids, blocked, extra, since)
     except BaseException:
@@ -294,6 +284,53 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
         except SlurmError:
             pass
         raise
+    _report(console, task_ids, lines, root, blocked)
+    masters = list(dict.fromkeys(job_id.partition("_")[0] for job_id in task_ids.values()))
+    if interrupted or (failure is not None and not isinstance(failure, Exception)):
+        console.print(f"interrupted: the {len(task_ids)} runs queued before it are recorded; `seedrun sweep` "
+                      "submits the others", highlight=False)
+        raise failure if failure is not None and not isinstance(failure, Exception) else KeyboardInterrupt()
+    if failure is not None:
+        raise InputError(sweep.path, "launcher", f"sbatch failed after {len(masters)} arrays: {_sbatch_error(failure)}")
+    if task_ids:
+        console.print("follow with `seedrun status`; this command does not wait", highlight=False)
+    return masters
+
+
+def _submit_array(executor, array: ArrayPlan, sweep, task_ids, array_sizes, alive, job_factory, db_url, data_root, sid):
+    """One sbatch for `array` (its tasks wait on the teachers they need); returns submitit's jobs."""
+    params = executor_parameters(array.launcher, f"seedrun-{slug(sweep.name)}-{array.stage}")
+    after = dependency(array, task_ids, array_sizes, alive)
+    if after:
+        params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"], "dependency": after}
+    array.after = after
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = []
+        for run in array.runs:
+            job = job_factory(run.hash, db_url, data_root)
+            if hasattr(job, "run_hash"):  # a RunJob: a task that starts before the submission is recorded resets its budgets
+                job.submission = sid
+            jobs.append(executor.submit(job))
+    return jobs
+
+
+def _note_array(array: ArrayPlan, jobs, sid, root, sweep, data_root, task_ids, array_sizes, extra, lines) -> None:
+    master = jobs[0].job_id.partition("_")[0]
+    array_sizes[master] = len(jobs)
+    launcher = {key: value for key, value in array.launcher.items()}
+    for run, job in zip(array.runs, jobs):
+        task_ids[run.hash] = job.job_id
+        extra[run.hash] = {"launcher": launcher, "data_root": data_root,
+                           "submission": {"id": sid, "folder": str(root), "job_id": job.job_id,
+                                          "array_job_id": master, "sweep": sweep.name}}
+    throttle = min(len(jobs), int(array.launcher.get("array_parallelism") or 256))
+    after = array.after
+    lines.append(f"  {master}  {array.stage:<8} {len(jobs)} task{'s' * (len(jobs) != 1)} (at most {throttle} at once)"
+                 + (f"  after {after.removeprefix('afterok:')}" if after else ""))
+
+
+def _report(console, task_ids: dict[str, str], lines: list[str], root, blocked: dict[str, str]) -> None:
     masters = list(dict.fromkeys(job_id.partition("_")[0] for job_id in task_ids.values()))
     if task_ids:
         console.print(f"submitted {len(task_ids)} runs as {len(masters)} Slurm job{'s' * (len(masters) != 1)} "
@@ -303,8 +340,28 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
         console.print(f"  logs under {root}", highlight=False, soft_wrap=True)
     if blocked:
         console.print(f"blocked {len(blocked)} runs whose teacher failed (`seedrun sweep --retry-failed` reruns both)")
-    if failure is not None:
-        raise InputError(sweep.path, "launcher", f"sbatch failed after {len(masters)} arrays: {_sbatch_error(failure)}")
-    if task_ids:
-        console.print("follow with `seedrun status`; this command does not wait", highlight=False)
-    return masters
+
+
+@contextlib.contextmanager
+def interrupts_deferred(console):
+    """Ctrl-C (SIGINT) while arrays are submitted only sets a flag (the list yielded becomes non-empty):
+    an sbatch interrupted half-way could queue a job whose id nobody learns. The caller stops before
+    the next array, records what was queued, then raises KeyboardInterrupt itself."""
+    import signal
+    import threading
+
+    interrupted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def defer(signum, frame):
+        if not interrupted:
+            console.print("interrupted: finishing this sbatch, then recording what was queued", highlight=False)
+        interrupted.append(signum)
+
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
