@@ -82,3 +82,87 @@ def test_the_same_submission_keeps_counting(home):
     assert job() == {}
     row = run_row(db_url, run_hash)
     assert (row["state"], row["failure_reason"], row["provenance"]["preemptions"]) == ("failed", "preempted", 2)
+
+
+def _snapshot(folder) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def test_a_second_attempt_finds_the_run_held_and_leaves_it_alone_until_the_lease_is_stale(home):
+    from pathlib import Path
+
+    from seedrun.store.states import LEASE_FILE, take_lease
+
+    run_hash, db_url = one_run(home)
+    run_dir = Path(run_row(db_url, run_hash)["run_dir"])
+    token, holder = take_lease(str(run_dir), "77_3", "node-a")  # a live attempt elsewhere
+    assert token and holder is None
+    before, row = _snapshot(run_dir), run_row(db_url, run_hash)
+    assert StepJob(run_hash, db_url)() == {}  # finds it live and leaves
+    assert _snapshot(run_dir) == before
+    after = run_row(db_url, run_hash)
+    assert (after["state"], after["attempts"], after["job_id"]) == (row["state"], row["attempts"], row["job_id"])
+
+    old = os.stat(run_dir / LEASE_FILE).st_mtime - 3600  # its heartbeat stopped an hour ago: taken over
+    os.utime(run_dir / LEASE_FILE, (old, old))
+    assert StepJob(run_hash, db_url)() == {"knn_top1": 50.0}
+    assert run_row(db_url, run_hash)["state"] == "completed"
+    assert not (run_dir / LEASE_FILE).exists()  # given back when the attempt ended
+
+
+ATTEMPT = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+from test_submit_unit import StepJob
+
+class Slow(StepJob):
+    def _train(self, stage, config, run_dir, hooks, teacher_dir):
+        open({marks!r} + "/trained-" + sys.argv[1], "w").close()
+        time.sleep(3)
+        return super()._train(stage, config, run_dir, hooks, teacher_dir)
+
+while time.time() < {start}:
+    time.sleep(0.005)
+print(json.dumps(Slow({run_hash!r}, {db_url!r})()))
+"""
+
+
+def test_two_attempts_started_on_one_run_exactly_one_trains(home, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run_hash, db_url = one_run(home)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "attempt.py"
+    script.write_text(ATTEMPT.format(tests=str(Path(__file__).parent), marks=str(marks), start=time.time() + 4,
+                                     run_hash=run_hash, db_url=db_url))
+    attempts = [subprocess.Popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "SEEDRUN_HOME": str(home)}) for i in (1, 2)]
+    results = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in attempts]
+    assert sorted(map(len, results)) == [0, 1], results  # one trained, the other left at once
+    assert len(list(marks.iterdir())) == 1
+    row = run_row(db_url, run_hash)
+    assert row["state"] == "completed" and row["attempts"] == 1
+
+
+def test_status_judges_a_local_run_only_on_the_host_that_started_it(home, monkeypatch):
+    import subprocess
+    import sys
+
+    from seedrun.launchers.reconcile import reconcile
+
+    monkeypatch.setenv("SEEDRUN_HOSTNAME", "workstation")
+    run_hash, db_url = one_run(home)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with sqlite3.connect(home / "seedrun.db") as db:
+        db.execute("update runs set state = 'running', job_id = ?, provenance = ? where hash = ?",
+                   (f"local:{gone.pid}", json.dumps({"host": "workstation"}), run_hash))
+    monkeypatch.setenv("SEEDRUN_HOSTNAME", "login-node")  # `seedrun status` elsewhere: no such process here
+    assert reconcile(db_url) == 0 and run_row(db_url, run_hash)["state"] == "running"
+    monkeypatch.setenv("SEEDRUN_HOSTNAME", "workstation")  # on its own host: the process is gone, the run lost
+    assert reconcile(db_url) == 1
+    assert (run_row(db_url, run_hash)["state"], run_row(db_url, run_hash)["failure_reason"]) == ("lost", "vanished")

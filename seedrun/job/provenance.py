@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import submitit
 
 from seedrun import __version__
+from seedrun.store.folders import hostname
 from seedrun.store.schema import utcnow
 
 
@@ -127,7 +127,7 @@ def provenance() -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent.parent
     info: dict[str, Any] = {
         "seedrun_version": __version__, "python": platform.python_version(), "torch": torch_version,
-        "host": socket.gethostname(), "start": utcnow().isoformat(),
+        "host": hostname(), "start": utcnow().isoformat(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
         "packages_sha256": _packages_hash(),

@@ -52,6 +52,7 @@ from seedrun.store.schema import utcnow
 from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED,
                                   transition_record)
 from seedrun.job.recording import finite_or_none, load_run, pull, push
+from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
@@ -111,6 +112,7 @@ class RunJob(submitit.helpers.Checkpointable):
         self._record = FolderRecord()
         self._run_dir = Path(".")
         self._db_down_until = 0.0  # after a write that failed, the database is left alone until then
+        self._lease = AttemptLease()  # one live attempt per run (seedrun.job.attempt_lease)
 
     def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
         return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root,
@@ -128,6 +130,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             return self._attempt()
         finally:
+            self._lease.release()
             self._restore_handlers()
 
     def _attempt(self) -> dict[str, float]:
@@ -186,6 +189,10 @@ class RunJob(submitit.helpers.Checkpointable):
         run, config, run_dir, upstream = loaded
         self._record, self._run_dir = run, run_dir
         if run.state not in STARTABLE:
+            return None
+        holder = self._lease.take(str(run_dir), job_id())
+        if holder is not None:  # another attempt is alive: leave the run and its folder as they are
+            print(f"run {self.run_hash[:12]} is held by {describe_holder(holder)}: this attempt leaves it", flush=True)
             return None
         stage = run["stage"]
         if upstream is not None and upstream[0] != COMPLETED:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 
 from seedrun.store.catchup import catch_up
+from seedrun.store.folders import hostname
 from seedrun.store.plan import Plan
 from seedrun.store.schema import Run
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
@@ -79,7 +80,9 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
             attempt.submission = submission  # a new `seedrun sweep` starts the run's budgets afresh
             job = executor.submit(attempt)
             with session_scope(db_url) as session:
-                session.scalars(select(Run).where(Run.hash == run.hash)).one().job_id = f"local:{job.job_id}"
+                row = session.scalars(select(Run).where(Run.hash == run.hash)).one()
+                row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
+                row.provenance = {**(row.provenance or {}), "host": hostname()}
             while not job.done():
                 state, epoch, _ = _state(db_url, run.hash)
                 progress.update(task, completed=epoch, note=state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from seedrun.store.folders import hostname
 from seedrun.store.records import in_flight_runs, states_of
 
 
@@ -21,6 +22,26 @@ def _local_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _hosts(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
+    """{run id: the host its local job runs on} (provenance "host": the launcher's, then the job's)."""
+    import json
+    from contextlib import closing
+
+    from seedrun.store.records import connect
+
+    connection, mark = connect(db_url)
+    found: dict[int, Optional[str]] = {}
+    with closing(connection):
+        cursor = connection.cursor()
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start:start + 500]
+            cursor.execute(f"SELECT id, provenance FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
+            for run_id, prov in cursor.fetchall():
+                prov = json.loads(prov) if isinstance(prov, str) else (prov or {})
+                found[run_id] = (prov or {}).get("host")
+    return found
 
 
 def reconcile(db_url: str) -> int:
@@ -41,12 +62,16 @@ def reconcile(db_url: str) -> int:
     runs = in_flight_runs(db_url)
     changes: list[tuple[int, Optional[str], str, dict[str, Any]]] = []  # (run id, job id, new state, values)
     slurm_runs = []
+    local = [(run_id, job_id) for run_id, job_id, _ in runs if job_id and job_id.startswith(("local:", "pid:"))]
+    hosts = _hosts(db_url, [run_id for run_id, _ in local]) if local else {}
+    here = hostname()
+    for run_id, job_id in local:
+        pid = job_id.split(":", 1)[1]
+        # A process id means something only on the host that started it: elsewhere, leave the run alone.
+        if hosts.get(run_id) == here and pid.isdigit() and not _local_alive(int(pid)):
+            changes.append((run_id, job_id, LOST, {"failure_reason": "vanished", "error": "the local job's process is gone"}))
     for run_id, job_id, depends_on in runs:
-        if job_id and job_id.startswith(("local:", "pid:")):
-            pid = job_id.split(":", 1)[1]
-            if pid.isdigit() and not _local_alive(int(pid)):
-                changes.append((run_id, job_id, LOST, {"error": "the local job's process is gone"}))
-        elif job_id:
+        if job_id and not job_id.startswith(("local:", "pid:")):
             slurm_runs.append((run_id, job_id, depends_on))
     to_cancel: list[str] = []
     preempted: list[tuple[int, str]] = []

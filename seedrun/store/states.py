@@ -128,3 +128,134 @@ def transition_record(record: MutableMapping[str, Any], to: str, *, expect: Opti
     record["state"] = to
     record.update(values)
     return True
+
+
+# ---- the lease: one live attempt per run ------------------------------------------------------------
+#
+# A job moves its run to `running` only while it holds the run's lease: the file `lease.json` in the
+# run's folder, created with O_CREAT|O_EXCL (atomic, also on NFS), holding the attempt's job id, host
+# and a token, its modification time the heartbeat (the holder touches it every LEASE_BEAT_S). A second
+# attempt finds the lease live and leaves without touching the folder. A lease whose heartbeat is older
+# than LEASE_STALE_S (SEEDRUN_LEASE_STALE_S, default 300 s) is taken over: renamed away (one renamer
+# wins), then created anew. The same job id (Slurm requeues a job under its id, on any node) takes its
+# own lease back at once, and so does any attempt on the host of a local attempt whose process is gone.
+# The folder, not the database, holds it: jobs that cannot write the database
+# (seedrun.store.folders.jobs_write_db) race the same way.
+
+LEASE_FILE = "lease.json"
+LEASE_BEAT_S = 30.0
+
+
+def lease_stale_s() -> float:
+    import os
+
+    try:
+        return float(os.environ.get("SEEDRUN_LEASE_STALE_S", "300"))
+    except ValueError:
+        return 300.0
+
+
+def read_lease(run_dir: str) -> Optional[dict[str, Any]]:
+    """The lease's holder ({"job_id", "host", "token", "since", "age_s"}), or None when nobody holds it."""
+    import os
+
+    try:
+        return read_lease_file(os.path.join(run_dir, LEASE_FILE))
+    except FileNotFoundError:
+        return None
+
+
+def read_lease_file(path: str) -> dict[str, Any]:
+    import json
+    import os
+
+    try:
+        age = time.time() - os.stat(path).st_mtime
+        with open(path, encoding="utf-8") as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):  # being written this very moment: a live holder
+        holder = {}
+        age = 0.0
+    return {**(holder if isinstance(holder, dict) else {}), "age_s": age}
+
+
+def take_lease(run_dir: str, job_id: str, host: str) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """(token, None) when this attempt now holds the run's lease; (None, holder) when a live one does."""
+    import json
+    import os
+    import uuid
+
+    path = os.path.join(run_dir, LEASE_FILE)
+    token = uuid.uuid4().hex
+    os.makedirs(run_dir, exist_ok=True)
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lease(run_dir)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if holder.get("job_id") != job_id and holder["age_s"] < lease_stale_s() and not _dead_here(holder, host):
+                return None, holder
+            old = f"{path}.{token}.old"
+            try:  # our own job id (requeued) or a stale holder: take it over; one renamer wins
+                os.rename(path, old)
+            except FileNotFoundError:
+                continue
+            moved = read_lease_file(old)
+            if moved.get("job_id") != job_id and moved["age_s"] < lease_stale_s():
+                try:  # a live lease created since we looked: put it back
+                    os.link(old, path)
+                except OSError:
+                    pass
+                os.remove(old)
+                return None, moved
+            os.remove(old)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"job_id": job_id, "host": host, "token": token, "since": time.time()}, f)
+        return token, None
+    return None, read_lease(run_dir) or {"job_id": "?", "host": "?", "age_s": 0.0}
+
+
+def _dead_here(holder: dict[str, Any], host: str) -> bool:
+    """A local attempt of this very host whose process is gone (killed): its lease is stale at once."""
+    import os
+
+    kind, _, pid = str(holder.get("job_id") or "").partition(":")
+    if holder.get("host") != host or kind not in ("local", "pid") or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def beat_lease(run_dir: str, token: str) -> bool:
+    """The holder's heartbeat; False when the lease is no longer this token's (taken over as stale)."""
+    import os
+
+    holder = read_lease(run_dir)
+    if holder is None or holder.get("token") != token:
+        return False
+    try:
+        os.utime(os.path.join(run_dir, LEASE_FILE))
+    except OSError:
+        return False
+    return True
+
+
+def release_lease(run_dir: str, token: Optional[str]) -> None:
+    import os
+
+    holder = read_lease(run_dir) if token else None
+    if holder is not None and holder.get("token") == token:
+        try:
+            os.remove(os.path.join(run_dir, LEASE_FILE))
+        except OSError:
+            pass
