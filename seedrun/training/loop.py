@@ -104,6 +104,10 @@ class Loop:
         self.every_steps = checkpoint_every_steps
         self.every_seconds = 60 * checkpoint_every_minutes
         self.last_save = time.monotonic()
+        # several processes (seedrun.training.distributed): ranks combine their stop and due flags,
+        # and save() gathers what each rank needs while global rank 0 writes
+        self.agree: Callable[[bool, bool], tuple[bool, bool]] = lambda stop, due: (stop, due)
+        self.save: Callable[[Callable[[], dict[str, Any]]], None] = lambda state: save_checkpoint(state(), self.run_dir)
 
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         lr = lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
@@ -114,11 +118,10 @@ class Loop:
         """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
         if step % self.steps_per_epoch == 0:
             return  # end_epoch() saves, records, then honours a stop request
-        stop = self.hooks.should_stop()
-        due = (self.every_steps and step % self.every_steps == 0) or (
-            self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)
+        stop, due = self.agree(self.hooks.should_stop(), bool((self.every_steps and step % self.every_steps == 0) or (
+            self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)))
         if stop or due:
-            save_checkpoint(state(), self.run_dir)
+            self.save(state)
             self.last_save = time.monotonic()
         if stop:
             raise Interrupted(f"stopped at step {step}")
@@ -128,10 +131,10 @@ class Loop:
         """Checkpoint, record the epoch's metrics, then stop here if the job was asked to."""
         metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
         self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
-        save_checkpoint(state(), self.run_dir)
+        self.save(state)
         self.last_save = time.monotonic()
         self.hooks.epoch_end(epoch + 1, metrics)
-        if self.hooks.should_stop():
+        if self.agree(self.hooks.should_stop(), False)[0]:
             raise Interrupted(f"stopped at step {step}")
 
 
