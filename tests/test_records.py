@@ -182,3 +182,34 @@ def test_folder_records_of_old_releases_and_bad_folders_are_reported_not_fatal(t
     (old / "config.json").write_text(json.dumps(_config(0)))
     _, report = sync(url, [str(home / "runs")])
     assert any("no run.json" in line for line in report) and "0 added" in report[-1]
+
+
+def test_status_brings_newer_folders_in_through_core_sql_without_the_orm(tmp_path, monkeypatch):
+    """The catch-up `status` and `table` do first writes with Core statements (seedrun.store.tables) and
+    the state rules (seedrun.store.states), never importing sqlalchemy.orm (a fifth of a second)."""
+    import subprocess
+    import sys
+
+    url, home = _home(tmp_path, "home", monkeypatch, host="login")
+    (run_hash, waiting) = _record_runs(url, home, [_config(0), _config(1)])
+    from seedrun.store.folders import prepare_folders
+
+    prepare_folders(url, [run_hash, waiting])
+    process = multiprocessing.get_context("spawn").Process(target=_job_on_another_host, args=(url, str(home), run_hash))
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0 and _rows(url)[run_hash][0] == "submitted"
+    probe = ("import json, sys; from seedrun.cli import main; rc = main(['status', '--json', '--no-reconcile']); "
+             "print(json.dumps({'rc': rc, 'orm': 'sqlalchemy.orm' in sys.modules, 'torch': 'torch' in sys.modules}), "
+             "file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SEEDRUN_DB": url})
+    seen = json.loads(result.stderr.strip().splitlines()[-1])
+    assert seen == {"rc": 0, "orm": False, "torch": False}, result.stderr
+    runs = {run["hash"]: run for run in json.loads(result.stdout)["runs"]}
+    assert (runs[run_hash]["state"], runs[run_hash]["metrics"]["knn_top1"]) == ("completed", 50.0)
+    assert runs[waiting]["state"] == "submitted"
+    state, epoch, metrics, finished = _rows(url)[run_hash]
+    assert (state, epoch, finished is not None) == ("completed", 2, True)
+    assert [row[1:] for row in _metric_rows(url)] == sorted([("loss", 1.0, 1), ("loss", 0.5, 2),
+                                                             ("knn_top1", 50.0, 2), ("knn_top5", 90.0, 2)])

@@ -55,9 +55,9 @@ def _row_record(row) -> tuple[FolderRecord, dict[str, Any], str]:
 def _read_rows(session, hashes: list[str]) -> dict[str, tuple]:
     from sqlalchemy import select
 
-    from seedrun.store.schema import Run
+    from seedrun.store.tables import runs
 
-    c = Run.__table__.c
+    c = runs.c
     rows = session.execute(select(c.hash, c.stage, c.depends_on, c.state, c.attempts, c.epoch, c.job_id, c.error,
                                   c.failure_reason, c.provenance, c.summary, c.started_at, c.finished_at,
                                   c.updated_at, c.config, c.run_dir).where(c.hash.in_(hashes))).all()
@@ -123,9 +123,9 @@ def load_run(job: "RunJob") -> Optional[tuple[FolderRecord, dict[str, Any], Path
 def _state_row(session, run_hash: str):
     from sqlalchemy import select
 
-    from seedrun.store.schema import Run
+    from seedrun.store.tables import runs
 
-    c = Run.__table__.c
+    c = runs.c
     return session.execute(select(c.state, c.error, c.failure_reason, c.finished_at, c.updated_at)
                            .where(c.hash == run_hash)).first()
 

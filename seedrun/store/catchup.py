@@ -76,14 +76,14 @@ def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any
 
 def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = False,
                  config: Optional[dict[str, Any]] = None, out: Optional[Applied] = None) -> Applied:
-    """Apply one folder record to the database in `session` (committed by the caller)."""
+    """Apply one folder record to the database in `session` (a Core connection, or an ORM session;
+    committed by the caller). Core statements only: no ORM import."""
     from sqlalchemy import insert, select, update
 
-    from seedrun.store.schema import Metric, Run
     from seedrun.store.states import transition
+    from seedrun.store.tables import metrics, runs as table
 
     out = out if out is not None else Applied()
-    table = Run.__table__
     run_hash = record["hash"]
     row = session.execute(select(table.c.id, table.c.state, table.c.epoch, table.c.updated_at, table.c.summary)
                           .where(table.c.hash == run_hash)).first()
@@ -95,14 +95,14 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
             return out
         values = _row_values(record, _finite_or_none(record.get("summary") or {}))
         # A row made from its folder takes the state recorded there: a copy of a state, not a change of one.
-        run_id = session.execute(insert(Run).values(hash=run_hash, stage=record["stage"], run_dir=run_dir,
+        run_id = session.execute(insert(table).values(hash=run_hash, stage=record["stage"], run_dir=run_dir,
                                                     config=config, depends_on=record.get("depends_on"),
                                                     state=record["state"], **values)).inserted_primary_key[0]
         rows = _metric_rows(run_id, metric_lines(run_dir))
         if record["state"] == COMPLETED:
             rows += _metric_rows(run_id, [(values["epoch"], results)])
         if rows:
-            session.execute(insert(Metric), rows)
+            session.execute(insert(metrics), rows)
         if record["state"] == COMPLETED and record["stage"] == "eval":
             _on_source(session, record, results, out)
         out.added += 1
@@ -139,7 +139,7 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
         if record.get("stage") == "eval":
             _on_source(session, record, results, out)
     if rows:
-        session.execute(insert(Metric), rows)
+        session.execute(insert(metrics), rows)
     out.updated += 1
     return out
 
@@ -149,13 +149,16 @@ def _on_source(session, record: dict[str, Any], results: dict[str, Any], out: Ap
     from sqlalchemy import select
 
     from seedrun.store.protocols import qualified
-    from seedrun.store.schema import Run, record_metrics
+    from seedrun.store.tables import add_metrics, runs
 
-    source = session.scalars(select(Run).where(Run.hash == record.get("depends_on"))).one_or_none()
+    source = session.execute(select(runs.c.id, runs.c.epoch, runs.c.summary)
+                             .where(runs.c.hash == record.get("depends_on"))).first()
     if source is None:
         out.notes.append(f"{record['hash'][:12]}: the run it evaluated is not in the database")
         return
-    record_metrics(session, source, qualified(record.get("protocol_key"), results), source.epoch)
+    run_id, epoch, summary = source
+    add_metrics(session, run_id, summary if isinstance(summary, dict) else {},
+                qualified(record.get("protocol_key"), results), epoch)
 
 
 def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = False) -> Applied:

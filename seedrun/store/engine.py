@@ -1,7 +1,10 @@
-"""Where runs and metrics are recorded: the engine, sessions, and the few queries everyone needs.
+"""Where runs and metrics are recorded: the engine, ORM sessions, and writes that must not fail.
 
 SQLite is the default (a file under SEEDRUN_HOME, in WAL mode so that many array tasks can write
 while `seedrun status` reads); any SQLAlchemy URL works through `--db` or SEEDRUN_DB.
+
+The ORM (sqlalchemy.orm, about 0.2 s to import) is imported by `session_scope` only: `write` hands
+its body a Core connection, so catching up from run folders (seedrun.store.catchup) costs no ORM.
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from seedrun.errors import InputError, database_error
 from seedrun.store.folders import creator, record_creator
 from seedrun.store.migrate import upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def busy_seconds() -> float:
@@ -70,12 +75,14 @@ def engine_for(url: str, create: bool = True) -> Engine:
 
 
 @contextmanager
-def session_scope(url: str, retries: int = 8) -> Iterator[Session]:
+def session_scope(url: str, retries: int = 8) -> Iterator["Session"]:
     """A transaction that commits on success and rolls back on any error (then re-raised).
 
     A lock met in commit() is retried with backoff. A body that can meet a lock itself, and must not
     fail (a job's writes), goes through `write` instead, which re-runs the whole transaction.
     """
+    from sqlalchemy.orm import sessionmaker
+
     factory = sessionmaker(engine_for(url), expire_on_commit=False)
     with factory() as session:
         try:
@@ -96,17 +103,19 @@ def session_scope(url: str, retries: int = 8) -> Iterator[Session]:
 T = TypeVar("T")
 
 
-def write(url: str, body: Callable[[Session], T], wait_s: float = 60.0) -> T:
-    """Run `body(session)` in a transaction and commit it, retrying the whole transaction (after a
+def write(url: str, body: Callable[[Connection], T], wait_s: float = 60.0) -> T:
+    """Run `body(connection)` in a transaction and commit it, retrying the whole transaction (after a
     rollback) with backoff while the database is locked, busy or unreachable, for up to `wait_s`
     seconds in all; then the last error is raised. `body` must be safe to re-run (it reads what it changes).
+
+    `body` gets a Core connection (statements over seedrun.store.tables), not an ORM session.
     """
     deadline = time.monotonic() + wait_s
     delay = 0.05
     while True:
         try:
-            with session_scope(url, retries=1) as session:
-                return body(session)
+            with engine_for(url).begin() as connection:
+                return body(connection)
         except (OperationalError, DBAPIError) as exc:
             if not _transient(exc) or time.monotonic() + delay > deadline:
                 raise

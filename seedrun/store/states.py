@@ -9,8 +9,8 @@ it takes effect only if the run is, at that moment, in a state the change may co
 writers racing (a job finishing while status marks its run lost, a job starting while the run is
 cancelled) exactly one wins, and the other is told it lost.
 
-Importable without SQLAlchemy or torch (the fast commands read the state names): SQLAlchemy is
-imported when a state is written.
+Importable without SQLAlchemy or torch (the fast commands read the state names): SQLAlchemy Core (not
+its ORM) is imported when a state is written.
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ def sources(to: str, expect: Optional[Iterable[str]] = None) -> tuple[str, ...]:
 def _statement(to: str, expect: Optional[Iterable[str]], where: Iterable[Any], values: dict[str, Any]):
     from sqlalchemy import literal_column, update
 
-    from seedrun.store.schema import Run
-
-    table = Run.__table__
+    from seedrun.store.tables import runs as table  # Core: no ORM import for a state change
     values.setdefault("updated_at", time.time())  # newer than any folder record written before it
     # The allowed states inline (they are this module's constants): an executemany cannot expand an IN list.
     allowed = [literal_column(f"'{state}'") for state in sources(to, expect)]
@@ -92,8 +90,8 @@ def transition(db, run: Union[int, str], to: str, *, expect: Optional[Iterable[s
     included, and must not go on as if it had won.
 
     `db` is a Session or a Connection; the change commits with its transaction. `where` and `values`
-    are SQLAlchemy expressions over `Run.__table__.c` (not the ORM attributes, which would make this an
-    ORM statement); `values` may also be plain values.
+    are SQLAlchemy expressions over `seedrun.store.tables.runs.c` (the same as `Run.__table__.c`; not the
+    ORM attributes, which would make this an ORM statement); `values` may also be plain values.
     """
     table, statement = _statement(to, expect, where, values)
     key = table.c.hash if isinstance(run, str) else table.c.id

@@ -73,12 +73,12 @@ def _relocate(session, run_hash: str, run_dir: str) -> None:
     """A run whose recorded folder is gone (a copied runs/) is found where sync read it."""
     from sqlalchemy import select, update
 
-    from seedrun.store.schema import Run
+    from seedrun.store.tables import runs
 
-    c = Run.__table__.c
+    c = runs.c
     recorded = session.execute(select(c.run_dir).where(c.hash == run_hash)).scalar()
     if recorded != run_dir and not os.path.isdir(recorded or ""):
-        session.execute(update(Run.__table__).where(c.hash == run_hash).values(run_dir=run_dir))
+        session.execute(update(runs).where(c.hash == run_hash).values(run_dir=run_dir))
 
 
 def sweep_notes(home_runs: str) -> list[dict[str, Any]]:
@@ -103,25 +103,25 @@ def _sweeps(session, parents: set[str], out: Applied) -> None:
     """Sweeps and their memberships from the sweep notes, for the runs the database holds."""
     from sqlalchemy import insert, select
 
-    from seedrun.store.schema import Run, Sweep, SweepRun
+    from seedrun.store.tables import runs, sweep_runs, sweeps
 
     for parent in sorted(parents):
         for note in sweep_notes(parent):
             if not isinstance(note, dict) or not note.get("name"):
                 continue
-            row = session.scalars(select(Sweep).where(Sweep.name == note["name"])).one_or_none()
-            if row is None:
-                row = Sweep(name=note["name"], ablation=note.get("ablation"), path=note.get("path") or "",
-                            axes=note.get("axes") or [])
-                session.add(row)
-                session.flush()
-            members = set(session.scalars(select(SweepRun.run_id).where(SweepRun.sweep_id == row.id)))
+            sweep_id = session.execute(select(sweeps.c.id).where(sweeps.c.name == note["name"])).scalar()
+            if sweep_id is None:
+                sweep_id = session.execute(insert(sweeps).values(
+                    name=note["name"], ablation=note.get("ablation"), path=note.get("path") or "",
+                    axes=note.get("axes") or [])).inserted_primary_key[0]
+            members = set(session.execute(select(sweep_runs.c.run_id).where(sweep_runs.c.sweep_id == sweep_id)).scalars())
             hashes = [member[0] for member in note.get("runs") or []]
             ids: dict[str, int] = {}
             for start in range(0, len(hashes), 500):
-                ids.update(session.execute(select(Run.hash, Run.id).where(Run.hash.in_(hashes[start:start + 500]))).all())
-            rows = [{"sweep_id": row.id, "run_id": ids[run_hash], "position": position, "axes": axes or {}}
+                ids.update(session.execute(select(runs.c.hash, runs.c.id)
+                                           .where(runs.c.hash.in_(hashes[start:start + 500]))).all())
+            rows = [{"sweep_id": sweep_id, "run_id": ids[run_hash], "position": position, "axes": axes or {}}
                     for run_hash, position, axes in note.get("runs") or [] if run_hash in ids
                     and ids[run_hash] not in members]
             if rows:
-                session.execute(insert(SweepRun), rows)
+                session.execute(insert(sweep_runs), rows)
