@@ -67,3 +67,99 @@ def test_gather_agree_and_queue_on_two_ranks(tmp_path):
     for step in range(3):
         single.push(torch.cat([torch.randn(2, 3, generator=torch.Generator().manual_seed(10 * step + r)) for r in (0, 1)]))
     assert torch.equal(single.embeddings, q0["embeddings"])
+
+
+class _StopAfter:
+    def __init__(self, calls):
+        self.calls, self.stop_after = 0, calls
+
+    def log(self, message):
+        pass
+
+    def epoch_end(self, epoch, metrics):
+        pass
+
+    def should_stop(self):
+        self.calls += 1
+        return self.stop_after is not None and self.calls >= self.stop_after
+
+
+def _distill_two_ranks(rank, world, config, teacher_dir, out):
+    from pathlib import Path
+
+    from seedrun.training.checkpoints import load_checkpoint
+    from seedrun.training.distill import distill
+    from seedrun.training.loop import Interrupted
+
+    out = Path(out)
+    torch.save(distill(config, out / "straight", _StopAfter(None), Path(teacher_dir)), out / f"metrics{rank}.pt")
+    try:  # a stop seen by rank 1 only (its USR2 came first): both ranks stop at the same step
+        distill(config, out / "broken", _StopAfter(4 if rank == 1 else None), Path(teacher_dir))
+    except Interrupted as exc:
+        (out / f"stopped{rank}.txt").write_text(str(exc))
+    (out / f"interrupted_step{rank}.txt").write_text(str(load_checkpoint(out / "broken")["step"]))
+    dist.barrier()
+    distill(config, out / "broken", _StopAfter(None), Path(teacher_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from conftest import TINY_BASE
+    from seedrun.sweeps.compose import compose_config
+    from seedrun.sweeps.spec import pretrain_config
+    from seedrun.training.pretrain import pretrain
+
+    config = compose_config(TINY_BASE)  # 320 images of 16 px, batch 32: 10 steps an epoch, queue 128
+    teacher_dir = tmp_path_factory.mktemp("teacher")
+    pretrain(pretrain_config(config), teacher_dir, _StopAfter(None))
+    return config, teacher_dir
+
+
+def test_two_rank_distillation_stops_together_resumes_and_gathers_one_process_queue(tiny, tmp_path):
+    from seedrun.training.checkpoints import CHECKPOINT
+    from seedrun.training.distill import distill
+
+    config, teacher_dir = tiny
+    for name in ("straight", "broken", "single"):
+        (tmp_path / name).mkdir()
+    spawn(_distill_two_ranks, 2, tmp_path, config, str(teacher_dir), str(tmp_path))
+
+    # one stop for the whole job: both ranks left at step 4, one checkpoint held it
+    assert [(tmp_path / f"stopped{r}.txt").read_text() for r in (0, 1)] == ["stopped at step 4"] * 2
+    assert [(tmp_path / f"interrupted_step{r}.txt").read_text() for r in (0, 1)] == ["4", "4"]
+    straight, resumed = (torch.load(tmp_path / d / CHECKPOINT, weights_only=True) for d in ("straight", "broken"))
+    # the ranks' students and queues were identical at every checkpoint (each rank checks; one digest)
+    assert straight["world"] == 2 and len(set(straight["rank_digests"])) == 1 and len(straight["rng_ranks"]) == 2
+    # resumed on the same world size: bit-identical to the uninterrupted 2-rank run
+    assert straight["step"] == resumed["step"] == 10
+    for name, value in straight["student"].items():
+        assert torch.equal(value, resumed["student"][name]), name
+    assert torch.equal(straight["queue"]["embeddings"], resumed["queue"]["embeddings"])
+    metrics = torch.load(tmp_path / "metrics0.pt", weights_only=True)
+    assert "knn_top1" in metrics and torch.load(tmp_path / "metrics1.pt", weights_only=True) == {}  # rank 0 evaluates
+
+    # one process, the same global batch: the teacher's keys (eval mode, per image) of each global batch
+    # enter the queue in the same order, so the gathered queue equals one process's queue
+    distill(config, tmp_path / "single", _StopAfter(None), teacher_dir)
+    single = torch.load(tmp_path / "single" / CHECKPOINT, weights_only=True)
+    assert single["queue"]["pointer"] == straight["queue"]["pointer"]
+    assert torch.allclose(single["queue"]["embeddings"], straight["queue"]["embeddings"], atol=1e-6)
+    # the students are not equal: each rank's BatchNorm normalises with its own half of the batch (no
+    # SyncBatchNorm on CPU), as in the official code without sync_bn
+    assert not torch.allclose(single["student"]["0.conv1.weight"], straight["student"]["0.conv1.weight"], atol=1e-6)
+
+
+def test_uneven_split_is_refused_at_check_time(tmp_path):
+    from seedrun.errors import InputError
+    from seedrun.sweeps.sweep_file import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbase: [data=tiny, distill.batch_size=30, distill.queue_size=120]\n"
+                    "launcher: {name: local, procs: 4}\n")
+    with pytest.raises(InputError, match="distill.batch_size.*multiple of the 4 processes"):
+        expand(path, dry_run=True)
+    path.write_text(path.read_text().replace("procs: 4", "procs: 3"))
+    assert {run.config["launcher"]["procs"] for run in expand(path, dry_run=True).runs if run.stage == "distill"} == {3}
+    path.write_text(path.read_text().replace("procs: 3", "procs: two"))
+    with pytest.raises(InputError, match="launcher.procs"):
+        expand(path, dry_run=True)

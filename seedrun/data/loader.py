@@ -75,29 +75,36 @@ def open_split(data_cfg: dict[str, Any], split: str, data_root: Optional[str] = 
 
 
 class MemoryBatch:
+    """One rank's part (`part`, a slice) of a step's global batch `images`: the whole global batch is
+    augmented from the step's generator and sliced, so W ranks see exactly what one process would."""
+
     def __init__(self, images: torch.Tensor, indices: torch.Tensor, step: int, seed: int, data: "MemoryData",
-                 views: Views, aug: dict[str, Any], image_size: int):
-        self.images, self.indices, self.step = images, indices, step
+                 views: Views, aug: dict[str, Any], image_size: int, part: slice = slice(None)):
+        self.images, self.indices, self.step, self._part = images, indices[part], step, part
         self._seed, self._data, self._views, self._aug, self._size = seed, data, views, aug, image_size
 
     def view(self, k: int, device=None) -> torch.Tensor:
         scale, out = self._views.get(k) or (None, None)
         return augment(self.images, self._aug, self._size, self._data.mean, self._data.std,
-                       step_generator(self._seed, self.step, k), crop_scale=scale, out_size=out).to(device)
+                       step_generator(self._seed, self.step, k), crop_scale=scale, out_size=out)[self._part].to(device)
 
 
 class MemoryBatches:
-    def __init__(self, data: "MemoryData", seed: int, batch_size: int, views: Views, data_cfg: dict[str, Any]):
-        self.data, self.seed, self.batch_size, self.views = data, seed, batch_size, views
+    """batch_size is the rank's; rank r of W takes part r of each global batch of W x batch_size."""
+
+    def __init__(self, data: "MemoryData", seed: int, batch_size: int, views: Views, data_cfg: dict[str, Any],
+                 rank: int = 0, world: int = 1):
+        self.data, self.seed, self.batch_size, self.views = data, seed, batch_size * world, views
         self.aug, self.image_size = data_cfg["augment"], data_cfg["image_size"]
-        self.steps_per_epoch = len(data) // batch_size
+        self.steps_per_epoch = len(data) // self.batch_size
+        self.part = slice(None) if world == 1 else slice(rank * batch_size, (rank + 1) * batch_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[MemoryBatch]:
         order, b = epoch_order(len(self.data), self.seed, epoch), self.batch_size
         for position in range(start, self.steps_per_epoch):
             indices = order[position * b:(position + 1) * b]
             yield MemoryBatch(self.data.images[indices], indices, epoch * self.steps_per_epoch + position, self.seed,
-                              self.data, self.views, self.aug, self.image_size)
+                              self.data, self.views, self.aug, self.image_size, self.part)
 
 
 class MemoryData:
@@ -114,13 +121,18 @@ class MemoryData:
         return len(self.images)
 
     def batches(self, seed: int, batch_size: int, views: Views, rank: int = 0, world: int = 1) -> MemoryBatches:
-        if world != 1:
-            raise ValueError("the in-memory loader reads on one rank; shard with data.loader=stream")
-        return MemoryBatches(self, seed, batch_size, views, self.data_cfg)
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        return MemoryBatches(self, seed, batch_size, views, self.data_cfg, rank, world)
 
     def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.images), batch_size):
             yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+
+    def gather(self, batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The images and labels of each batch of sample indices, in order (fine-tuning's batches)."""
+        for batch in batches:
+            yield self.images[batch], self.labels[batch]
 
 
 class StreamBatch:
@@ -190,10 +202,22 @@ class StreamData:
     def batches(self, seed: int, batch_size: int, views: Views, rank: int = 0, world: int = 1) -> StreamBatches:
         return StreamBatches(self, seed, batch_size, views, rank, world)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every image's label, in order, without reading an image (a TSV's label column is read once)."""
+        self.files = self.files.labelled()
+        return torch.from_numpy(self.files.label_array())
+
     def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.gather(None, batch_size)
+
+    def gather(self, batches, batch_size: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Evaluation views (uint8) and labels of each batch of sample indices, in order, decoded ahead by
+        the workers; batches=None: every image once, in chunks of batch_size. An unreadable image's slot
+        holds another image of its batch (with that image's label)."""
         from seedrun.data.stream import eval_loader
 
-        for raw in eval_loader(self.files, self.data_cfg, batch_size, self.workers):
+        for raw in eval_loader(self.files, self.data_cfg, batch_size, self.workers, batches):
             self.bad.report(raw["bad"])
             if not len(raw["indices"]):
                 raise DataError(f"every image of a chunk is unreadable: {raw['bad'][0]}")

@@ -9,6 +9,7 @@ run needs only its step to draw exactly what an uninterrupted run would have dra
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -16,13 +17,15 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.loader import open_split
 from seedrun.losses import seed_loss
 from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
-from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
+from seedrun.training import distributed
+from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
 from seedrun.training.queue import EmbeddingQueue
 from seedrun.training.strategies import create_objective
@@ -44,7 +47,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             data_root: Optional[str] = None) -> dict[str, float]:
     """Distil a frozen teacher into the student with `distill.strategy` (SEED by default: the student matches
     softmax(z_T . [z_T; queue] / tau_T) with log_softmax(z_S . [z_T; queue] / tau_S))."""
-    device = setup_torch(config)
+    ranks = distributed.current()  # one process unless the job set up a process group
+    device = distributed.device_for(ranks, setup_torch(config))
     data_cfg, d, s = config["data"], config["distill"], config["student"]
     train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(config["seed"])
@@ -62,7 +66,10 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     if small_patches and d["strategy"] != "seed":
         raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
     small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
-    batch_size = batch_size_for(d["batch_size"], len(train))
+    batch_size = batch_size_for(d["batch_size"], len(train))  # the global batch: lr and steps follow it
+    rank_batch = distributed.split_batch(batch_size, ranks)
+    if ranks.active and small_patches:
+        raise ValueError("distill.small_crops does not run under several processes yet; use one process")
     parameters = list(student.parameters()) + list(objective.parameters())
     optimizer, loop = sgd_and_loop(parameters, d, batch_size, len(train), run_dir, hooks)
     steps_per_epoch = loop.steps_per_epoch
@@ -76,7 +83,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         optimizer.load_state_dict(resumed["optimizer"])
         queue.load_state_dict(resumed["queue"])
         small_queue.load_state_dict(resumed["small_queue"])
-        set_rng_state(resumed["rng"])
+        per_rank = resumed.get("rng_ranks") or []  # several processes: each rank's own stream
+        set_rng_state(per_rank[ranks.rank] if len(per_rank) == ranks.world else resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
     objective.prepare(lambda: F.normalize(features(teacher, train, device), dim=1))
@@ -85,13 +93,30 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         return {"student": student.state_dict(), "objective": objective.state_dict(),
                 "objective_extra": objective.extra_state(), "optimizer": optimizer.state_dict(),
                 "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
-                "step": step, "epoch": step // steps_per_epoch}
+                "step": step, "epoch": step // steps_per_epoch,
+                **({"rng_ranks": ranks.gather_object(rng_state()), "world": ranks.world,
+                    # parameters, not BN buffers: those stay per rank (broadcast_buffers=False); rank 0's are saved
+                    "rank_digests": distributed.check_identical(ranks, "the student and the queue", [
+                        *student.parameters(), queue.embeddings, torch.tensor(queue.pointer)])}
+                   if ranks.active else {})}
+
+    model = student  # several processes: DDP averages the student's gradients (official: broadcast_buffers=False)
+    if ranks.active:
+        model = DistributedDataParallel(student, broadcast_buffers=False,
+                                        device_ids=[device.index] if device.type == "cuda" else None)
+
+        def save_on_main(state_of) -> None:  # every rank gathers its part of the state; global rank 0 writes
+            state = state_of()
+            if ranks.is_main:
+                save_checkpoint(state, run_dir)
+            ranks.barrier()
+        loop.save, loop.agree = save_on_main, ranks.agree
 
     # views of a batch: 0 the one both networks see, 1 the student's own second view (SEED + MoCo-v2),
     # 2.. the small patches; the in-memory loader draws them on demand, the stream loader ahead
     views = {0: None, **({1: None} if d["strategy"] == "seed_mocov2" else {}),
              **{2 + crop: (tuple(d["small_crop_scale"]), d["small_crop_size"]) for crop in range(small_patches)}}
-    batches = train.batches(seed, batch_size, views)
+    batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
     for epoch in range(step // steps_per_epoch, d["epochs"]):
         student.train()
         started, losses = time.monotonic(), []
@@ -102,7 +127,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             with autocast(config, device):
                 with torch.no_grad():
                     z_teacher = F.normalize(teacher(view).float(), dim=1)
-                z_student = F.normalize(student(view).float(), dim=1)
+                z_student = F.normalize(model(view).float(), dim=1)
                 loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
                 if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
                     small_losses = []
@@ -114,20 +139,24 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                         small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
                                                       d["tau_student"], d["tau_teacher"]))
                     loss = loss + torch.stack(small_losses).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            ranks.average_gradients(objective.parameters())  # the student's are DDP's
             optimizer.step()
             objective.after_step()
-            queue.push(z_teacher)
+            queue.push(distributed.concat_all_gather(z_teacher))  # every rank's keys, in rank order
             if small_patches:
                 small_queue.push(z_teacher_small)
-            losses.append(loss.item())
+            losses.append(loss_value)
             step += 1
             loop.after_step(step, state)
         loop.end_epoch(epoch, step, losses, started, state)
 
+    if not ranks.is_main:
+        return {}  # global rank 0 writes the model and evaluates
     save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
                in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]})
     return evaluate_knn(backbone, train, test, config, device)

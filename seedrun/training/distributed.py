@@ -165,3 +165,21 @@ def split_batch(global_batch: int, ranks: Ranks) -> int:
     if global_batch % ranks.world:
         raise ValueError(f"batch_size {global_batch} does not split evenly over {ranks.world} processes")
     return global_batch // ranks.world
+
+
+def digest(tensors) -> str:
+    """A checksum of tensors' bytes: what ranks compare at a checkpoint to prove their copies identical."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_identical(ranks: Ranks, what: str, tensors) -> list[str]:
+    """Every rank's digest of `tensors`; every rank raises if they differ (the replicas drifted apart)."""
+    digests = ranks.gather_object(digest(tensors))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the ranks' copies of {what} differ at a checkpoint: {digests}")
+    return digests

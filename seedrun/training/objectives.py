@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from seedrun.losses import (KMeansLoss, KMeansTargets, OnlineClusteringLoss, binary_contrastive_loss, l2_loss,
                             seed_loss, seed_mocov2_loss)
 from seedrun.training.queue import EmbeddingQueue
+from seedrun.training.distributed import concat_all_gather
 
 
 @torch.no_grad()
@@ -137,7 +138,7 @@ class SEEDMoCoV2(Objective):
                                 self.d["moco_weight"])
 
     def after_step(self):
-        self.student_queue.push(self._last_key.cpu())
+        self.student_queue.push(concat_all_gather(self._last_key).cpu())  # every rank's keys, in rank order
 
     def extra_state(self):
         return {"momentum_student": self.momentum_student[0].state_dict(), "student_queue": self.student_queue.state_dict()}
