@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from seedrun.sweeps.spec import RunSpec
+from seedrun.sweeps.launcher_values import tasks_per_node
 
 #: submitit's own count of timeouts is switched off (it would refuse requeues after 3); RunJob
 #: enforces max_timeouts and max_preemptions itself and records them.
@@ -79,7 +80,7 @@ def executor_parameters(launcher: dict[str, Any], job_name: str) -> dict[str, An
         "name": job_name,
         "timeout_min": int(launcher.get("timeout_min") or 60),
         "nodes": int(launcher.get("nodes") or 1),
-        "tasks_per_node": 1,
+        "tasks_per_node": tasks_per_node(launcher),  # one process per GPU (seedrun.training.distributed)
         "slurm_array_parallelism": int(launcher.get("array_parallelism") or 256),
         "slurm_signal_delay_s": int(launcher.get("signal_delay_s") or 120),
     }

@@ -75,6 +75,7 @@ SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
         "constraint": _optional(_text(_CONSTRAINT, "a feature expression (letters, digits, _ . , & | * [ ] ( ) ! : = + -)")),
         "nodes": _integer(1),
         "gpus_per_node": _integer(0),
+        "tasks_per_node": _integer(0),
         "cpus_per_task": _integer(0),
         "mem_gb": _optional(_number),
         "timeout_min": _integer(1),
@@ -87,11 +88,24 @@ SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
     "local": {
         "cpus_per_task": _integer(0),
         "timeout_min": _integer(0),
+        "procs": _integer(1),
         "max_preemptions": _integer(-1),
         "max_timeouts": _integer(-1),
         "max_failures": _integer(-1),
     },
 }
+
+
+def tasks_per_node(launcher: dict[str, Any]) -> int:
+    """Processes a run starts on each node: `procs` locally; on Slurm `tasks_per_node`, else one per GPU."""
+    if launcher.get("name") == "local":
+        return int(launcher.get("procs") or 1)
+    return int(launcher.get("tasks_per_node") or launcher.get("gpus_per_node") or 1)
+
+
+def processes(launcher: dict[str, Any]) -> int:
+    """The world size of a run: tasks per node x nodes (one process per GPU)."""
+    return tasks_per_node(launcher) * (1 if launcher.get("name") == "local" else int(launcher.get("nodes") or 1))
 
 
 def _describe(value: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import check_launcher, control_character
+from seedrun.sweeps.launcher_values import check_launcher, control_character, processes
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -266,6 +266,10 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(distill.get(key), int) or distill[key] <= 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a positive integer, got {distill.get(key)!r}")
+    world = processes(config.get("launcher") or {})  # distill.batch_size is the global batch, split over them
+    if distill["batch_size"] % world:
+        raise InputError(path, _where("distill.batch_size", values),
+                         f"expected a multiple of the {world} processes the launcher starts, got {distill['batch_size']}")
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")
