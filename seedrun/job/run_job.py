@@ -9,23 +9,7 @@ State changes are guarded transitions (seedrun.store.states): the job starts a r
 cancelled nor completed, and ends or requeues only a run it holds as `running`, so a run cancelled
 (or marked lost by `seedrun status`) while it trains keeps that state: no result, no requeue.
 
-Stopping, checkpointing and requeueing (checked against the one-node test cluster,
-tests/test_slurm_sweep.py):
-
-- USR2 comes `signal_delay_s` before the time limit, on a preemption notice, or from submitit's
-  `job._interrupt()`. submitit's own handler would call `checkpoint()`, run `scontrol requeue` and
-  `sys.exit` at once, in the middle of a training step, where no consistent state can be saved. So
-  while the run trains, RunJob puts its own handler in front: it only sets `stop_requested`.
-  train.Loop asks `hooks.should_stop()` after every step, writes an atomic checkpoint at that step
-  boundary and raises train.Interrupted; RunJob then counts the interruption against its budget and
-  hands over to submitit's handler, which calls `checkpoint()`, requeues and exits. Should no step
-  boundary come within a grace period (a long evaluation, a stuck step), an alarm hands over anyway
-  and the requeued job resumes from the last periodic checkpoint (`checkpoint_every_steps`).
-- SIGTERM comes from `scontrol requeue`, from Slurm's own preemption and from scancel, each followed by
-  SIGKILL after KillWait; submitit never calls `checkpoint()` for it. The loop stops at the next step
-  with a checkpoint written, then the job waits for Slurm to kill it (or for a USR2: `_interrupt()`
-  sends SIGTERM, then USR2). If the job is rerun, it resumes from that checkpoint and counts a
-  preemption.
+Stopping at a step boundary on USR2 or SIGTERM, then requeueing: seedrun.job.signals.
 
 Budgets (config["launcher"], or the launcher recorded at submission): `max_preemptions` (-1 = no
 limit), `max_timeouts` (default 3), `max_failures` (retries of a run that raised; default 0; a NaN
@@ -37,7 +21,6 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import sys
 import time
@@ -56,6 +39,7 @@ from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
+from seedrun.job.signals import StepBoundarySignals, signal_name
 from seedrun.job.provenance import (accelerator, add_hours, job_environment, job_id, provenance, submitit_paths,
                                     teacher_digest, teacher_file)
 
@@ -88,7 +72,7 @@ class _RecordingHooks:
         return self.job.stop_requested
 
 
-class RunJob(submitit.helpers.Checkpointable):
+class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     """One run, by hash. The pickle submitit ships holds only these three strings: the run's config
     (every sweep value) is read from the database, never passed through a shell or a command line."""
 
@@ -244,55 +228,6 @@ class RunJob(submitit.helpers.Checkpointable):
             return None
         return config, run_dir, stage, teacher_dir
 
-    # ---- signals --------------------------------------------------------------------------------
-
-    def _install_handlers(self) -> None:
-        try:
-            usr2 = submitit.JobEnvironment._usr_sig()
-            self._previous_handlers = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), usr2: signal.getsignal(usr2),
-                                       signal.SIGALRM: signal.getsignal(signal.SIGALRM)}
-            current = self._previous_handlers[usr2]
-            self._submitit_handler = current if callable(current) else None
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.signal(usr2, self._on_usr2)
-        except ValueError:  # not the main thread (e.g. submitit's debug executor): no signals to handle
-            self._previous_handlers = {}
-
-    def _restore_handlers(self) -> None:
-        self._disarm_alarm()
-        for signum, handler in self._previous_handlers.items():
-            try:
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-            except (ValueError, TypeError):
-                pass
-        self._previous_handlers = {}
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._sigterm = True
-        self.stop_requested = True
-
-    def _on_usr2(self, signum, frame) -> None:
-        if self._signal is not None:
-            return
-        self._signal = signum
-        self.stop_requested = True
-        try:
-            signal.signal(signal.SIGALRM, self._on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, self._grace_s)
-        except ValueError:
-            pass
-
-    def _on_alarm(self, signum, frame) -> None:
-        # No step boundary within the grace period: requeue from the last periodic checkpoint.
-        self._log(f"no step boundary {self._grace_s:.0f}s after the signal: requeueing from the last checkpoint")
-        self._hand_over()
-
-    def _disarm_alarm(self) -> None:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except ValueError:
-            pass
-
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit's USR2 handler, which RunJob only lets run once the loop has written its
         checkpoint at a step boundary (see the module doc): the requeued job is the same run, and it
@@ -344,7 +279,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 outcome["requeue"] = moved = _move(run, SUBMITTED, error=None)
             if moved:  # else cancelled (or ended by status) meanwhile: nothing to count, no requeue
                 prov[kind] = outcome["count"] = count
-                record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + _signal_name(self._signal))
+                record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + signal_name(self._signal))
 
         self._account(extra=record)
         if not outcome.get("requeue"):
@@ -445,10 +380,3 @@ def _move(run: FolderRecord, state: str, expect: tuple[str, ...] = (RUNNING,), *
     itself, so that a cancel, or a loss recorded by status (brought into the record by _save), is never
     overwritten."""
     return transition_record(run, state, expect=expect, **values)
-
-
-def _signal_name(signum: Optional[int]) -> str:
-    try:
-        return signal.Signals(signum).name if signum is not None else "SIGTERM"
-    except ValueError:
-        return str(signum)
