@@ -84,7 +84,10 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
                 row.provenance = {**(row.provenance or {}), "host": hostname()}
             while not job.done():
-                state, epoch, _ = _state(db_url, run.hash)
+                try:
+                    state, epoch, _ = _state(db_url, run.hash)
+                except Exception:  # busy or down: the job records to its folder meanwhile (catch_up below)
+                    state, epoch = "running (database unreachable)", None
                 progress.update(task, completed=epoch, note=state)
                 time.sleep(POLL_SECONDS)
             catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
