@@ -14,7 +14,9 @@ evaluated, under its protocol's names (seedrun.store.protocols).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import sqlite3
 import sys
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -74,19 +76,96 @@ def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
 
 
+class _Core:
+    """The few statements apply_record makes, as SQLAlchemy Core over a connection (or an ORM session)."""
+
+    def __init__(self, db):
+        from sqlalchemy import insert, select, update
+
+        from seedrun.store.tables import metrics, runs
+
+        self.db, self.insert, self.select, self.update, self.runs, self.metrics = db, insert, select, update, runs, metrics
+
+    def row(self, run_hash: Optional[str], *columns: str) -> Optional[tuple]:
+        c = self.runs.c
+        return self.db.execute(self.select(*(c[name] for name in columns)).where(c.hash == run_hash)).first()
+
+    def add_run(self, values: dict[str, Any]) -> int:
+        return self.db.execute(self.insert(self.runs).values(**values)).inserted_primary_key[0]
+
+    def move(self, run_id: int, to: str, expect: tuple[str, ...], values: dict[str, Any]) -> bool:
+        from seedrun.store.states import transition
+
+        return transition(self.db, run_id, to, expect=expect, **values)
+
+    def set(self, run_id: int, state: str, values: dict[str, Any]) -> None:
+        c = self.runs.c
+        self.db.execute(self.update(self.runs).where(c.id == run_id, c.state == state).values(**values))
+
+    def add_metrics(self, rows: list[dict[str, Any]]) -> None:
+        self.db.execute(self.insert(self.metrics), rows)
+
+    def set_summary(self, run_id: int, summary: dict[str, Any]) -> None:
+        self.db.execute(self.update(self.runs).where(self.runs.c.id == run_id).values(summary=summary))
+
+
+def _stored(value: Any) -> Any:
+    """A value as SQLAlchemy stores it in SQLite: JSON as text, datetimes in its DATETIME format."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+class _Sqlite:
+    """The same statements as plain SQL over a sqlite3 cursor: what `status` and `table` catch up with,
+    so that bringing 100 newer folders in costs no SQLAlchemy import (a quarter of a second or more).
+    The columns are seedrun.store.tables.runs'; state changes go through seedrun.store.states."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def row(self, run_hash: Optional[str], *columns: str) -> Optional[tuple]:
+        self.cursor.execute(f"SELECT {', '.join(columns)} FROM runs WHERE hash = ?", (run_hash,))
+        row = self.cursor.fetchone()
+        if row is None or "summary" not in columns:
+            return row
+        index = columns.index("summary")
+        return (*row[:index], json.loads(row[index]) if isinstance(row[index], str) else row[index], *row[index + 1:])
+
+    def add_run(self, values: dict[str, Any]) -> int:
+        raise NotImplementedError("runs are added through SQLAlchemy (seedrun.store.sync), which fills their defaults")
+
+    def move(self, run_id: int, to: str, expect: tuple[str, ...], values: dict[str, Any]) -> bool:
+        from seedrun.store.states import transition_sql
+
+        return transition_sql(self.cursor, run_id, to, expect=expect,
+                              **{name: _stored(value) for name, value in values.items()})
+
+    def set(self, run_id: int, state: str, values: dict[str, Any]) -> None:
+        names = list(values)
+        self.cursor.execute(f"UPDATE runs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ? AND state = ?",
+                            [_stored(values[name]) for name in names] + [run_id, state])
+
+    def add_metrics(self, rows: list[dict[str, Any]]) -> None:
+        now = _stored(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+        self.cursor.executemany("INSERT INTO metrics (run_id, name, value, epoch, created_at) VALUES (?, ?, ?, ?, ?)",
+                                [(row["run_id"], row["name"], row["value"], row["epoch"], now) for row in rows])
+
+    def set_summary(self, run_id: int, summary: dict[str, Any]) -> None:
+        self.cursor.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(summary), run_id))
+
+
 def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = False,
                  config: Optional[dict[str, Any]] = None, out: Optional[Applied] = None) -> Applied:
-    """Apply one folder record to the database in `session` (a Core connection, or an ORM session;
-    committed by the caller). Core statements only: no ORM import."""
-    from sqlalchemy import insert, select, update
-
-    from seedrun.store.states import transition
-    from seedrun.store.tables import metrics, runs as table
-
+    """Apply one folder record to the database in `session` (committed by the caller): a SQLAlchemy
+    connection or ORM session (Core statements: no ORM import), or a sqlite3 cursor (plain SQL: no
+    SQLAlchemy at all; runs are not added through it)."""
+    db = _Sqlite(session) if isinstance(session, sqlite3.Cursor) else _Core(session)
     out = out if out is not None else Applied()
     run_hash = record["hash"]
-    row = session.execute(select(table.c.id, table.c.state, table.c.epoch, table.c.updated_at, table.c.summary)
-                          .where(table.c.hash == run_hash)).first()
+    row = db.row(run_hash, "id", "state", "epoch", "updated_at", "summary")
     results = record.get("results") or {}
     if row is None:
         config = config if config is not None else read_config(run_dir)
@@ -95,16 +174,15 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
             return out
         values = _row_values(record, _finite_or_none(record.get("summary") or {}))
         # A row made from its folder takes the state recorded there: a copy of a state, not a change of one.
-        run_id = session.execute(insert(table).values(hash=run_hash, stage=record["stage"], run_dir=run_dir,
-                                                    config=config, depends_on=record.get("depends_on"),
-                                                    state=record["state"], **values)).inserted_primary_key[0]
+        run_id = db.add_run(dict(hash=run_hash, stage=record["stage"], run_dir=run_dir, config=config,
+                                 depends_on=record.get("depends_on"), state=record["state"], **values))
         rows = _metric_rows(run_id, metric_lines(run_dir))
         if record["state"] == COMPLETED:
             rows += _metric_rows(run_id, [(values["epoch"], results)])
         if rows:
-            session.execute(insert(metrics), rows)
+            db.add_metrics(rows)
         if record["state"] == COMPLETED and record["stage"] == "eval":
-            _on_source(session, record, results, out)
+            _on_source(db, record, results, out)
         out.added += 1
         return out
     run_id, state, epoch, updated_at, summary = row
@@ -124,49 +202,49 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
                              f"become {to})")
             out.unchanged += 1
             return out
-        moved, current = True, state
+        current = state
         for step in steps:
-            moved = transition(session, run_id, step, expect=(current,), **(values if step == to else {}))
-            if not moved:
+            if not db.move(run_id, step, (current,), values if step == to else {}):
                 out.notes.append(f"{run_hash[:12]}: changed by another writer meanwhile; kept")
                 return out
             current = step
     else:
-        session.execute(update(table).where(table.c.id == run_id, table.c.state == state).values(**values))
+        db.set(run_id, state, values)
     rows = _metric_rows(run_id, metric_lines(run_dir, after_epoch=epoch or 0))
     if to == COMPLETED and state != COMPLETED:
         rows += _metric_rows(run_id, [(values["epoch"], results)])
         if record.get("stage") == "eval":
-            _on_source(session, record, results, out)
+            _on_source(db, record, results, out)
     if rows:
-        session.execute(insert(metrics), rows)
+        db.add_metrics(rows)
     out.updated += 1
     return out
 
 
-def _on_source(session, record: dict[str, Any], results: dict[str, Any], out: Applied) -> None:
-    """An evaluation's results on the run it evaluated, under the protocol's names, at its final epoch."""
-    from sqlalchemy import select
-
+def _on_source(db, record: dict[str, Any], results: dict[str, Any], out: Applied) -> None:
+    """An evaluation's results on the run it evaluated, under the protocol's names, at its final epoch:
+    metric rows, and the run's summary (non-finite values as null, as seedrun.store.tables.add_metrics)."""
     from seedrun.store.protocols import qualified
-    from seedrun.store.tables import add_metrics, runs
 
-    source = session.execute(select(runs.c.id, runs.c.epoch, runs.c.summary)
-                             .where(runs.c.hash == record.get("depends_on"))).first()
+    source = db.row(record.get("depends_on"), "id", "epoch", "summary")
     if source is None:
         out.notes.append(f"{record['hash'][:12]}: the run it evaluated is not in the database")
         return
     run_id, epoch, summary = source
-    add_metrics(session, run_id, summary if isinstance(summary, dict) else {},
-                qualified(record.get("protocol_key"), results), epoch)
+    values = qualified(record.get("protocol_key"), results)
+    rows = _metric_rows(run_id, [(epoch, values)])
+    if rows:
+        db.add_metrics(rows)
+    db.set_summary(run_id, {**(summary if isinstance(summary, dict) else {}), **_finite_or_none(values)})
 
 
 def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = False) -> Applied:
     """Bring the runs the index holds in flight (or these runs) up to date from their folders.
 
     Reads only those runs' folders, so its cost grows with runs in flight, not with runs ever
-    recorded; writes (and imports SQLAlchemy) only when a folder holds something newer. A database
-    that is locked or read-only is left as it is, with one line on stderr: reading goes on.
+    recorded; writes only when a folder holds something newer (SQLite through the standard library's
+    sqlite3, so `status` never imports SQLAlchemy; a server database through SQLAlchemy Core). A
+    database that is locked or read-only is left as it is, with one line on stderr: reading goes on.
     """
     from seedrun.store.records import connect
 
@@ -199,7 +277,7 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
             newer.append((record, run_dir))
     if not newer:
         return out
-    from seedrun.store.engine import busy_seconds, write
+    from seedrun.store.locations import busy_seconds
 
     def body(session) -> Applied:
         applied = Applied()
@@ -208,7 +286,12 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
         return applied
 
     try:
-        out = write(url, body, wait_s=min(10.0, busy_seconds()))
+        if mark == "?":  # SQLite: plain SQL, no SQLAlchemy import (a quarter of a second of `status`)
+            out = _write_sqlite(url, body, wait_s=min(10.0, busy_seconds()))
+        else:
+            from seedrun.store.engine import write
+
+            out = write(url, body, wait_s=min(10.0, busy_seconds()))
     except Exception as exc:  # locked for longer, read-only, gone: the folders stay the record
         if not quiet:
             print(f"note: {len(newer)} run(s) have newer records in their folders than in the database, which "
@@ -218,3 +301,24 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
         for note in out.notes:
             print(f"note: {note}", file=sys.stderr)
     return out
+
+
+def _write_sqlite(url: str, body, wait_s: float) -> Applied:
+    """`body(cursor)` in one transaction on the SQLite file, taking the write lock first (waiting up to
+    `wait_s` for it); rolled back on any error, which is raised."""
+    from seedrun.store.folders import sqlite_path
+
+    connection = sqlite3.connect(sqlite_path(url), timeout=wait_s, isolation_level=None)
+    try:
+        connection.execute("PRAGMA foreign_keys=ON")
+        cursor = connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            out = body(cursor)
+            cursor.execute("COMMIT")
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        return out
+    finally:
+        connection.close()

@@ -9,7 +9,6 @@ its body a Core connection, so catching up from run folders (seedrun.store.catch
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,18 +20,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seedrun.errors import InputError, database_error
 from seedrun.store.folders import creator, record_creator
+from seedrun.store.locations import busy_seconds
 from seedrun.store.migrate import upgrade
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-
-def busy_seconds() -> float:
-    """How long one SQLite statement waits for a lock (SEEDRUN_DB_BUSY_S, default 60)."""
-    try:
-        return max(0.0, float(os.environ.get("SEEDRUN_DB_BUSY_S", "60")))
-    except ValueError:
-        return 60.0
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -23,3 +23,11 @@ def seedrun_home() -> "Path":
 def default_db_url() -> str:
     # os.path, not pathlib: `status` and `table` start 7 ms sooner without importing it
     return os.environ.get("SEEDRUN_DB") or f"sqlite:///{os.path.join(_home(), 'seedrun.db')}"
+
+
+def busy_seconds() -> float:
+    """How long one SQLite statement waits for a lock (SEEDRUN_DB_BUSY_S, default 60)."""
+    try:
+        return max(0.0, float(os.environ.get("SEEDRUN_DB_BUSY_S", "60")))
+    except ValueError:
+        return 60.0

@@ -98,6 +98,22 @@ def transition(db, run: Union[int, str], to: str, *, expect: Optional[Iterable[s
     return db.execute(statement.where(key == run)).rowcount == 1
 
 
+def transition_sql(cursor, run_id: int, to: str, *, expect: Optional[Iterable[str]] = None, **values: Any) -> bool:
+    """`transition` over a plain DB-API cursor of SQLite (qmark parameters), for writers that must not
+    import SQLAlchemy (`status` catching up from run folders: seedrun.store.catchup). The same guarded
+    UPDATE; `values` are column names (identifiers of seedrun.store.tables.runs) and values already in
+    the form the database stores (JSON as text, datetimes as SQLAlchemy writes them on SQLite).
+    """
+    if not all(name.replace("_", "").isalnum() for name in values):
+        raise ValueError(f"not column names: {sorted(values)}")
+    values.setdefault("updated_at", time.time())  # newer than any folder record written before it
+    allowed = ", ".join(f"'{state}'" for state in sources(to, expect))
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    cursor.execute(f"UPDATE runs SET state = ?, {assignments} WHERE id = ? AND state IN ({allowed})",
+                   [to, *values.values(), run_id])
+    return cursor.rowcount == 1
+
+
 def transition_many(db, to: str, rows: list[dict[str, Any]], *, expect: Optional[Iterable[str]] = None,
                     where: Iterable[Any] = (), **values: Any) -> int:
     """`transition` for many runs as one statement run for each of `rows` (an executemany); returns how
