@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from seedrun.cli import _table_groups
+from seedrun.commands.read import table_groups
 from seedrun.store.engine import session_scope
 from seedrun.store.experiments import experiment_of
 from seedrun.store.schema import Run
@@ -41,7 +41,7 @@ def test_a_table_over_two_sweeps_of_different_widths_never_averages_them(tmp_pat
     # Two sweeps with the same settings (tau_T, strategy, ...) but students of different widths.
     _add(url, [(_config(0.01, seed, 64), {"knn_top1": 50.0 + seed}, seed) for seed in (0, 1)]
          + [(_config(0.01, seed, 32), {"knn_top1": 30.0 + seed}, 10 + seed) for seed in (0, 1, 2)])
-    data = build_table("temperature", _table_groups("temperature", url, None))
+    data = build_table("temperature", table_groups("temperature", url, None))
     cell = data.cell("0.01", "knn_top1")
     assert sorted(cell.values) == [30.0, 31.0, 32.0]  # one experiment (the one with more runs), never a mix
     assert any("up to 2 experiments with the same settings" in note for note in data.notes)
@@ -49,18 +49,18 @@ def test_a_table_over_two_sweeps_of_different_widths_never_averages_them(tmp_pat
 
 
 def test_evaluation_results_are_kept_per_protocol_and_the_table_names_its_own(tmp_path, capsys):
-    from seedrun.cli import _print_table
+    from seedrun.commands.read import print_table
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     _add(url, [(_config(0.01, 0, 64), {"knn_top1": 50.0, "linear.moco.top1": 60.0, "linear.compress.top1": 62.0}, 0),
                (_config(0.1, 0, 64), {"knn_top1": 49.0, "linear.compress.top1": 61.0}, 1)])
-    moco = build_table("temperature", _table_groups("temperature", url, None))
+    moco = build_table("temperature", table_groups("temperature", url, None))
     assert moco.cell("0.01", "linear_top1").text() == "60.0" and moco.cell("0.1", "linear_top1").text() == "—"
-    compress = build_table("temperature", _table_groups("temperature", url, None, "compress"))
+    compress = build_table("temperature", table_groups("temperature", url, None, "compress"))
     assert compress.cell("0.01", "linear_top1").text() == "62.0" and compress.cell("0.1", "linear_top1").text() == "61.0"
-    _print_table(None, "temperature", url, None, "markdown", False)
+    print_table(None, "temperature", url, None, "markdown", False)
     assert "linear columns: the moco probe protocol (the paper's)" in capsys.readouterr().out
-    _print_table(None, "temperature", url, None, "markdown", False, "compress")
+    print_table(None, "temperature", url, None, "markdown", False, "compress")
     assert "the compress probe protocol;" in capsys.readouterr().out
 
 

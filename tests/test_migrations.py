@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from seedrun.cli import _table_groups, main
+from seedrun.cli import main
+from seedrun.commands.read import table_groups
 from seedrun.store import engine as store
 from seedrun.store.migrations import HEAD
 from seedrun.store.records import load_records
@@ -22,7 +23,7 @@ RELEASES = sorted(FIXTURES.glob("seedrun-*.db"))
 
 
 def _tables(url: str) -> dict[str, str]:
-    out = {name: render(build_table(name, _table_groups(name, url, None), paper=True), "csv")
+    out = {name: render(build_table(name, table_groups(name, url, None), paper=True), "csv")
            for name in ("temperature", "main", "teacher")}
     out["records"] = json.dumps([(r.hash, r.state, r.epoch, r.metrics, str(r.finished_at), r.sweep, r.axes)
                                  for r in load_records(url)], sort_keys=True)

@@ -1,0 +1,124 @@
+"""The commands that record runs and run or submit them: `sweep`, `eval`, `retry`, `cancel`. Each imports
+what it needs when it runs (torch only in the jobs themselves).
+"""
+
+from __future__ import annotations
+
+from seedrun.commands import database_url, db_exists
+
+
+def cmd_sweep(args) -> int:
+    from rich.console import Console
+
+    from seedrun.launchers.plan_view import print_header, show_dry_run
+    from seedrun.sweeps.sweep_file import expand
+
+    console = Console()
+    sweep = expand(args.file, args.overrides, dry_run=args.dry_run, data_root=args.data_root)
+    db_url = database_url(args)
+    if args.dry_run and not db_exists(db_url):  # nothing recorded yet: no database to read (nor SQLAlchemy to load)
+        return show_dry_run(console, sweep, {}, 0, args.retry_failed, args.all, args.json)
+    from seedrun.store.plan import read_plan, record
+
+    plan = read_plan(sweep, db_url)
+    if args.dry_run:
+        return show_dry_run(console, sweep, plan.states, len(plan.stale), args.retry_failed, args.all, args.json)
+    launcher = print_header(console, sweep, plan.states, len(plan.stale))
+
+    record(plan, db_url)
+    todo = plan.to_run(retry_failed=args.retry_failed)
+    if launcher == "slurm":
+        from seedrun.launchers.slurm import submit_slurm
+
+        submit_slurm(plan, todo, db_url, args.data_root, console)
+        return 0
+    if todo:
+        from seedrun.launchers.local import run_local
+
+        outcome = run_local(plan, todo, db_url, args.data_root, console)
+        console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
+    else:
+        outcome = {"failed": 0, "blocked": 0}
+        console.print("nothing to run: every run is done or in flight")
+    if sweep.ablation:
+        from seedrun.commands.read import print_table
+
+        print_table(console, sweep.ablation, db_url, sweep.name, "rich", paper=True)
+        _print_references(db_url, sweep.name)
+    if outcome["failed"] or outcome["blocked"]:
+        console.print("some runs failed: `seedrun status` lists them, `seedrun logs RUN` shows why")
+        return 1
+    return 0
+
+
+def _print_references(db_url: str, sweep: str) -> None:
+    """The sweep's teachers and baselines, and raw pixels: what a reader judges the table's numbers by."""
+    from seedrun.store.records import load_records
+
+    for record in load_records(db_url, sweep=sweep, stage="pretrain"):
+        p, top1 = record.config.get("pretrain", {}), record.metrics.get("knn_top1")
+        if top1 is None:
+            continue
+        who = "teacher" if p.get("role", "teacher") == "teacher" else "student alone (baseline)"
+        print(f"{who}: {p.get('method')} {p.get('arch')} width {p.get('width')}, {p.get('epochs')} epochs: "
+              f"k-NN top-1 {top1:.1f}")
+        if "pixels_knn_top1" in record.metrics and who == "teacher":
+            print(f"raw pixels, same k-NN: top-1 {record.metrics['pixels_knn_top1']:.1f}")
+
+
+def cmd_eval(args) -> int:
+    """Evaluate finished runs with one protocol, as evaluation runs of their own; nothing retrains."""
+    from rich.console import Console
+
+    from seedrun.errors import InputError
+    from seedrun.store.plan import add_runs, read_plan
+    from seedrun.store.records import load_records
+    from seedrun.sweeps.spec import RunSpec
+    from seedrun.sweeps.sweep_file import Sweep, evaluation_run
+
+    db_url = database_url(args)
+    if not db_exists(db_url):
+        raise InputError("eval", "TARGET", f"no runs recorded yet ({db_url})")
+    records = [r for r in load_records(db_url) if r.stage in ("pretrain", "distill")]
+    chosen = [r for r in records if r.sweep == args.target] or [r for r in records if r.hash.startswith(args.target)]
+    if not chosen:
+        raise InputError("eval", "TARGET", f"no sweep or run matches {args.target!r}")
+    unfinished = [r.hash[:12] for r in chosen if r.state != "completed"]
+    chosen = [r for r in chosen if r.state == "completed"]
+    by_sweep: dict[str, list] = {}
+    for record in chosen:
+        trained = RunSpec(record.stage, record.config, axes=record.axes)
+        trained.hash = record.hash
+        by_sweep.setdefault(record.sweep, []).append(evaluation_run(trained, args.protocol, "eval --protocol"))
+    console = Console()
+    if unfinished:
+        console.print(f"skipping {len(unfinished)} unfinished run(s): {' '.join(unfinished)}")
+    for sweep_name, specs in by_sweep.items():
+        add_runs(db_url, sweep_name, specs)
+        sweep = Sweep(name=sweep_name, path="eval", ablation=None, runs=specs, axes=[], launcher={})
+        plan = read_plan(sweep, db_url)
+        todo = plan.to_run(retry_failed=args.retry_failed)
+        console.print(f"{sweep_name}: {len(specs)} evaluation(s) with {args.protocol}, {len(todo)} to run")
+        if not todo:
+            continue
+        if (specs[0].config.get("launcher") or {}).get("name") == "slurm":
+            from seedrun.launchers.slurm import submit_slurm
+
+            submit_slurm(plan, todo, db_url, args.data_root, console)
+        else:
+            from seedrun.launchers.local import run_local
+
+            run_local(plan, todo, db_url, args.data_root, console)
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from seedrun.launchers.control import retry
+
+    return retry(database_url(args), failed=args.failed, reason=args.reason, sweep=args.sweep)
+
+
+def cmd_cancel(args) -> int:
+    from seedrun.launchers.control import cancel
+
+    return cancel(database_url(args), args.target)

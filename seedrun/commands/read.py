@@ -1,0 +1,136 @@
+"""The reading commands: `status`, `table`, `logs`, `list`, `teacher inspect`. They train nothing and
+never import torch; each imports what it needs when it runs (`status` and `table` answer within
+0.3 s at 10,000 runs: benchmarks/cli_latency.py).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from seedrun.commands import EXIT_BAD_INPUT, UsageError, database_url, db_exists
+
+
+def no_cycle_collection() -> None:
+    """For the short reading commands: 10,000 runs' records make the cycle collector run dozens of
+    times for nothing (they hold no cycles; refcounting frees them), a tenth of `status`'s time."""
+    import gc
+
+    gc.disable()
+
+
+def catch_up_first(db_url: str) -> None:
+    """The index brought up to date from the folders of the runs it holds in flight (seedrun.store.catchup)."""
+    if db_exists(db_url):
+        from seedrun.store.catchup import catch_up
+
+        catch_up(db_url)
+
+
+def cmd_status(args) -> int:
+    from seedrun.views.status import show_status
+
+    no_cycle_collection()
+    catch_up_first(database_url(args))
+    return show_status(database_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
+
+
+def table_groups(ablation: str, db_url: str, sweep: Optional[str], protocol: Optional[str] = None) -> list:
+    """The runs that can fill the table, grouped by the database (seedrun.store.groups.load_groups);
+    linear and transfer columns read the results of one probe protocol (seedrun.store.protocols)."""
+    from seedrun.store.groups import load_groups
+    from seedrun.store.protocols import candidates
+    from seedrun.tables import get_table
+    from seedrun.tables.build import metric_names, stages
+
+    table = get_table(ablation)
+    metrics = metric_names(table)
+    return load_groups(db_url, sweep=sweep, stages=stages(table), metrics=metrics,
+                       names={metric: candidates(metric, protocol) for metric in metrics})
+
+
+def print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool,
+                protocol: Optional[str] = None) -> None:
+    from seedrun.store.protocols import protocol_note
+    from seedrun.tables import build_table, render
+
+    data = build_table(ablation, table_groups(ablation, db_url, sweep, protocol), paper=paper)
+    note = protocol_note({column.metric for column in data.columns}, protocol)
+    if note:
+        data.notes.append(note)
+    output = render(data, fmt)
+    if isinstance(output, str):
+        print(output, end="" if output.endswith("\n") else "\n")
+    else:
+        console.print(output)
+
+
+def cmd_table(args) -> int:
+    from seedrun.tables import list_tables
+
+    no_cycle_collection()
+    if args.list:
+        for name, title in list_tables():
+            print(f"{name:<14} {title}")
+        return 0
+    if not args.ablation:
+        raise UsageError("table: give --ablation NAME (see --list)")
+    from rich.console import Console
+
+    from seedrun.tables import get_table
+
+    get_table(args.ablation)  # an unknown name fails before the database is opened
+    if args.protocol is not None and args.protocol not in ("moco", "compress"):
+        raise UsageError(f"table: --protocol: expected moco or compress, got {args.protocol!r}")
+    db_url = database_url(args)
+    catch_up_first(db_url)
+    if args.plot:
+        from seedrun.tables import plot_table
+
+        plot_table(args.ablation, table_groups(args.ablation, db_url, args.sweep, args.protocol)
+                   if db_exists(db_url) else [],
+                   args.plot)
+        print(f"wrote {args.plot}")
+    if db_exists(db_url):
+        print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper, args.protocol)
+    else:
+        from seedrun.tables import build_table, render
+
+        output = render(build_table(args.ablation, [], paper=args.paper), args.format)
+        Console().print(output) if not isinstance(output, str) else print(output, end="")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from seedrun.views.logs import show_logs
+
+    return show_logs(database_url(args), args.run)
+
+
+def cmd_teacher_inspect(args) -> int:
+    from seedrun.models.teacher_inspect import format_inspection, inspect
+
+    result = inspect(args.path)
+    print(format_inspection(result))
+    return 0 if result.get("verdict") == "ok" else EXIT_BAD_INPUT
+
+
+def cmd_list(args) -> int:
+    from seedrun.models.catalog import METHODS, NETWORKS
+
+    print("networks (teachers and students):")
+    for entry in NETWORKS:
+        print(f"  {entry.name:<18} {entry.role:<8} d={entry.dim:<5} {entry.description}")
+    print("self-supervised methods (teacher training and student baselines):")
+    for entry in METHODS:
+        print(f"  {entry.name:<18} {entry.description}")
+    from seedrun.training.strategies import STRATEGIES
+
+    print("distillation strategies:")
+    for name, strategy in STRATEGIES.items():
+        print(f"  {name:<18} {strategy.description}")
+    from seedrun.sweeps.compose import recipe_dirs, recipe_groups
+
+    print(f"recipes ({', then '.join(map(str, recipe_dirs()))}):")
+    for group, names in recipe_groups().items():
+        print(f"  {group + '/':<18} {' '.join(names)}")
+    return 0
