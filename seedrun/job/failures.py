@@ -7,6 +7,8 @@ import traceback
 
 
 def classify_failure(exc: BaseException) -> str:
+    if isinstance(getattr(exc, "failure_reason", None), str):  # another rank's, classified there (seedrun.job.ranks)
+        return exc.failure_reason  # type: ignore[attr-defined]
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return "out_of_memory"

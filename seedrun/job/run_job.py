@@ -36,6 +36,7 @@ from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, 
                                   transition_record)
 from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.attempt_lease import AttemptLease, describe_holder
+from seedrun.job import ranks
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
@@ -97,6 +98,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._run_dir = Path(".")
         self._db_down_until = 0.0  # after a write that failed, the database is left alone until then
         self._lease = AttemptLease()  # one live attempt per run (seedrun.job.attempt_lease)
+        self._group = ranks.Group(ranks.Place())  # several processes per run: seedrun.job.ranks
 
     def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
         return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root,
@@ -110,18 +112,31 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, float]:
         self._reset()
+        where = ranks.place()
+        if not where.is_main:  # another rank of the run: trains beside rank 0, records nothing
+            return ranks.follow(where, self.data_root)
         self._install_handlers()
         try:
+            self._group = ranks.Group(where)
             return self._attempt()
         finally:
+            self._group.close()
             self._lease.release()
             self._restore_handlers()
 
     def _attempt(self) -> dict[str, float]:
-        start = self._start()
+        start = None
+        try:
+            start = self._start()
+            if start is not None and self._group.where.world > 1:
+                ranks.clear_failures(start[1])
+        finally:
+            self._group.announce(start)  # the other ranks train this run beside rank 0, or leave
         if start is None:
             return {}
         config, run_dir, stage, teacher_dir = start
+        if stage != "distill":
+            self._group.alone()  # pre-training and evaluation run on rank 0 alone (seedrun.job.ranks)
         hooks = self._hooks = _RecordingHooks(self, run_dir)
         hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {job_id()}")
         try:
@@ -204,6 +219,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                     self._save()
                 return None
         prov.update(info)
+        prov["world"] = self._group.where.world
         prov.update(submitit_paths())
         prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
         teacher_dir = Path(upstream[1]) if upstream is not None else None
@@ -299,6 +315,8 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     # ---- failures and results -------------------------------------------------------------------
 
     def _after_failure(self, exc: BaseException) -> None:
+        if self._group.where.world > 1:  # a collective broken by another rank's failure: record that one
+            exc = ranks.primary_failure(exc, self._run_dir)
         reason = classify_failure(exc)
         self._log("".join(traceback.format_exception(exc)).rstrip())
         limit = self._budgets["max_failures"]
