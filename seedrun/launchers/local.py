@@ -20,11 +20,15 @@ from seedrun.store.folders import hostname
 from seedrun.store.plan import Plan
 from seedrun.store.schema import Run
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
+from seedrun.sweeps.launcher_values import tasks_per_node
 from seedrun.sweeps.spec import RunSpec
 from seedrun.store.engine import session_scope
 from seedrun.store.locations import seedrun_home
 
 POLL_SECONDS = 1.0
+#: a run recorded as ended whose processes are still alive this long after (a rank stuck in a collective) is
+#: stopped: the launcher's wait is bounded even before the process group's timeout ends that rank
+ENDED_GRACE_S = 60.0
 STAGE_ORDER = ("pretrain", "distill", "eval")
 
 
@@ -58,7 +62,8 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     folder = seedrun_home() / "submitit" / "local"
     executor = submitit.LocalExecutor(folder=str(folder) + "/%j")
     timeout = int(launcher.get("timeout_min") or 0) or 60 * 24 * 7
-    executor.update_parameters(timeout_min=timeout)
+    # launcher.procs processes per run (seedrun.job.ranks): global rank 0 records, the others train beside it
+    executor.update_parameters(timeout_min=timeout, tasks_per_node=tasks_per_node(launcher))
     ordered = sorted(runs, key=lambda run: STAGE_ORDER.index(run.stage))  # stable: sweep order within a stage
     submission = f"local-{uuid.uuid4().hex[:12]}"
     outcome = {"completed": 0, "failed": 0, "blocked": 0}
@@ -83,12 +88,18 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 row = session.scalars(select(Run).where(Run.hash == run.hash)).one()
                 row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
                 row.provenance = {**(row.provenance or {}), "host": hostname()}
+            ended_at = None
             while not job.done():
                 try:
                     state, epoch, _ = _state(db_url, run.hash)
                 except Exception:  # busy or down: the job records to its folder meanwhile (catch_up below)
                     state, epoch = "running (database unreachable)", None
                 progress.update(task, completed=epoch, note=state)
+                if state in (COMPLETED, FAILED, CANCELLED):
+                    ended_at = ended_at or time.monotonic()
+                    if time.monotonic() - ended_at > ENDED_GRACE_S:
+                        job.cancel()  # the controller stops every rank (SIGINT, then SIGKILL)
+                        break
                 time.sleep(POLL_SECONDS)
             catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
             state, epoch, error = _state(db_url, run.hash)
