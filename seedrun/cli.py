@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retry", parents=[with_db], help="resubmit failed runs through the launcher they were recorded with")
     p.add_argument("--failed", action="store_true", help="failed, blocked, cancelled and lost runs")
-    p.add_argument("--reason", help="only this failure_reason: out_of_memory, nan_loss, timeout, preempted, "
-                                    "node_fail, cancelled, exception, blocked")
+    p.add_argument("--reason", help="only this failure_reason: exception, out_of_memory, nan_loss, data_error, "
+                                    "timeout, preempted, node_fail, deadline, no_result, vanished, teacher_changed, "
+                                    "cancelled, blocked")
     p.add_argument("--sweep", help="only this sweep's runs")
     p.set_defaults(func=cmd_retry)
 
