@@ -18,13 +18,20 @@ from seedrun.evaluate.knn import knn_accuracy
 from seedrun.models.heads import teacher_head
 from seedrun.models.model_file import MODEL, save_model
 from seedrun.models.registry import create_backbone
+from seedrun.training import distributed
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, setup_torch, sgd_and_loop
 from seedrun.training.pretexts import create_pretext
 
 
 def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Optional[str] = None) -> dict[str, float]:
-    """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.training.pretexts) on two views."""
+    """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.training.pretexts) on two views.
+
+    One process: a run with several (launcher.procs, tasks_per_node) pre-trains on global rank 0 alone while
+    the other ranks leave (seedrun.job.ranks); the pretexts keep keys, negatives and Sinkhorn codes per
+    process, so DDP here would silently not be the one-process recipe (no gathered keys, no shuffle BN)."""
+    if distributed.current().active:
+        raise RuntimeError("pre-training runs in one process: seedrun.job.ranks runs it on global rank 0 alone")
     device = setup_torch(config)
     data_cfg, p = config["data"], config["pretrain"]
     train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
