@@ -159,14 +159,22 @@ def test_uneven_split_is_refused_at_check_time(tmp_path):
     with pytest.raises(InputError, match="distill.batch_size.*multiple of the 4 processes"):
         expand(path, dry_run=True)
     path.write_text(path.read_text().replace("procs: 4", "procs: 3"))
-    # an even split, but the job cannot start several ranks yet: refused rather than trained three times
-    with pytest.raises(InputError, match="launcher.procs.*expected 1 process per run"):
-        expand(path, dry_run=True)
-    for slurm, key in (("nodes: 2", "launcher.nodes"), ("tasks_per_node: 2", "launcher.tasks_per_node")):
+    assert {run.config["launcher"]["procs"] for run in expand(path, dry_run=True).runs if run.stage == "distill"} == {3}
+    # Slurm: one task per GPU unless tasks_per_node says otherwise; the global batch splits over nodes x tasks
+    for slurm, ok in (("nodes: 2", True), ("tasks_per_node: 2", True), ("gpus_per_node: 3", False),
+                      ("{gpus_per_node: 3, tasks_per_node: 1}", True), ("{nodes: 3, tasks_per_node: 1}", False)):
+        launcher = f"{{name: slurm, {slurm.strip('{}')}}}"
         (tmp_path / "n.yaml").write_text(f"name: n\nbase: [data=tiny, distill.batch_size=32, distill.queue_size=128]\n"
-                                         f"launcher: {{name: slurm, {slurm}}}\n")
-        with pytest.raises(InputError, match=f"{key}.*expected 1 process per run"):
+                                         f"launcher: {launcher}\n")
+        if ok:
             expand(tmp_path / "n.yaml", dry_run=True)
+        else:
+            with pytest.raises(InputError, match="distill.batch_size.*multiple of the 3 processes"):
+                expand(tmp_path / "n.yaml", dry_run=True)
+    (tmp_path / "c.yaml").write_text("name: c\nbase: [data=tiny, distill.batch_size=32, distill.queue_size=128, "
+                                     "distill.small_crops=2]\nlauncher: {name: local, procs: 2}\n")
+    with pytest.raises(InputError, match="distill.small_crops.*expected 0 under 2 processes"):
+        expand(tmp_path / "c.yaml", dry_run=True)
     path.write_text(path.read_text().replace("procs: 3", "procs: two"))
     with pytest.raises(InputError, match="launcher.procs"):
         expand(path, dry_run=True)

@@ -133,7 +133,7 @@ def test_launcher_settings_become_submitit_parameters():
     params = executor_parameters({**SLURM_LAUNCHER, "partition": "gpu", "account": "proj", "mem_gb": 64,
                                   "gpus_per_node": 8, "additional_parameters": {"mail-type": "END"}}, "seedrun-x-distill")
     assert params == {
-        "name": "seedrun-x-distill", "timeout_min": 60, "nodes": 1, "tasks_per_node": 1, "slurm_array_parallelism": 256,
+        "name": "seedrun-x-distill", "timeout_min": 60, "nodes": 1, "tasks_per_node": 8, "slurm_array_parallelism": 256,
         "slurm_signal_delay_s": 120, "cpus_per_task": 4, "gpus_per_node": 8, "mem_gb": 64.0, "slurm_partition": "gpu",
         "slurm_account": "proj", "slurm_additional_parameters": {"requeue": True, "mail-type": "END"},
     }

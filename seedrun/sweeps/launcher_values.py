@@ -97,22 +97,11 @@ SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
 
 
 def tasks_per_node(launcher: dict[str, Any]) -> int:
-    """Processes a run starts on each node: `procs` locally, `tasks_per_node` on Slurm (default 1).
-
-    Not one per GPU by default yet: until the job sets up its ranks (issue 13), every task would run the
-    whole job, so several processes per run are refused at check time (seedrun.sweeps.sweep_file)."""
+    """Processes a run starts on each node: `procs` locally; on Slurm `tasks_per_node`, else one per GPU
+    (gpus_per_node: 8 starts 8 DDP ranks; global rank 0 records: seedrun.job.ranks)."""
     if launcher.get("name") == "local":
         return int(launcher.get("procs") or 1)
-    return int(launcher.get("tasks_per_node") or 1)
-
-
-def multi_process_key(launcher: dict[str, Any]) -> Optional[str]:
-    """The launcher setting that asks for more than one process per run, if any."""
-    for key in ("procs", "tasks_per_node", "nodes"):
-        value = launcher.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            return f"launcher.{key}"
-    return None
+    return int(launcher.get("tasks_per_node") or launcher.get("gpus_per_node") or 1)
 
 
 def processes(launcher: dict[str, Any]) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import check_launcher, control_character, multi_process_key, processes
+from seedrun.sweeps.launcher_values import check_launcher, control_character, processes
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -270,11 +270,9 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     if distill["batch_size"] % world:
         raise InputError(path, _where("distill.batch_size", values),
                          f"expected a multiple of the {world} processes the launcher starts, got {distill['batch_size']}")
-    if world > 1:
-        # The training loop is ready for several ranks (seedrun.training.distributed), the job is not: each
-        # process would take the run, train it and write its folder on its own.
-        raise InputError(path, multi_process_key(config.get("launcher") or {}) or "launcher",
-                         f"expected 1 process per run: the job does not set up {world} ranks yet")
+    if world > 1 and isinstance(distill.get("small_crops"), int) and distill["small_crops"] > 0:
+        raise InputError(path, _where("distill.small_crops", values),  # seedrun.training.distill refuses it
+                         f"expected 0 under {world} processes per run (small patches run in one process only)")
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")

@@ -13,7 +13,7 @@
 #SBATCH --mail-type=END
 #SBATCH --mem=480GB
 #SBATCH --nodes=1
-#SBATCH --ntasks-per-node=1
+#SBATCH --ntasks-per-node=8
 #SBATCH --open-mode=append
 #SBATCH --output=$SEEDRUN_HOME/submitit/slurm/golden/$SUBMISSION/%A_%a/%A_%a_0_log.out
 #SBATCH --partition=gpu

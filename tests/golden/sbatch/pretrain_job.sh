@@ -11,7 +11,7 @@
 #SBATCH --mail-type=END
 #SBATCH --mem=480GB
 #SBATCH --nodes=1
-#SBATCH --ntasks-per-node=1
+#SBATCH --ntasks-per-node=8
 #SBATCH --open-mode=append
 #SBATCH --output=$SEEDRUN_HOME/submitit/slurm/golden/$SUBMISSION/%j/%j_0_log.out
 #SBATCH --partition=gpu
