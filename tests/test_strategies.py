@@ -16,6 +16,7 @@ from seedrun.models import catalog
 from seedrun.sweeps.compose import compose_config, recipe_groups
 from seedrun.sweeps.spec import pretrain_config
 from seedrun.training import strategies
+from seedrun.training.distill import batch_views
 from seedrun.training.objectives import Objective
 from seedrun.training.pretexts import PRETEXTS, create_pretext
 from conftest import ROOT, TINY_BASE
@@ -128,8 +129,13 @@ def test_objective_is_the_registered_loss_and_keeps_the_registered_state(name):
     objective = strategies.create_objective(d, dim, 0, torch.nn.Linear(INPUT, dim))
     assert isinstance(objective, Objective) and type(objective) is strategies.objective_class_for(name)
     objective.prepare(lambda: teacher_features)
-    got = objective(z_s, z_t, queue, indices, lambda: view)
+    asked = []
+    got = objective(z_s, z_t, queue, indices, lambda: asked.append(1) or view)
     want = loss(*reference_arguments(name, objective, d, inputs))
+    # the registry says whether the objective encodes a second view, and the recipe asks the loader for it
+    # (the stream loader decodes only the views asked: a strategy that needs one and is not given it fails)
+    assert bool(asked) == strategy.second_view
+    assert (1 in batch_views(d)) == strategy.second_view
     assert got.ndim == 0 and torch.isfinite(got)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-7), (got, want)
 

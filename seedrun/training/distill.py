@@ -28,7 +28,7 @@ from seedrun.training import distributed
 from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
 from seedrun.training.queue import EmbeddingQueue
-from seedrun.training.strategies import create_objective
+from seedrun.training.strategies import create_objective, get_strategy
 
 
 def load_teacher(config: dict[str, Any], teacher_dir: Optional[Path]) -> tuple[nn.Module, nn.Module]:
@@ -41,6 +41,15 @@ def load_teacher(config: dict[str, Any], teacher_dir: Optional[Path]) -> tuple[n
     backbone, head, _info = load_official(t["checkpoint"], t["arch"], width=t.get("width", 64),
                                           small_images=t.get("small_images", False), in_chans=channels)
     return backbone, head
+
+
+def batch_views(d: dict[str, Any]) -> dict[int, Any]:
+    """The views of each batch the loader is asked for, from the `distill` settings: 0 the one both networks
+    see, 1 the student's own second view (strategies whose registry entry declares second_view: SEED +
+    MoCo-v2), 2.. the small patches; the in-memory loader draws them on demand, the stream loader ahead."""
+    small_patches = int(d.get("small_crops", 0))
+    return {0: None, **({1: None} if get_strategy(d["strategy"]).second_view else {}),
+            **{2 + crop: (tuple(d["small_crop_scale"]), d["small_crop_size"]) for crop in range(small_patches)}}
 
 
 def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Optional[Path],
@@ -112,10 +121,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             ranks.barrier()
         loop.save, loop.agree = save_on_main, ranks.agree
 
-    # views of a batch: 0 the one both networks see, 1 the student's own second view (SEED + MoCo-v2),
-    # 2.. the small patches; the in-memory loader draws them on demand, the stream loader ahead
-    views = {0: None, **({1: None} if d["strategy"] == "seed_mocov2" else {}),
-             **{2 + crop: (tuple(d["small_crop_scale"]), d["small_crop_size"]) for crop in range(small_patches)}}
+    views = batch_views(d)
     batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
     for epoch in range(step // steps_per_epoch, d["epochs"]):
         student.train()

@@ -1,8 +1,9 @@
 """The one table of distillation strategies (`distill.strategy`), and the way training gets one by name.
 
 A strategy is its name and description; its loss, the function in seedrun.losses that training calls
-(and the nn.Module wrapping it); the state it keeps beside the student (checkpointed with it); and the
-Objective class through which the distillation recipe uses it (seedrun.training.objectives).
+(and the nn.Module wrapping it); the state it keeps beside the student (checkpointed with it); whether
+it needs a second augmented view of each image; and the Objective class through which the distillation
+recipe uses it (seedrun.training.objectives).
 `seedrun list`, the recipe and the tests all read this table.
 
 Callables are named as "module:attribute" and imported only when asked for, so that `seedrun list`
@@ -26,6 +27,9 @@ class Strategy:
     # what the objective keeps beside the student, by the top-level name it has in the objective's
     # state_dict() or extra_state(): {name: what it is}
     state: dict[str, str] = field(default_factory=dict)
+    # whether the objective encodes a second augmented view of each image (the `another_view` it is
+    # given): the recipe asks the loader for that view only then (the stream loader decodes views ahead)
+    second_view: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -124,6 +128,7 @@ register_strategy(Strategy(
     loss="seedrun.losses.seed_mocov2:seed_mocov2_loss",
     loss_module="seedrun.losses.seed_mocov2:SEEDMoCoV2Loss",
     objective=f"{_OBJECTIVES}:SEEDMoCoV2",
+    second_view=True,
     state={
         "momentum_student": "a momentum copy of the student that encodes the second view into keys",
         "student_queue": "the queue of the momentum student's past keys, the InfoNCE negatives",
