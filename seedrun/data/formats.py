@@ -6,7 +6,10 @@ layout quickly.
                  preparation); classes are the sorted folder names of train/, val/ uses train's indices.
     TSV          <root>/train.tsv + train.lineidx and val.tsv + val.lineidx, as in the official SEED code
                  (tools/tsv_io.py): one row a line, `key<TAB>label<TAB>base64 JPEG`; the .lineidx holds
-                 the byte offset of each line, one a line.
+                 the byte offset of each line, one a line. Labels come with each row; where they are
+                 needed ahead (class-balanced subsets, semi-supervised fine-tuning), `tsv_labels` reads
+                 the label column alone, a few bytes at each offset, and caches it.
+A tree whose held-out split is test/ rather than val/ (transfer sets) is read the same way.
 
 A split's file list (`FileList`: paths as one byte blob with offsets, and labels, all numpy arrays so
 that forked loader workers share them without copying) is built once and cached in the cache folder
@@ -40,9 +43,17 @@ class DataError(Exception):
     """Training met more unreadable images than `data.max_bad_images` allows (failure class data_error)."""
 
 
+def split_folder(root: Path, split: str) -> Path:
+    """The folder of a split ("train" or "test"): train/, and val/ for the test split, or test/ in a tree
+    that has test/ and no val/ (transfer sets: eval.protocols.transfer.roots)."""
+    if split == "train":
+        return root / "train"
+    return root / "test" if (root / "test").is_dir() and not (root / "val").is_dir() else root / SPLIT_FOLDER[split]
+
+
 def layout(root: Path) -> Optional[str]:
-    """"folders" (train/ and val/ folders), "tsv" (train.tsv and val.tsv) or None."""
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    """"folders" (train/ and val/ (or test/) folders), "tsv" (train.tsv and val.tsv) or None."""
+    if (root / "train").is_dir() and split_folder(root, "test").is_dir():
         return "folders"
     if (root / "train.tsv").is_file() and (root / "val.tsv").is_file():
         return "tsv"
@@ -68,20 +79,21 @@ def check_layout(root: Path) -> None:
             check_tsv(root / f"{split}.tsv")
         return
     train_classes = _class_folders(root / "train")
-    for split in ("train", "val"):
-        split_dir = root / split
-        classes = train_classes if split == "train" else _class_folders(split_dir)
+    for split in ("train", "test"):
+        folder = split_folder(root, split)
+        classes = train_classes if split == "train" else _class_folders(folder)
         if not classes:
-            raise DataInvalid(f"{split_dir}: expected one folder per class with images inside; found no folder")
+            raise DataInvalid(f"{folder}: expected one folder per class with images inside; found no folder")
         for name in classes:
-            with os.scandir(split_dir / name) as entries:  # stops at the first image: cheap on big trees
+            with os.scandir(folder / name) as entries:  # stops at the first image: cheap on big trees
                 if not any(entry.is_file() and _is_image(entry.name) for entry in entries):
-                    raise DataInvalid(f"{split_dir / name}: expected images ({', '.join(IMAGE_SUFFIXES)}); "
+                    raise DataInvalid(f"{folder / name}: expected images ({', '.join(IMAGE_SUFFIXES)}); "
                                       f"the class folder is empty")
-    unknown = sorted(set(_class_folders(root / "val")) - set(train_classes))
+    test = split_folder(root, "test")
+    unknown = sorted(set(_class_folders(test)) - set(train_classes))
     if unknown:
-        raise DataInvalid(f"{root / 'val' / unknown[0]}: expected the classes of {root / 'train'}; "
-                          f"{len(unknown)} val class folder(s) have no train folder")
+        raise DataInvalid(f"{test / unknown[0]}: expected the classes of {root / 'train'}; "
+                          f"{len(unknown)} {test.name} class folder(s) have no train folder")
 
 
 LOADERS = ("auto", "memory", "stream")
@@ -180,17 +192,62 @@ class FileList:
             return f"{self.folder}:{i + 1}"
         return str(self.folder / bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode())
 
+    def labelled(self) -> "FileList":
+        """This list with every label known: a TSV's label column is read (tsv_labels), an image never."""
+        if self.kind != "tsv" or (self.labels >= 0).all():
+            return self
+        return FileList(self.kind, self.folder, self.blob, self.offsets, tsv_labels(self.folder, self.offsets),
+                        self.classes, self.ids)
+
+    def label_array(self):
+        """The labels of this list's images, in its order (numpy int64; see labelled() for a TSV's)."""
+        return self.labels if self.ids is None else self.labels[self.ids]
+
     def subset(self, size: int, num_classes: int) -> "FileList":
         """The first size / num_classes images of each class, in list order (as the in-memory loader's
-        balanced_subset); labels must be known (image folders)."""
+        balanced_subset); a TSV's labels are read from its label column first."""
         import numpy as np
 
-        if self.kind == "tsv":
-            raise DataInvalid(f"{self.folder}: data.train_subset/test_subset need labels ahead; TSV rows carry "
-                              f"theirs with the image: expected no subset")
+        full = self.labelled()
         per_class = max(1, size // num_classes)
-        keep = np.concatenate([np.flatnonzero(self.labels == c)[:per_class] for c in range(num_classes)])
-        return FileList(self.kind, self.folder, self.blob, self.offsets, self.labels, self.classes, np.sort(keep))
+        keep = np.concatenate([np.flatnonzero(full.labels == c)[:per_class] for c in range(num_classes)])
+        return FileList(full.kind, full.folder, full.blob, full.offsets, full.labels, full.classes, np.sort(keep))
+
+
+def tsv_labels(tsv: Path, offsets):
+    """The label column of a TSV (numpy int64, row order), read without the image column: a few bytes at
+    each row's offset (no base64, no decode), cached in the cache folder while the file keeps its size and
+    modification time. ImageNet's 1.28 M rows: one pass of small reads, once."""
+    import numpy as np
+
+    stat = tsv.stat()
+    header = json.dumps({"format": FILELIST_FORMAT, "labels_of": str(tsv.absolute()), "size": stat.st_size,
+                         "mtime_ns": stat.st_mtime_ns, "rows": len(offsets)})
+    cache = _cache_file(tsv).with_suffix(".labels.npz")
+    if cache.is_file():
+        try:
+            with np.load(cache) as stored:
+                if str(stored["header"]) == header:
+                    return stored["labels"]
+        except Exception:  # unreadable or another format: read the column again
+            pass
+    labels = np.empty(len(offsets), dtype=np.int64)
+    with open(tsv, "rb", buffering=0) as f:
+        if hasattr(os, "posix_fadvise"):  # strided small reads: no readahead of the image column
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        for row, offset in enumerate(offsets.tolist()):
+            head = os.pread(f.fileno(), 256, offset)
+            if head.count(b"\t") < 2:  # a long key: read on to the second tab
+                f.seek(offset)
+                head = f.read(1 << 16)
+            fields = head.split(b"\t", 2)
+            try:
+                labels[row] = int(fields[1])
+            except (IndexError, ValueError):
+                raise DataInvalid(f"{tsv}: expected rows key<TAB>label<TAB>base64 image with an integer label; "
+                                  f"line {row + 1} has {fields[1][:20] if len(fields) > 1 else b''!r}") from None
+    _store(cache, header, labels=labels)
+    return labels
 
 
 def _signature(split_dir: Path, classes: list[str]) -> list:
@@ -212,7 +269,7 @@ def file_list(root: Path, split: str, log=None) -> FileList:
         tsv = root / f"{SPLIT_FOLDER[split]}.tsv"
         offsets = read_lineidx(tsv)
         return FileList("tsv", tsv, None, offsets, np.full(len(offsets), -1, dtype=np.int64), [])
-    split_dir = root / SPLIT_FOLDER[split]
+    split_dir = split_folder(root, split)
     train_classes = _class_folders(root / "train")
     classes = _class_folders(split_dir)
     signature = _signature(split_dir, classes)
@@ -243,11 +300,18 @@ def file_list(root: Path, split: str, log=None) -> FileList:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     blob = np.frombuffer(b"".join(names), dtype=np.uint8)
     labels_array = np.array(labels, dtype=np.int64)
+    _store(cache, header, blob=blob, offsets=offsets, labels=labels_array)
+    return FileList("folders", split_dir, blob, offsets, labels_array, train_classes)
+
+
+def _store(cache: Path, header: str, **arrays) -> None:
+    """Write a cache file atomically; a read-only cache folder costs a rescan next time, nothing else."""
+    import numpy as np
+
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-        np.savez(partial, header=np.array(header), blob=blob, offsets=offsets, labels=labels_array)
+        partial = cache.with_name(f"{cache.name[:-4]}.{os.getpid()}.tmp.npz")
+        np.savez(partial, header=np.array(header), **arrays)
         os.replace(partial, cache)
-    except OSError:  # a read-only cache folder costs a rescan next time, nothing else
+    except OSError:
         pass
-    return FileList("folders", split_dir, blob, offsets, labels_array, train_classes)

@@ -17,6 +17,8 @@ What the training recipes and evaluation use, the same for both:
     for batch in batches.epoch(epoch, start):              # start: the step within the epoch to resume at
         batch.indices; batch.view(k, device)               # normalised float (B, C, s, s) on `device`
     for images, labels in data.chunks(512): ...            # uint8 evaluation views, in data-set order
+    for images, labels in data.gather([idx, ...]): ...     # the same, of given batches of indices (fine-tuning)
+    data.labels                                            # every label, no image read (a TSV's label column)
 
 The memory loader draws view k of step t from seedrun.data.sampling.step_generator(seed, t, k), as the
 recipes always did, so its numbers are unchanged; the stream loader computes every view in `views`

@@ -162,11 +162,12 @@ def default_workers() -> int:
     return max(0, cpus - 1)
 
 
-def make_loader(dataset: ImageStream, batch_sampler, workers: int, prefetch: int, persistent: bool) -> DataLoader:
+def make_loader(dataset: ImageStream, batch_sampler, workers: int, prefetch: int, persistent: bool,
+                generator: Optional[torch.Generator] = None) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init,
                       persistent_workers=persistent and workers > 0,
-                      prefetch_factor=prefetch if workers > 0 else None)
+                      prefetch_factor=prefetch if workers > 0 else None, generator=generator)
 
 
 def train_loader(files: FileList, data_cfg: dict[str, Any], seed: int, batch_size: int,
@@ -179,9 +180,16 @@ def train_loader(files: FileList, data_cfg: dict[str, Any], seed: int, batch_siz
     return make_loader(dataset, sampler, workers, int(data_cfg.get("prefetch") or 2), persistent=True), sampler
 
 
-def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, workers: Optional[int] = None) -> DataLoader:
-    """Every image once, in order, as its evaluation view."""
+def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, workers: Optional[int] = None,
+                batches=None) -> DataLoader:
+    """Every image once, in order, as its evaluation view; or, given `batches` (lists of sample indices),
+    those batches in that order (fine-tuning reads its shuffled labelled subset so)."""
     dataset = ImageStream(files, data_cfg, decoder=data_cfg.get("decoder") or "torchvision")
     workers = default_workers() if workers is None else workers
-    return make_loader(dataset, SequentialBatchSampler(len(files), batch_size), workers,
-                       int(data_cfg.get("prefetch") or 2), persistent=False)
+    sampler = (SequentialBatchSampler(len(files), batch_size) if batches is None
+               else [[(int(index), -1) for index in batch] for batch in batches])
+    # a generator of its own: each iter() of a DataLoader draws a seed from the generator it is given, by
+    # default torch's global one, which would shift what the caller draws next (a fine-tuning head's
+    # initialisation) away from what it draws with the in-memory loader; evaluation views are not random
+    return make_loader(dataset, sampler, workers, int(data_cfg.get("prefetch") or 2), persistent=False,
+                       generator=torch.Generator())

@@ -75,17 +75,16 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
         return {"linear_top1": result["linear_top1"], "linear_top5": result["linear_top5"],
                 "linear_best_epoch": result["best_epoch"]}
     if protocol == "semisup":
-        if train.kind != "memory":
-            raise ValueError("the semi-supervised protocol fine-tunes on images held in memory; "
-                             "with data.loader=stream it is not supported yet")
-        metrics = {}
+        # one path for both loaders: fine-tuning reads each batch of the labelled subset through the split
+        # (memory: indexed; stream: decoded by the workers, evaluation views) and the test set in chunks
+        metrics, labels = {}, train.labels  # a TSV's label column is read once, no image
         for fraction in settings["fractions"]:
-            subset = labelled_subset(train.labels, fraction, seed=settings["subset_seed"])
+            subset = labelled_subset(labels, fraction, seed=settings["subset_seed"])
             save_subset(run_dir / f"subset-{fraction:g}.json", subset, seed=settings["subset_seed"], fraction=fraction,
-                        labels=train.labels)
+                        labels=labels)
             student, _ = load_own_model(model_path, data_cfg["channels"])
-            head = nn.Linear(_feature_dim(student, train, device), train.num_classes)
-            result = finetune(student, head, train.images, train.labels, subset, test.images, test.labels,
+            head = nn.Linear(_feature_dim(student, data_cfg, device), train.num_classes)
+            result = finetune(student, head, train, labels, subset, test, None,
                               train.mean, train.std, epochs=settings["epochs"], lr=settings["lr"],
                               batch_size=settings["batch_size"], seed=config["seed"], device=device,
                               augment=_finetune_augmentation(settings.get("crop_scale"), config["seed"]))
@@ -97,11 +96,16 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
     if protocol == "transfer":
         metrics = {}
         for name in settings["datasets"]:
-            data = _transfer_data(name, settings, data_cfg)
+            data = _transfer_data(name, settings, data_cfg, log)
             what = {"dataset": f"transfer-{name}", "size": data_cfg["image_size"], "transform": "none"}
-            train_f = _features(model_path, backbone, data.train_images, data.mean, data.std, {**what, "split": "train"}, device)
-            test_f = _features(model_path, backbone, data.test_images, data.mean, data.std, {**what, "split": "test"}, device)
-            result = linear_probe(train_f, data.train_labels, test_f, data.test_labels, data.num_classes,
+            if isinstance(data, StreamedTransfer):  # a tree too big for memory: features a chunk at a time
+                (train_f, train_labels), (test_f, test_labels) = (data.features(model_path, backbone, split, what, device)
+                                                                  for split in ("train", "test"))
+            else:
+                train_labels, test_labels = data.train_labels, data.test_labels
+                train_f = _features(model_path, backbone, data.train_images, data.mean, data.std, {**what, "split": "train"}, device)
+                test_f = _features(model_path, backbone, data.test_images, data.mean, data.std, {**what, "split": "test"}, device)
+            result = linear_probe(train_f, train_labels, test_f, test_labels, data.num_classes,
                                   protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
                                   epochs=settings.get("epochs"), device=device)
             metrics[f"transfer_{name}_top1"] = result["linear_top1"]
@@ -110,10 +114,12 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
     raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
 
 
-def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any]):
+def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any], log=print):
     """A transfer data set at the student's input size and channels: digits (bundled with scikit-learn),
     CIFAR-10/100 (torchvision, under settings.roots.<name>), or any ImageFolder tree (SUN-397, ...) given
-    as settings.roots.<name> with train/ and test/ (or val/) inside."""
+    as settings.roots.<name> with train/ and test/ (or val/) inside, or the official code's TSV files. A
+    tree is read by the loader `data.loader` picks for it (seedrun.data.loader): in memory, or streamed
+    (a StreamedTransfer)."""
     import torch.nn.functional as F
 
     from seedrun.evaluate import transfer
@@ -126,6 +132,8 @@ def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any]
         raise FileNotFoundError(f"transfer data set {name!r}: set eval.protocols.transfer.roots.{name} to its folder")
     if name in ("cifar10", "cifar100"):
         data = transfer.cifar_dataset(name, root)
+    elif (streamed := StreamedTransfer.open(name, root, data_cfg, log)) is not None:
+        return streamed
     else:
         test = Path(root) / "test" if (Path(root) / "test").is_dir() else Path(root) / "val"
         data = transfer.imagefolder_transfer(Path(root) / "train", test, size, name=name)
@@ -154,9 +162,66 @@ def _finetune_augmentation(crop_scale, seed: int):
     return lambda x: crop_and_flip(x, tuple(crop_scale), flip=True, generator=generator)
 
 
-def _feature_dim(backbone: nn.Module, data, device) -> int:
+def _feature_dim(backbone: nn.Module, data_cfg: dict[str, Any], device) -> int:
+    size = data_cfg["image_size"]
     with torch.no_grad():
-        return int(backbone.eval().to(device)(data.images[:1].float().to(device)).shape[1])
+        return int(backbone.eval().to(device)(torch.zeros(1, data_cfg["channels"], size, size, device=device)).shape[1])
+
+
+class StreamedTransfer:
+    """A transfer tree read by the stream loader: its train and test splits (seedrun.data.loader), the
+    per-channel statistics of its training images' evaluation views (one streamed pass, cached, as the
+    in-memory path computes them on its tensor), and frozen features a chunk at a time."""
+
+    CHUNK = 256  # extract_features' batch: the same images give the in-memory path's features exactly
+
+    def __init__(self, train, test, mean, std):
+        self.train, self.test, self.num_classes, self.mean, self.std = train, test, train.num_classes, mean, std
+
+    @classmethod
+    def open(cls, name: str, root: str, data_cfg: dict[str, Any], log) -> Optional["StreamedTransfer"]:
+        """The streamed tree, or None when the loader data.loader picks for it is the in-memory one."""
+        from seedrun.data.formats import file_list
+        from seedrun.data.loader import choose_loader
+        from seedrun.evaluate.transfer import ChannelStats
+        from seedrun.store.locations import seedrun_home
+
+        cfg = {**data_cfg, "name": f"transfer-{name}", "format": "imagefolder", "root": str(root),
+               "train_subset": None, "test_subset": None}
+        if choose_loader(cfg, None, log) == "memory":
+            return None
+        files = file_list(Path(root), "train", log)
+        cfg["num_classes"] = len(files.classes) or int(files.labelled().labels.max()) + 1  # a TSV: its labels
+        train, test = open_split(cfg, "train", None, log), open_split(cfg, "test", None, log)
+
+        def stats():
+            accumulated = ChannelStats(data_cfg["channels"])
+            for images, _ in train.chunks(cls.CHUNK):
+                accumulated.add(images)
+            return torch.tensor(accumulated.result(), dtype=torch.float64)
+
+        key = {"dataset": cfg["name"], "root": str(Path(root).absolute()), "files": len(train),
+               "size": data_cfg["image_size"], "channels": data_cfg["channels"], "what": "channel-stats"}
+        mean, std = cached_features(seedrun_home() / "features", key, stats).tolist()
+        return cls(train, test, tuple(mean), tuple(std))
+
+    def features(self, model_path: Path, backbone: nn.Module, split: str, what: dict[str, Any],
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+        from seedrun.store.locations import seedrun_home
+
+        data = self.train if split == "train" else self.test
+
+        def compute():
+            out, labels = [], []
+            for images, chunk_labels in data.chunks(self.CHUNK):
+                out.append(extract_features(backbone, images, self.mean, self.std, batch_size=self.CHUNK, device=device))
+                labels.append(chunk_labels)
+            return {"features": torch.cat(out), "labels": torch.cat(labels)}
+
+        key = {"checkpoint_sha256": file_sha256(model_path), **what, "split": split, "transform": "resize-centercrop",
+               "files": len(data), "channels": len(self.mean), "mean": list(self.mean)}
+        value = cached_features(seedrun_home() / "features", key, compute)
+        return value["features"], value["labels"]
 
 
 __all__ = ["PROTOCOLS", "evaluate"]

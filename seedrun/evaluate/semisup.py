@@ -196,11 +196,11 @@ def load_subset(
 def finetune(
     backbone: nn.Module | Callable[[], nn.Module],
     head: nn.Module,
-    train_images: Tensor,
+    train_images: Tensor | Any,
     train_labels: Tensor,
     subset: Tensor | None,
-    val_images: Tensor,
-    val_labels: Tensor,
+    val_images: Tensor | Any,
+    val_labels: Tensor | None,
     mean: Sequence[float],
     std: Sequence[float],
     epochs: int = 20,
@@ -224,6 +224,11 @@ def finetune(
     flips). ``subset`` indexes ``train_images`` (None: all). Shuffling uses a generator seeded with
     ``seed``; the models' own initialisation is the caller's.
 
+    ``train_images`` and ``val_images`` may also be a split as seedrun.data.loader opens it (in memory
+    or streamed): each epoch's batches are then read with its ``gather`` and the val set in chunks with
+    its ``chunks``, so a streamed set is never held whole (``train_labels`` still chooses the subset;
+    ``val_labels`` is unused). The same images give the same numbers either way.
+
     Returns ``{"finetune_top1", "finetune_top5", "train_loss"}`` (last epoch's mean loss).
     """
     net_backbone = copy.deepcopy(backbone) if isinstance(backbone, nn.Module) else backbone()
@@ -232,7 +237,7 @@ def finetune(
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     model.to(device)
-    idx = torch.arange(train_images.shape[0]) if subset is None else torch.as_tensor(subset).long()
+    idx = torch.arange(len(train_labels)) if subset is None else torch.as_tensor(subset).long()
     if len(idx) == 0:
         raise ValueError("empty labelled subset")
     labels = train_labels.long()
@@ -250,12 +255,16 @@ def finetune(
         model.train()
         order = idx[torch.randperm(len(idx), generator=gen)]
         loss_sum, seen = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch_idx = order[start : start + batch_size]
-            x = normalize_batch(train_images[batch_idx].to(device), mean, std)
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        if isinstance(train_images, Tensor):
+            read = ((train_images[batch_idx], labels[batch_idx]) for batch_idx in batches)
+        else:  # a split of seedrun.data.loader: the batches' images read (streamed: decoded ahead)
+            read = train_images.gather(batches)
+        for batch_idx, (images, batch_labels) in zip(batches, read):
+            x = normalize_batch(images.to(device), mean, std)
             if augment is not None:
                 x = augment(x)
-            y = labels[batch_idx].to(device)
+            y = batch_labels.long().to(device)
             scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * scale
@@ -281,12 +290,17 @@ def _evaluate(
     device: torch.device | str,
 ) -> tuple[float, float]:
     model.eval()
-    hits1 = hits5 = 0
+    hits1 = hits5 = total = 0
+    if isinstance(images, Tensor):
+        chunks = ((images[s : s + batch_size], labels[s : s + batch_size]) for s in range(0, images.shape[0], batch_size))
+    else:  # a split of seedrun.data.loader, read a chunk at a time
+        chunks = images.chunks(batch_size)
     with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            logits = model(normalize_batch(images[start : start + batch_size].to(device), mean, std))
-            y = labels[start : start + batch_size].to(device).long().unsqueeze(1)
+        for chunk, chunk_labels in chunks:
+            logits = model(normalize_batch(chunk.to(device), mean, std))
+            y = chunk_labels.to(device).long().unsqueeze(1)
             hit = logits.topk(min(5, logits.shape[1]), dim=1).indices == y
             hits1 += int(hit[:, 0].sum())
             hits5 += int(hit.any(dim=1).sum())
-    return 100.0 * hits1 / images.shape[0], 100.0 * hits5 / images.shape[0]
+            total += len(chunk)
+    return 100.0 * hits1 / total, 100.0 * hits5 / total

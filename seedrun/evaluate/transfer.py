@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "ChannelStats",
     "ImageSet",
     "TransferDataset",
     "channel_stats",
@@ -60,19 +61,34 @@ class TransferDataset:
     classes: list[str] = field(default_factory=list)
 
 
+class ChannelStats:
+    """Per-channel mean and (population) std of uint8 (N, C, H, W) chunks on the [0, 1] scale, accumulated
+    in float64 a chunk at a time: ``add`` each chunk (of a streamed set, say), then ``result()``."""
+
+    def __init__(self, channels: int) -> None:
+        self.total = torch.zeros(channels, dtype=torch.float64)
+        self.total_sq = torch.zeros_like(self.total)
+        self.count = 0
+
+    def add(self, images: Tensor) -> None:
+        x = images.to(torch.float64).div_(255.0)
+        self.total += x.sum(dim=(0, 2, 3))
+        self.total_sq += x.square().sum(dim=(0, 2, 3))
+        self.count += images.shape[0] * images.shape[2] * images.shape[3]
+
+    def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.square()).clamp_min(0).sqrt()
+        return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 (N, C, H, W) images on the [0, 1] scale,
     accumulated in float64 chunk by chunk."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
+    stats = ChannelStats(images.shape[1])
     for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += x.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+        stats.add(images[start : start + chunk])
+    return stats.result()
 
 
 def load_digits_dataset(
