@@ -206,7 +206,8 @@ class RankFailed(RuntimeError):
     """Another rank's exception, as rank 0 records it: its class name, message and failure class."""
 
     def __init__(self, record: dict[str, Any]):
-        super().__init__(f"rank {record['rank']} raised {record['type']}: {record['message']}\n{record['traceback']}")
+        # its traceback first, the summary last: the recorded error is the tail of this
+        super().__init__(f"{record['traceback']}\nrank {record['rank']} raised {record['type']}: {record['message']}")
         self.failure_reason = record.get("reason") or "exception"
         self.type_name = record["type"]
 
