@@ -1,0 +1,148 @@
+"""Two ranks per run through the CLI and the local launcher (submitit LocalExecutor, tasks_per_node=2,
+gloo on CPU): rank 0 records each run once, rank 1 trains beside it and logs to its own file; an
+exception on rank 1 fails the run with its class in bounded time; a USR2 at a step requeues the whole
+job, which resumes and ends bit-identical to the uninterrupted 2-rank run.
+
+Faults are injected into the real job processes by a sitecustomize.py on PYTHONPATH (the task's
+SUBMITIT_LOCAL_GLOBALID says which rank it is), so nothing in seedrun knows about them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CLI
+
+SWEEP = """name: ranks
+ablation: temperature
+base:
+  data: tiny
+  teacher.width: 8
+  teacher.pretrain.epochs: 1
+  teacher.pretrain.batch_size: 32
+  teacher.pretrain.queue_size: 128
+  student.width: 8
+  distill.epochs: 2
+  distill.batch_size: 32
+  distill.queue_size: 128
+  distill.warmup_epochs: 0
+  threads: 1
+grid:
+  distill.tau_teacher: [TAU]
+launcher:
+  name: local
+  procs: 2
+"""
+
+# Loaded by every Python process of the sweep; acts only in the job's task of the rank it is told.
+SITECUSTOMIZE = '''
+import os
+if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == os.environ.get("FAULT_RANK") and os.environ.get("FAULT"):
+    import json
+    import signal
+    from pathlib import Path
+    import seedrun.training.loop as loop
+    marker = Path(os.environ["FAULT_MARKER"])
+    after_step = loop.Loop.after_step
+
+    def faulty(self, step, state):
+        distilling = json.loads((self.run_dir / "run.json").read_text())["stage"] == "distill"
+        if step == 5 and distilling and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            if os.environ["FAULT"] == "raise":
+                raise ValueError("injected on this rank")
+            os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm or a preemption would: the job stops at this step
+        return after_step(self, step, state)
+    loop.Loop.after_step = faulty
+'''
+
+
+def _sweep(home: Path, tmp: Path, tau: str, fault: str = "", rank: int = 1) -> tuple[CLI, float]:
+    cli = CLI(home)
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    cli.env.update(PYTHONPATH=str(site), FAULT=fault, FAULT_RANK=str(rank), FAULT_MARKER=str(tmp / f"fault-{tau}"),
+                   SEEDRUN_DIST_TIMEOUT_S="60")
+    path = tmp / f"s{tau}.yaml"
+    path.write_text(SWEEP.replace("TAU", tau))
+    started = time.monotonic()
+    result = cli("sweep", str(path), check=False, timeout=300)
+    return result, time.monotonic() - started
+
+
+def _rows(home: Path) -> list[tuple]:
+    with sqlite3.connect(home / "seedrun.db") as c:
+        return c.execute("select hash, stage, state, attempts, failure_reason, error, run_dir, provenance "
+                         "from runs order by stage desc, hash").fetchall()
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted 2-rank sweep: a teacher pre-trained on rank 0 alone, one distillation on 2 ranks."""
+    tmp = tmp_path_factory.mktemp("straight")
+    result, seconds = _sweep(tmp / "home", tmp, "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "home", result, seconds
+
+
+def test_a_two_rank_sweep_completes_and_rank_0_records_each_run_once(straight):
+    home, result, _ = straight
+    assert "completed 2" in result.stdout
+    rows = _rows(home)
+    assert [(stage, state, attempts) for _, stage, state, attempts, *_ in rows] == [
+        ("pretrain", "completed", 1), ("distill", "completed", 1)]
+    for _, stage, _, _, _, _, run_dir, prov in rows:
+        run_dir = Path(run_dir)
+        assert json.loads(prov)["world"] == 2
+        rank1 = (run_dir / "log.rank1.txt").read_text()
+        assert "[rank 1]" not in (run_dir / "log.txt").read_text()  # rank 0's log is rank 0's
+        assert not list(run_dir.glob("failure.rank*.json"))
+        metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
+        assert len(metrics) == (1 if stage == "pretrain" else 2)  # one line an epoch: rank 1 recorded none
+        if stage == "pretrain":
+            assert "runs on rank 0 alone" in rank1
+        else:
+            assert "rank 1 of 2" in rank1 and "epoch 2/2" in rank1
+            with sqlite3.connect(home / "seedrun.db") as c:
+                names = [n for (n,) in c.execute("select name from metrics")]
+            assert names.count("loss") == 2 + 1  # the teacher's epoch and the student's two, once each
+
+
+def test_an_exception_on_rank_1_fails_the_run_with_its_class_in_bounded_time(straight, tmp_path):
+    home, _, _ = straight
+    result, seconds = _sweep(home, tmp_path, "0.1", fault="raise")  # the teacher is done: only the student runs
+    assert "failed 1" in result.stdout, result.stdout + result.stderr
+    failed = [row for row in _rows(home) if row[2] == "failed"]
+    assert len(failed) == 1
+    _, stage, _, attempts, reason, error, run_dir, _ = failed[0]
+    assert (stage, attempts, reason) == ("distill", 1, "exception")
+    assert "rank 1 raised ValueError: injected on this rank" in error
+    assert seconds < 120  # rank 0's collective fails when rank 1 exits; never the process group's timeout
+    assert "ValueError" in (Path(run_dir) / "log.rank1.txt").read_text()
+
+
+def test_usr2_at_a_step_requeues_both_ranks_and_resume_is_bit_identical(straight, tmp_path):
+    home, _, _ = straight
+    other = tmp_path / "home"
+    result, _ = _sweep(other, tmp_path, "0.01", fault="usr2", rank=0)
+    assert "completed 2" in result.stdout, result.stdout + result.stderr
+    assert (tmp_path / "fault-0.01").exists()  # the signal did come, at step 5
+    row = [r for r in _rows(other) if r[1] == "distill"][0]
+    prov = json.loads(row[7])
+    assert row[3] == 2 and prov["preemptions"] == 1  # one requeue of the whole job
+    log = (Path(row[6]) / "log.txt").read_text()
+    assert "requeueing after a preemption" in log and "resumed from step 5" in log
+    assert "resumed from step 5" in (Path(row[6]) / "log.rank1.txt").read_text()
+    straight_row = [r for r in _rows(home) if r[1] == "distill" and r[2] == "completed"][0]
+    a, b = (torch.load(Path(r[6]) / "checkpoint.pt", weights_only=True) for r in (straight_row, row))
+    assert a["step"] == b["step"] == 20
+    for name, value in a["student"].items():
+        assert torch.equal(value, b["student"][name]), name
+    assert torch.equal(a["queue"]["embeddings"], b["queue"]["embeddings"])
