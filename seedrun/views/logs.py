@@ -46,6 +46,9 @@ def show_logs(db_url: str, run_prefix: str) -> int:
     print(f"\n== {log}")
     text = _tail(log, 10**6)
     print(text if text is not None else "(no log yet: the run has not started)")
+    for rank_log in sorted(run_dir.glob("log.rank*.txt")):  # the other ranks of a multi-process run
+        print(f"\n== {rank_log} (last {LOG_TAIL_LINES} lines)")
+        print(_tail(rank_log, LOG_TAIL_LINES) or "(empty)")
     for key in ("log_out", "log_err"):
         if prov.get(key):
             path = Path(prov[key])
