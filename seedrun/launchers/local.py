@@ -7,8 +7,10 @@ one that another process started or finished meanwhile is left to it.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
@@ -64,6 +66,9 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     timeout = int(launcher.get("timeout_min") or 0) or 60 * 24 * 7
     # launcher.procs processes per run (seedrun.job.ranks): global rank 0 records, the others train beside it
     executor.update_parameters(timeout_min=timeout, tasks_per_node=tasks_per_node(launcher))
+    gpus = local_gpus()  # else submitit's LocalExecutor hides every GPU (CUDA_VISIBLE_DEVICES='')
+    if gpus:
+        executor.update_parameters(gpus_per_node=len(gpus), visible_gpus=gpus)  # rank r uses cuda:r
     ordered = sorted(runs, key=lambda run: STAGE_ORDER.index(run.stage))  # stable: sweep order within a stage
     submission = f"local-{uuid.uuid4().hex[:12]}"
     outcome = {"completed": 0, "failed": 0, "blocked": 0}
@@ -115,6 +120,16 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
             outcome["completed" if state == COMPLETED else "failed"] += 1
             progress.advance(overall)
     return outcome
+
+
+def local_gpus() -> tuple[int, ...]:
+    """The GPUs local jobs may use, without importing torch: those CUDA_VISIBLE_DEVICES lists (by index),
+    else the NVIDIA device files of this machine; none on a machine without them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        return tuple(int(d) for d in ids) if all(d.isdigit() for d in ids) else ()
+    return tuple(sorted(int(p.name[6:]) for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit()))
 
 
 def _job_error(job) -> Optional[str]:
