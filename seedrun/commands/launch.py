@@ -36,7 +36,10 @@ def cmd_sweep(args) -> int:
         from seedrun.launchers.local import run_local
 
         outcome = run_local(plan, todo, db_url, args.data_root, console)
-        console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}")
+        console.print(f"completed {outcome['completed']}  failed {outcome['failed']}  blocked {outcome['blocked']}"
+                      + (f"  not started {outcome['not_started']}" if outcome.get("not_started") else ""))
+        if outcome.get("not_started"):  # the database is unreachable: no table to read from it now
+            return 1
     else:
         outcome = {"failed": 0, "blocked": 0}
         console.print("nothing to run: every run is done or in flight")

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import select
 
 from seedrun.store.catchup import catch_up
-from seedrun.store.folders import hostname
-from seedrun.store.plan import Plan
+from seedrun.store.folders import hostname, read_record
+from seedrun.store.plan import Plan, run_dir_for
 from seedrun.store.schema import Run
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
 from seedrun.sweeps.launcher_values import tasks_per_node
@@ -54,6 +54,21 @@ def _state(db_url: str, run_hash: str) -> tuple[str, int, Optional[str]]:
         return run.state, run.epoch, run.error
 
 
+def _state_or_folder(db_url: str, run_hash: str) -> tuple[str, Optional[int], Optional[str]]:
+    """The run's state from the database; while the database is unreachable, from the run's own folder
+    record (seedrun.store.folders), which the job writes first."""
+    try:
+        return _state(db_url, run_hash)
+    except Exception:
+        record = read_record(str(run_dir_for(run_hash))) or {}
+        return record.get("state") or "unknown", record.get("epoch"), record.get("error")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
 def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[str], console: Console) -> dict[str, int]:
     """Run each run in a subprocess, teachers first; a failed upstream blocks its dependants."""
     import submitit
@@ -76,23 +91,33 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         overall = progress.add_task(f"sweep {plan.sweep.name}", total=len(ordered), note="")
         for run in ordered:
-            upstream_state = _state(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
-            if upstream_state != COMPLETED:
-                if _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}"):
-                    outcome["blocked"] += 1
-                progress.advance(overall)
-                continue
-            if not _mark(db_url, run.hash, SUBMITTED, None):  # another process took it since the plan was read
+            upstream_state = _state_or_folder(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
+            try:
+                if upstream_state != COMPLETED:
+                    if _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}"):
+                        outcome["blocked"] += 1
+                    progress.advance(overall)
+                    continue
+                taken = _mark(db_url, run.hash, SUBMITTED, None)
+            except Exception as exc:  # a run is started only once the database says this launcher holds it
+                console.print(f"database unreachable ({_first_line(exc)}): {len(ordered) - ordered.index(run)} runs "
+                              "not started; `seedrun sweep` again starts them")
+                outcome["not_started"] = len(ordered) - ordered.index(run)
+                break
+            if not taken:  # another process took it since the plan was read
                 progress.advance(overall)
                 continue
             task = progress.add_task(_label(run), total=_epochs(run), note="starting")
             attempt = RunJob(run.hash, db_url, data_root)
             attempt.submission = submission  # a new `seedrun sweep` starts the run's budgets afresh
             job = executor.submit(attempt)
-            with session_scope(db_url) as session:
-                row = session.scalars(select(Run).where(Run.hash == run.hash)).one()
-                row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
-                row.provenance = {**(row.provenance or {}), "host": hostname()}
+            try:
+                with session_scope(db_url) as session:
+                    row = session.scalars(select(Run).where(Run.hash == run.hash)).one()
+                    row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
+                    row.provenance = {**(row.provenance or {}), "host": hostname()}
+            except Exception:  # the job records its own job id and host in its folder first
+                pass
             ended_at = None
             while not job.done():
                 try:
@@ -106,15 +131,25 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                         job.cancel()  # the controller stops every rank (SIGINT, then SIGKILL)
                         break
                 time.sleep(POLL_SECONDS)
-            catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
-            state, epoch, error = _state(db_url, run.hash)
+            try:
+                catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
+                state, epoch, error = _state_or_folder(db_url, run.hash)
+            except Exception:  # the database lags behind the folder; `seedrun status` or `sync` brings it in
+                record = read_record(str(run_dir_for(run.hash))) or {}
+                state, epoch, error = record.get("state") or "unknown", record.get("epoch"), record.get("error")
             if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
-                _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",
-                      expect=(PENDING,) + IN_FLIGHT)
-                state = _state(db_url, run.hash)[0]
+                try:
+                    _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",
+                          expect=(PENDING,) + IN_FLIGHT)
+                except Exception:
+                    pass
+                state = FAILED
             note = state
             if state == COMPLETED:
-                metrics = _metrics(db_url, run.hash)
+                try:
+                    metrics = _metrics(db_url, run.hash)
+                except Exception:
+                    metrics = (read_record(str(run_dir_for(run.hash))) or {}).get("summary") or {}
                 note = f"k-NN top-1 {metrics.get('knn_top1', float('nan')):.1f}%"
             progress.update(task, completed=epoch, note=note)
             outcome["completed" if state == COMPLETED else "failed"] += 1
