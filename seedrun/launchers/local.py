@@ -133,10 +133,10 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 time.sleep(POLL_SECONDS)
             try:
                 catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
-                state, epoch, error = _state_or_folder(db_url, run.hash)
+                state, epoch, _ = _state_or_folder(db_url, run.hash)
             except Exception:  # the database lags behind the folder; `seedrun status` or `sync` brings it in
                 record = read_record(str(run_dir_for(run.hash))) or {}
-                state, epoch, error = record.get("state") or "unknown", record.get("epoch"), record.get("error")
+                state, epoch = record.get("state") or "unknown", record.get("epoch")
             if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
                 try:
                     _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",
