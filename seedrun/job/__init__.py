@@ -2,6 +2,7 @@
 
     run_job      RunJob, the submitit Checkpointable: start, train, stop at a step boundary, requeue, record
     signals      USR2/SIGTERM heard, the attempt stopped at a step boundary
+    ranks        several processes per run: global rank 0 records, the others train beside it and leave
     budgets      how many preemptions, timeouts and failures a run may spend
     failures     failure classes (`failure_reason`) and the exceptions that end an attempt
     provenance   where and with what an attempt ran, and what it cost
