@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seedrun.models.layouts import layout_of
 from seedrun.models.model_file import sha256_file
 
 FORMATS = ("mocov2", "swav", "simclr", "torchvision", "seedrun")
@@ -124,18 +125,9 @@ def detect_format(state: dict) -> str:
     if isinstance(state.get("seedrun"), Mapping):
         return "seedrun"
     _, inner = _inner(state)
-    keys = [k for k, v in inner.items() if isinstance(v, torch.Tensor)]
-    if any(re.match(r"^(module\.)*encoder_q\.", k) for k in keys):
-        return "mocov2"
-    stripped = {_strip_module(k) for k in keys}
-    if any(k.startswith(("projection_head.", "prototypes")) for k in stripped):
-        return "swav"
-    if {"fc.0.weight", "fc.1.running_mean", "fc.3.weight"} <= stripped:
-        return "simclr"
-    if "conv1.weight" in stripped and any(k.startswith("layer1.") for k in stripped):
-        if "fc.weight" in stripped or not any(k.startswith("module.") for k in keys):
-            return "torchvision"
-        return "swav"  # module.-prefixed ResNet without head or classifier: SwAV's DDP backbone
+    layout = layout_of(k for k, v in inner.items() if isinstance(v, torch.Tensor))
+    if layout is not None:
+        return layout
     top = _short(sorted(str(k) for k in state))
     raise CheckpointError(f"unrecognised checkpoint layout (top-level keys {top})")
 

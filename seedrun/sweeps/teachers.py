@@ -22,11 +22,11 @@ import hashlib
 import json
 import os
 import pickletools
-import re
 import zipfile
 from typing import Optional
 
 from seedrun.errors import InputError
+from seedrun.models.layouts import layout_of
 
 _MEMO: dict[tuple[str, int, int], dict] = {}
 
@@ -113,18 +113,7 @@ def peek_format(path: str) -> Optional[str]:
         return None
     if "seedrun" in names and "backbone" in names:
         return "seedrun"
-    if any(re.match(r"^(module\.)*encoder_q\.", n) for n in names):
-        return "mocov2"
-    stripped = {re.sub(r"^(module\.)+", "", n) for n in names}
-    if any(n.startswith(("projection_head.", "prototypes")) for n in stripped):
-        return "swav"
-    if {"fc.0.weight", "fc.1.running_mean", "fc.3.weight"} <= stripped:
-        return "simclr"
-    if "conv1.weight" in stripped and any(n.startswith("layer1.") for n in stripped):
-        if "fc.weight" in stripped or not any(n.startswith("module.") for n in names):
-            return "torchvision"
-        return "swav"
-    return None
+    return layout_of(names)
 
 
 def check_teacher_file(path: str, source: str, key: str) -> str:
