@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from seedrun.store.schema import utcnow
+from seedrun.store.tables import utcnow
 
 #: Events kept in provenance["events"].
 MAX_EVENTS = 50

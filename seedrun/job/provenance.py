@@ -18,7 +18,7 @@ import submitit
 
 from seedrun import __version__
 from seedrun.store.folders import hostname
-from seedrun.store.schema import utcnow
+from seedrun.store.tables import utcnow
 
 
 def add_hours(prov: dict[str, Any], seconds: float) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import submitit
 
 from seedrun.store.folders import FolderRecord, append_metrics, write_record
-from seedrun.store.schema import utcnow
+from seedrun.store.tables import utcnow
 from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED,
                                   transition_record)
 from seedrun.job.recording import finite_or_none, load_run, pull, push

@@ -243,7 +243,7 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     if job_factory is None:
         from seedrun.job.run_job import RunJob as job_factory  # no torch: the job imports it when it trains
 
-    from seedrun.store.schema import utcnow
+    from seedrun.store.tables import utcnow
 
     since = utcnow()
     runs, blocked, alive = _split_blocked(todo, db_url)
