@@ -66,6 +66,8 @@ def _optional(check: Callable[[Any], Optional[str]]) -> Callable[[Any], Optional
     return optional
 
 
+# The job's budgets (seedrun.job.budgets), under either launcher; -1 = no limit.
+BUDGET_SETTINGS = {key: _integer(-1) for key in ("max_preemptions", "max_timeouts", "max_failures")}
 NAMES = "a Slurm name (letters, digits, _ . + -; a list separated by ',')"
 SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
     "slurm": {
@@ -81,17 +83,13 @@ SETTINGS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
         "timeout_min": _integer(1),
         "array_parallelism": _integer(1),
         "signal_delay_s": _integer(0),
-        "max_preemptions": _integer(-1),
-        "max_timeouts": _integer(-1),
-        "max_failures": _integer(-1),
+        **BUDGET_SETTINGS,
     },
     "local": {
         "cpus_per_task": _integer(0),
         "timeout_min": _integer(0),
         "procs": _integer(1),
-        "max_preemptions": _integer(-1),
-        "max_timeouts": _integer(-1),
-        "max_failures": _integer(-1),
+        **BUDGET_SETTINGS,
     },
 }
 
