@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any, Iterator, Optional
 
 RECORD = "run.json"
@@ -112,7 +111,7 @@ def append_metrics(run_dir: str, epoch: int, metrics: dict[str, float]) -> None:
 
 def hostname() -> str:
     """This host's name as seedrun sees it: SEEDRUN_HOSTNAME if set (tests, containers), else the system's."""
-    return os.environ.get("SEEDRUN_HOSTNAME") or socket.gethostname()
+    return os.environ.get("SEEDRUN_HOSTNAME") or os.uname().nodename  # socket.gethostname(), without importing socket
 
 
 def sqlite_path(url: str) -> Optional[str]:

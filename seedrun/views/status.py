@@ -9,7 +9,7 @@ import os
 from collections import Counter
 from typing import Any, Optional
 
-from seedrun.store.records import connect, has_settings, listed_rows, load_records
+from seedrun.store.records import parse_all, connect, has_settings, listed_rows, load_records
 from seedrun.store.states import STATES
 
 
@@ -72,6 +72,49 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
     return [(record.state, _run_as_json(record)) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS)]
 
 
+# A row of the listing as text, made by SQLite (10,000 RunRecords cost a third of status's time); its
+# columns are those of _record_row, which makes them elsewhere, and the setting is the axes' JSON,
+# written out in Python (Python's str of a float is not SQLite's).
+_ROW_SQL = """
+    SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes},
+        CASE r.stage WHEN 'pretrain' THEN
+            coalesce(json_extract(r.settings, '$."pretrain.method"'), 'None') || ' ' ||
+            coalesce(json_extract(r.settings, '$."pretrain.arch"'), 'None') || ' (' ||
+            coalesce(nullif(json_extract(r.settings, '$."pretrain.role"'), ''), 'teacher') || ')' ELSE '' END,
+        CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
+        r.epoch || coalesce('/' || nullif(json_extract(r.settings, CASE r.stage WHEN 'pretrain'
+            THEN '$."pretrain.epochs"' ELSE '$."distill.epochs"' END), 0), ''),
+        json_extract(r.summary, '$."knn_top1"'), coalesce(r.job_id, ''), r.state
+    FROM runs r"""
+
+
+def _record_row(record) -> tuple[str, ...]:
+    metric = record.metrics.get("knn_top1")
+    epochs = _epochs(record.config, record.stage)
+    return (record.sweep or "", record.hash[:12], record.stage, _describe(record),
+            f"{record.state} ({record.failure_reason})" if record.failure_reason else record.state,
+            f"{record.epoch}/{epochs}" if epochs else str(record.epoch),
+            f"{metric:.2f}" if metric is not None else "", record.job_id or "", record.state)
+
+
+def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
+    """The listing's rows as text, in the order status lists runs, each ending in the run's state."""
+    if db_url.startswith("sqlite:///"):
+        from contextlib import closing
+
+        connection, _ = connect(db_url)
+        with closing(connection):
+            cursor = connection.cursor()
+            if has_settings(cursor):
+                fetched = listed_rows(cursor, lambda name, axes: _ROW_SQL.format(sweep=name, axes=axes), "?", sweep)
+                axes = parse_all([row[4] for row in fetched])
+                return [(row[1], row[2], row[3],
+                         " ".join([f"{key}={value}" for key, value in run_axes.items()]) if run_axes else row[5],
+                         row[6], row[7], f"{row[8]:.2f}" if row[8] is not None else "", row[9], row[10])
+                        for row, run_axes in zip(fetched, axes)]
+    return [_record_row(record) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])]
+
+
 def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
     if db_url.startswith("sqlite:///"):
         if not os.path.exists(db_url.removeprefix("sqlite:///")):
@@ -88,20 +131,13 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
         print(f'{{"counts": {json.dumps({state: counts.get(state, 0) for state in STATES})}, '
               f'"runs": [{", ".join(text for _, text in runs)}]}}')
         return 0
-    records = load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])
-    _check_sweep(db_url, sweep, records)
-    counts = Counter(record.state for record in records)
+    rows = _status_rows(db_url, sweep)
+    _check_sweep(db_url, sweep, rows)
+    counts = Counter(row[-1] for row in rows)
     # Plain aligned text: rich's Table takes seconds on 10,000 rows and status must stay instant.
     print("  ".join(f"{state} {counts[state]}" for state in STATES if counts.get(state)) or "no runs")
     header = ("sweep", "run", "stage", "setting", "state", "epoch", "k-NN top-1", "job")
-    rows = [header]
-    for r in records:
-        metric = r.metrics.get("knn_top1")
-        epochs = _epochs(r.config, r.stage)
-        rows.append((r.sweep or "", r.hash[:12], r.stage, _describe(r),
-                     f"{r.state} ({r.failure_reason})" if r.failure_reason else r.state,
-                     f"{r.epoch}/{epochs}" if epochs else str(r.epoch),
-                     f"{metric:.2f}" if metric is not None else "", r.job_id or ""))
+    rows = [header] + [row[:-1] for row in rows]
     widths = [max(map(len, column)) for column in zip(*rows)]
     line = "  ".join(f"{{:<{width}}}" for width in widths)
     print("\n".join(line.format(*row).rstrip() for row in rows))
