@@ -14,8 +14,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from seedrun.losses.infonce import infonce_loss
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def binary_contrastive_loss(z_student: Tensor, z_teacher: Tensor, queue: Tensor, tau: float) -> Tensor:
     """Mean InfoNCE over the batch: (N, dim) student queries, (N, dim) teacher positives, (K, dim) queue."""
     if tau <= 0:

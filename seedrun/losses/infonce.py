@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def infonce_loss(query: Tensor, positive: Tensor, queue: Tensor, tau: float) -> Tensor:
     """Mean InfoNCE over the batch for (N, dim) queries and positives and a (K, dim) queue."""
     logits = torch.cat([(query * positive).sum(dim=1, keepdim=True), query @ queue.T], dim=1) / tau

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from seedrun.losses.precision import fp32
 
 
 def _assign(features: Tensor, centroids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -91,6 +92,7 @@ def kmeans(
     return centroids, labels
 
 
+@fp32
 def kmeans_loss(logits: Tensor, pseudo_labels: Tensor) -> Tensor:
     """Cross-entropy of (N, k) student cluster logits against (N,) k-means pseudo-labels; batch mean."""
     return F.cross_entropy(logits, pseudo_labels)
@@ -136,5 +138,6 @@ class KMeansLoss(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(dim, num_clusters)
 
+    @fp32  # the classifier's logits too: under bf16 autocast the Linear would return bf16
     def forward(self, z_student: Tensor, pseudo_labels: Tensor) -> Tensor:
         return kmeans_loss(self.classifier(z_student), pseudo_labels)

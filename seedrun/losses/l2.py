@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def l2_loss(z_student: Tensor, z_teacher: Tensor) -> Tensor:
     """Mean over the batch of ||normalize(z_S) - normalize(z_T)||^2 for (N, dim) embeddings."""
     z_student = F.normalize(z_student, dim=1)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def ntxent_loss(z1: Tensor, z2: Tensor, tau: float = 0.5) -> Tensor:
     """Mean NT-Xent over the 2N views of (N, dim) view-1 and view-2 embeddings (normalised here)."""
     if tau <= 0:

@@ -19,9 +19,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from seedrun.losses.precision import fp32
 
 
 @torch.no_grad()
+@fp32
 def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
     """SwAV's equipartitioned soft codes for (B, P) scores; each row of the (B, P) result sums to 1."""
     if epsilon <= 0 or iterations < 1:
@@ -40,6 +42,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     return (q * batch).T.to(dtype)
 
 
+@fp32
 def online_clustering_loss(
     z_student: Tensor,
     z_teacher: Tensor,

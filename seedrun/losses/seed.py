@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def seed_loss(z_student: Tensor, z_teacher: Tensor, queue: Tensor, tau_student: float, tau_teacher: float) -> Tensor:
     """SEED loss for L2-normalised (N, dim) embeddings and a (K, dim) queue; mean over the batch."""
     if tau_student <= 0 or tau_teacher <= 0:

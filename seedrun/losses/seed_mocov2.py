@@ -13,8 +13,10 @@ from torch import Tensor, nn
 
 from seedrun.losses.infonce import infonce_loss
 from seedrun.losses.seed import seed_loss
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def seed_mocov2_loss(
     z_student: Tensor,
     z_teacher: Tensor,

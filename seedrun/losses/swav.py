@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seedrun.losses.online_clustering import sinkhorn
+from seedrun.losses.precision import fp32
 
 
+@fp32
 def swav_loss(
     scores_views: Sequence[Tensor],
     tau: float = 0.1,

@@ -24,7 +24,7 @@ from seedrun.losses import seed_loss
 from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
-from seedrun.training import distributed
+from seedrun.training import distributed, kernels
 from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
 from seedrun.training.queue import EmbeddingQueue
@@ -59,15 +59,20 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     ranks = distributed.current()  # one process unless the job set up a process group
     device = distributed.device_for(ranks, setup_torch(config))
     data_cfg, d, s = config["data"], config["distill"], config["student"]
-    train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
+    kernels.configure(d, device)  # distill.deterministic: exact kernels, or cudnn.benchmark
+    # data.augment.preset=auto: the augmentation of the teacher's method, as the official main.py
+    train = open_split(data_cfg, "train", data_root, hooks.log, method=config["teacher"].get("method", "mocov2"))
+    test = open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(config["seed"])
 
     teacher_backbone, teacher_head = load_teacher(config, teacher_dir)
-    teacher = nn.Sequential(teacher_backbone, teacher_head).to(device).eval().requires_grad_(False)
+    teacher = kernels.prepare(nn.Sequential(teacher_backbone, teacher_head), device).eval().requires_grad_(False)
     torch.manual_seed(seed)
     backbone, head, _ = create_network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"],
                                 s.get("head_layers", 2))
-    student = nn.Sequential(backbone, head).to(device)
+    student = kernels.prepare(nn.Sequential(backbone, head), device)
+    if ranks.active and d.get("sync_bn", False):  # BN over the global batch: N ranks compute what one process does
+        student = kernels.convert_sync_bn(student, device)
     objective = create_objective(d, s["dim"], seed, student).to(device)
     queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device)
     # The appendix's small-patch distillation: extra small crops against a second queue of their own.
@@ -104,9 +109,11 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
                 "step": step, "epoch": step // steps_per_epoch,
                 **({"rng_ranks": ranks.gather_object(rng_state()), "world": ranks.world,
-                    # parameters, not BN buffers: those stay per rank (broadcast_buffers=False); rank 0's are saved
+                    # parameters; BN buffers only under sync_bn: else they stay per rank (broadcast_buffers=False,
+                    # each rank's own half of the batch) and rank 0's are saved
                     "rank_digests": distributed.check_identical(ranks, "the student and the queue", [
-                        *student.parameters(), queue.embeddings, torch.tensor(queue.pointer)])}
+                        *student.parameters(), *(student.buffers() if d.get("sync_bn") else ()),
+                        queue.embeddings, torch.tensor(queue.pointer)])}
                    if ranks.active else {})}
 
     model = student  # several processes: DDP averages the student's gradients (official: broadcast_buffers=False)
@@ -121,26 +128,26 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             ranks.barrier()
         loop.save, loop.agree = save_on_main, ranks.agree
 
+    model = kernels.maybe_compile(model, d)  # distill.compile (off by default)
+
     views = batch_views(d)
     batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
     for epoch in range(step // steps_per_epoch, d["epochs"]):
         student.train()
         started, losses = time.monotonic(), []
         for batch in batches.epoch(epoch, step % steps_per_epoch):
-            indices, view = batch.indices, batch.view(0, device)
-            another_view = lambda: batch.view(1, device)  # noqa: E731
+            indices, view = batch.indices, kernels.as_input(batch.view(0, device), device)
+            another_view = lambda: kernels.as_input(batch.view(1, device), device)  # noqa: E731
             loop.set_lr(optimizer, step)
             with autocast(config, device):
-                with torch.no_grad():
-                    z_teacher = F.normalize(teacher(view).float(), dim=1)
+                z_teacher = F.normalize(kernels.teacher_forward(teacher, view).float(), dim=1)
                 z_student = F.normalize(model(view).float(), dim=1)
                 loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
                 if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
                     small_losses = []
                     for crop in range(small_patches):
-                        small = batch.view(2 + crop, device)
-                        with torch.no_grad():
-                            z_teacher_small = F.normalize(teacher(small).float(), dim=1)
+                        small = kernels.as_input(batch.view(2 + crop, device), device)
+                        z_teacher_small = F.normalize(kernels.teacher_forward(teacher, small).float(), dim=1)
                         z_student_small = F.normalize(student(small).float(), dim=1)
                         small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
                                                       d["tau_student"], d["tau_teacher"]))
