@@ -19,7 +19,8 @@ EXECUTION_KEYS = ("launcher", "device", "threads")
 EXECUTION_SUBKEYS = (("data", "root"), ("data", "loader_workers"), ("data", "workers"), ("data", "prefetch"),
                      ("data", "max_bad_images"), ("eval", "after"), ("eval", "protocols"))
 # Keys left out while at these values, so that adding them to the recipes kept recorded runs' hashes.
-DEFAULT_SUBKEYS = {("data", "loader"): "auto"}
+DEFAULT_SUBKEYS = {("data", "loader"): "auto", ("distill", "sync_bn"): False, ("distill", "deterministic"): True,
+                   ("distill", "compile"): False}
 
 
 def canonical_json(value: Any) -> str:

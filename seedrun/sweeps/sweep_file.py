@@ -273,6 +273,9 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     if world > 1 and isinstance(distill.get("small_crops"), int) and distill["small_crops"] > 0:
         raise InputError(path, _where("distill.small_crops", values),  # seedrun.training.distill refuses it
                          f"expected 0 under {world} processes per run (small patches run in one process only)")
+    for key in ("sync_bn", "deterministic", "compile"):  # seedrun.training.kernels
+        if key in distill and not isinstance(distill[key], bool):
+            raise InputError(path, _where(f"distill.{key}", values), f"expected true or false, got {distill[key]!r}")
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")
