@@ -1,6 +1,7 @@
 """Budgets: how many preemptions, timeouts and failures a run may spend before it fails for good.
 
-The counts live in run.provenance (`preemptions`, `timeouts`, `failures`) with an `events` list;
+The counts live in run.provenance (`preemptions`, `timeouts`, `failures`; `progress_timeouts`: time limits
+that ended an attempt which made progress, which spend nothing) with an `events` list;
 the limits come from the launcher settings (config["launcher"], or the launcher recorded at submission).
 """
 
@@ -38,6 +39,15 @@ def reset_budgets(prov: dict[str, Any], submission: Optional[str]) -> bool:
     prov.update({"preemptions": 0, "timeouts": 0, "failures": 0, "attempt_open": False})
     prov["submission"] = {**(prov.get("submission") or {}), "id": submission}
     return True
+
+
+def spends_budget(kind: str, progressed: bool) -> bool:
+    """Whether an interruption counts against its budget. A time limit that ends an attempt which advanced
+    the run (a checkpoint at a later step) spends nothing: a 200-epoch run under a 24-hour limit needs
+    many attempts and must not fail after max_timeouts of them. Only a timeout whose attempt made no
+    progress (stuck loading, a step longer than the limit) counts: that run would requeue forever.
+    Preemptions count either way (the cluster's doing; max_preemptions is unlimited by default)."""
+    return kind != "timeouts" or not progressed
 
 
 def record_event(prov: dict[str, Any], attempt: int, kind: str, detail: str) -> None:

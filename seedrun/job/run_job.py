@@ -12,8 +12,9 @@ cancelled nor completed, and ends or requeues only a run it holds as `running`, 
 Stopping at a step boundary on USR2 or SIGTERM, then requeueing: seedrun.job.signals.
 
 Budgets (config["launcher"], or the launcher recorded at submission): `max_preemptions` (-1 = no
-limit), `max_timeouts` (default 3), `max_failures` (retries of a run that raised; default 0; a NaN
-loss is never retried: the rerun would reproduce it). The counts live in run.provenance as
+limit), `max_timeouts` (default 3; only time limits whose attempt made no progress count: see
+budgets.spends_budget), `max_failures` (retries of a run that raised; default 0; a NaN loss is never
+retried: the rerun would reproduce it). The counts live in run.provenance as
 `preemptions`, `timeouts`, `failures`, with an `events` list; a spent budget fails the run with
 failure_reason `preempted`, `timeout` or the failure's own class.
 """
@@ -37,7 +38,7 @@ from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, 
 from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job import ranks
-from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets
+from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets, spends_budget
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
 from seedrun.job.signals import StepBoundarySignals, signal_name
@@ -45,6 +46,7 @@ from seedrun.job.provenance import (accelerator, add_hours, job_environment, job
                                     teacher_digest, teacher_file)
 
 LOG = "log.txt"
+CHECKPOINT = "checkpoint.pt"  # seedrun.training.checkpoints.CHECKPOINT (not imported: that module loads torch)
 #: After a SIGTERM the job waits this long for SIGKILL (Slurm's KillWait) or a USR2 before it exits.
 SIGTERM_WAIT_S = 120.0
 
@@ -70,6 +72,8 @@ class _RecordingHooks:
         self.job._update(record)
 
     def should_stop(self) -> bool:
+        # training.loop asks once after every step (after_step or end_epoch): the count is the attempt's steps
+        self.job._steps += 1
         return self.job.stop_requested
 
 
@@ -91,6 +95,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._handed_over = False
         self._accounted = False
         self._started = time.time()
+        self._steps = 0  # steps this attempt trained (_RecordingHooks.should_stop)
         self._budgets = dict(DEFAULT_BUDGETS)
         self._grace_s = 60.0
         self._hooks: Optional[_RecordingHooks] = None
@@ -135,8 +140,8 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         if start is None:
             return {}
         config, run_dir, stage, teacher_dir = start
-        if stage != "distill":
-            self._group.alone()  # pre-training and evaluation run on rank 0 alone (seedrun.job.ranks)
+        if not ranks.on_all_ranks(stage):
+            self._group.alone()  # evaluation runs on rank 0 alone (seedrun.job.ranks)
         hooks = self._hooks = _RecordingHooks(self, run_dir)
         hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {job_id()}")
         try:
@@ -281,11 +286,13 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         timed_out = bool(owner.has_timed_out()) if hasattr(owner, "has_timed_out") else False
         kind = "timeouts" if timed_out else "preemptions"
         limit = self._budgets["max_timeouts" if timed_out else "max_preemptions"]
+        progressed = self._progressed()
+        spends = spends_budget(kind, progressed)
         outcome: dict[str, Any] = {}
 
         def record(run: FolderRecord, prov: dict[str, Any]) -> None:
-            count = prov.get(kind, 0) + 1
-            if 0 <= limit < count:
+            count = prov.get(kind, 0) + int(spends)
+            if spends and 0 <= limit < count:
                 what = "timeout" if timed_out else "preemption"
                 moved = _move(run, FAILED, failure_reason="timeout" if timed_out else "preempted", finished_at=utcnow(),
                               error=f"{what} budget spent: {count} {kind} > max_{kind}={limit}")
@@ -295,15 +302,22 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                 outcome["requeue"] = moved = _move(run, SUBMITTED, error=None)
             if moved:  # else cancelled (or ended by status) meanwhile: nothing to count, no requeue
                 prov[kind] = outcome["count"] = count
-                record_event(prov, run.attempts, "timeout" if timed_out else "preempted", "signal " + signal_name(self._signal))
+                detail = "signal " + signal_name(self._signal)
+                if not spends:
+                    prov["progress_timeouts"] = prov.get("progress_timeouts", 0) + 1
+                    detail += f"; the attempt made progress ({self._steps} steps, checkpoint written): budget not spent"
+                elif timed_out:
+                    detail += "; the attempt made no progress: counted against max_timeouts"
+                record_event(prov, run.attempts, "timeout" if timed_out else "preempted", detail)
 
         self._account(extra=record)
         if not outcome.get("requeue"):
             self._log(f"not requeued ({kind}: {outcome['count']}, limit {limit})" if "count" in outcome else
                       "not requeued: the run was cancelled or ended by another writer meanwhile")
             raise AttemptOver(f"interrupted, not requeued ({kind})")
-        self._log(f"requeueing after {'a timeout' if timed_out else 'a preemption'} ({kind}: {outcome['count']}"
-                  + (f" of {limit})" if limit >= 0 else ")"))
+        self._log(f"requeueing after {'a timeout' if timed_out else 'a preemption'}"
+                  + (f" that made progress ({self._steps} steps): not counted" if not spends else "")
+                  + f" ({kind}: {outcome['count']}" + (f" of {limit})" if limit >= 0 else ")"))
         try:
             handler(self._signal, None)  # submitit: checkpoint(), dump, `scontrol requeue`, sys.exit
         except Exception as exc:
@@ -311,6 +325,16 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
             self._update(lambda run, prov: _move(run, FAILED, expect=(SUBMITTED,), failure_reason="exception", error=error))
             raise AttemptOver("requeue failed") from exc
         raise AttemptOver("submitit did not exit after requeueing")
+
+    def _progressed(self) -> bool:
+        """Whether this attempt advanced the run: it trained steps and wrote a checkpoint (at a later step
+        than it resumed from, since the loop saves only after a step) during the attempt. Steps lost with
+        the attempt (no checkpoint since they ran) are no progress."""
+        try:
+            saved = (self._run_dir / CHECKPOINT).stat().st_mtime
+        except OSError:
+            return False
+        return self._steps > 0 and saved >= self._started
 
     # ---- failures and results -------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""Budgets that respect progress (issue 13 item 5): a time limit that ends an attempt which advanced the
+run requeues it without spending max_timeouts; only an attempt that made no progress spends it; the
+run's events (`seedrun logs`) say which."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from seedrun.job import run_job as jobmod
+from seedrun.job.budgets import spends_budget
+from seedrun.job.failures import AttemptOver, Stopped
+from seedrun.store.engine import session_scope
+from seedrun.store.schema import Run
+
+
+def test_the_decision():
+    assert not spends_budget("timeouts", progressed=True)
+    assert spends_budget("timeouts", progressed=False)
+    assert spends_budget("preemptions", progressed=True) and spends_budget("preemptions", progressed=False)
+
+
+class TimedOutHandler:
+    """Where submitit's USR2 handler stands: it says the job reached its time limit, and requeues (exits)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def has_timed_out(self) -> bool:
+        return True
+
+    def checkpoint_and_try_requeue(self, signum, frame):
+        self.calls += 1
+        raise SystemExit(-1)
+
+
+class StepsJob(jobmod.RunJob):
+    """Trains with the real training.loop.Loop (its stop check, its atomic checkpoint) a state without a
+    network; the time limit's USR2 comes after `steps` steps, or, with steps=0, while the attempt is stuck
+    before its first step (the grace alarm then hands over with no checkpoint written)."""
+
+    steps = 3
+
+    def _train(self, stage, config, run_dir, hooks, teacher_dir):
+        import torch
+
+        from seedrun.training.checkpoints import load_checkpoint
+        from seedrun.training.loop import Interrupted, Loop
+
+        loop = Loop(run_dir, hooks, steps_per_epoch=1000, epochs=1, warmup_epochs=0, base_lr=0.1,
+                    checkpoint_every_steps=0)
+        step = (load_checkpoint(run_dir) or {"step": 0})["step"]
+        usr2 = jobmod.submitit.JobEnvironment._usr_sig()
+        if self.steps == 0:
+            signal.raise_signal(usr2)
+            time.sleep(30)  # stuck: the alarm (grace 5 s) requeues from here
+            pytest.fail("the grace alarm did not hand over")
+        try:
+            for i in range(self.steps):
+                step += 1
+                if i == self.steps - 1:
+                    signal.raise_signal(usr2)  # the time limit's notice, during the attempt's last step
+                loop.after_step(step, lambda: {"step": step, "weights": torch.zeros(2)})
+        except Interrupted as exc:
+            raise Stopped(str(exc)) from None
+        pytest.fail("the stop was not honoured")
+
+
+def _attempt(url, run_hash, steps, handler, ends=SystemExit):
+    job = StepsJob(run_hash, url)
+    job.steps = steps
+    usr2 = jobmod.submitit.JobEnvironment._usr_sig()
+    previous = signal.getsignal(usr2)
+    signal.signal(usr2, handler.checkpoint_and_try_requeue)
+    try:
+        with pytest.raises(ends):  # SystemExit: submitit requeued; AttemptOver: the run failed instead
+            job()
+    finally:
+        signal.signal(usr2, previous)
+
+
+def _row(url):
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.row_factory = sqlite3.Row
+        return dict(db.execute("select * from runs").fetchone())
+
+
+def test_timeouts_with_progress_requeue_free_and_one_without_spends_the_budget(tmp_path, monkeypatch, capsys):
+    from seedrun.views.logs import show_logs
+
+    monkeypatch.setenv("SEEDRUN_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 'seedrun.db'}"
+    with session_scope(url) as session:  # max_timeouts 0: any counted timeout fails the run
+        session.add(Run(hash="ab" * 32, stage="distill", run_dir=str(tmp_path / "run"), provenance={}, state="pending",
+                        config={"launcher": {"max_timeouts": 0, "signal_delay_s": 15}}, job_id="9_1"))
+    handler = TimedOutHandler()
+    for attempt in (1, 2):  # each advanced the run by 3 steps and wrote its checkpoint at the stop
+        _attempt(url, "ab" * 32, 3, handler)
+        row, prov = _row(url), json.loads(_row(url)["provenance"])
+        assert (row["state"], row["attempts"]) == ("submitted", attempt), row["error"]
+        assert prov["timeouts"] == 0 and prov["progress_timeouts"] == attempt
+    assert handler.calls == 2
+    _attempt(url, "ab" * 32, 0, handler, ends=AttemptOver)  # stuck before a step: no progress, the budget is spent
+    row, prov = _row(url), json.loads(_row(url)["provenance"])
+    assert (row["state"], row["failure_reason"]) == ("failed", "timeout")
+    assert "timeout budget spent: 1 timeouts > max_timeouts=0" in row["error"]
+    assert prov["timeouts"] == 1 and prov["progress_timeouts"] == 2 and handler.calls == 2  # not requeued
+
+    capsys.readouterr()
+    show_logs(url, "abab")
+    out = capsys.readouterr().out
+    assert out.count("made progress (3 steps, checkpoint written): budget not spent") == 2
+    assert "made no progress: counted against max_timeouts" in out
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "requeueing after a timeout that made progress (3 steps): not counted (timeouts: 0 of 0)" in log
