@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="fill the table from this sweep's runs only")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")
     p.add_argument("--protocol", metavar="RECIPE", help="the probe protocol of the linear and transfer columns: "
-                                                        "moco (the paper's, default) or compress")
+                                                        "moco (the paper's, augmented views; default), cached "
+                                                        "(MoCo's hyper-parameters on cached features) or compress; "
+                                                        "only moco is compared with the paper (--paper)")
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
 
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", parents=[with_db], help="evaluate finished runs with a protocol (knn, linear, semisup, transfer), no retraining")
     p.add_argument("target", help="a sweep name or a run hash prefix")
     p.add_argument("--protocol", required=True, choices=["knn", "linear", "semisup", "transfer"])
+    p.add_argument("--recipe", choices=["moco", "cached", "compress"],
+                   help="the linear or transfer probe's recipe, instead of the run's eval.protocols.P.recipe: "
+                        "moco (the paper's: augmented views through the frozen backbone), cached (the same "
+                        "hyper-parameters on cached features, fast) or compress")
     p.add_argument("--retry-failed", action="store_true", help="rerun evaluations that failed")
     p.add_argument("--data-root", help="folder holding the data sets")
     p.set_defaults(func=cmd_eval)

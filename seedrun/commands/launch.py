@@ -79,6 +79,9 @@ def cmd_eval(args) -> int:
     from seedrun.sweeps.spec import RunSpec
     from seedrun.sweeps.sweep_file import Sweep, evaluation_run
 
+    recipe = getattr(args, "recipe", None)
+    if recipe and args.protocol not in ("linear", "transfer"):
+        raise InputError("eval", "--recipe", f"expected with --protocol linear or transfer, got --protocol {args.protocol}")
     db_url = database_url(args)
     if not db_exists(db_url):
         raise InputError("eval", "TARGET", f"no runs recorded yet ({db_url})")
@@ -90,7 +93,7 @@ def cmd_eval(args) -> int:
     chosen = [r for r in chosen if r.state == "completed"]
     by_sweep: dict[str, list] = {}
     for record in chosen:
-        trained = RunSpec(record.stage, record.config, axes=record.axes)
+        trained = RunSpec(record.stage, _probe_settings(record.config, args.protocol, recipe), axes=record.axes)
         trained.hash = record.hash
         by_sweep.setdefault(record.sweep, []).append(evaluation_run(trained, args.protocol, "eval --protocol"))
     console = Console()
@@ -101,7 +104,8 @@ def cmd_eval(args) -> int:
         sweep = Sweep(name=sweep_name, path="eval", ablation=None, runs=specs, axes=[], launcher={})
         plan = read_plan(sweep, db_url)
         todo = plan.to_run(retry_failed=args.retry_failed)
-        console.print(f"{sweep_name}: {len(specs)} evaluation(s) with {args.protocol}, {len(todo)} to run")
+        named = f" ({specs[0].config['settings'].get('recipe')})" if args.protocol in ("linear", "transfer") else ""
+        console.print(f"{sweep_name}: {len(specs)} evaluation(s) with {args.protocol}{named}, {len(todo)} to run")
         if not todo:
             continue
         if (specs[0].config.get("launcher") or {}).get("name") == "slurm":
@@ -113,6 +117,31 @@ def cmd_eval(args) -> int:
 
             run_local(plan, todo, db_url, args.data_root, console)
     return 0
+
+
+def _probe_settings(config: dict, protocol: str, recipe) -> dict:
+    """The trained run's config with the probe settings this evaluation uses: `--recipe` where given, and
+    for the linear probe the packaged defaults of settings the run was configured without (a run from
+    before the augmented protocol has no crop_scale: its `recipe: moco` now gets the published protocol,
+    not the cached-features one its old evaluations ran; seedrun.store.protocols)."""
+    protocols = (config.get("eval") or {}).get("protocols") or {}
+    if protocol not in protocols or (protocol != "linear" and not recipe):
+        return config
+    settings = dict(protocols[protocol])
+    if protocol == "linear":
+        settings = {**_packaged_linear_settings(), **settings}
+    if recipe:
+        settings["recipe"] = recipe
+    return {**config, "eval": {**config["eval"], "protocols": {**protocols, protocol: settings}}}
+
+
+def _packaged_linear_settings() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "eval" / "knn.yaml"
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8"))["protocols"]["linear"])
 
 
 def cmd_retry(args) -> int:

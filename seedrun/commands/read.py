@@ -53,7 +53,7 @@ def print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: 
     from seedrun.store.protocols import protocol_note
     from seedrun.tables import build_table, render
 
-    data = build_table(ablation, table_groups(ablation, db_url, sweep, protocol), paper=paper)
+    data = build_table(ablation, table_groups(ablation, db_url, sweep, protocol), paper=paper, protocol=protocol)
     note = protocol_note({column.metric for column in data.columns}, protocol)
     if note:
         data.notes.append(note)
@@ -79,8 +79,10 @@ def cmd_table(args) -> int:
     from seedrun.tables import get_table
 
     get_table(args.ablation)  # an unknown name fails before the database is opened
-    if args.protocol is not None and args.protocol not in ("moco", "compress"):
-        raise UsageError(f"table: --protocol: expected moco or compress, got {args.protocol!r}")
+    from seedrun.store.protocols import LINEAR_RECIPES
+
+    if args.protocol is not None and args.protocol not in LINEAR_RECIPES:
+        raise UsageError(f"table: --protocol: expected one of {', '.join(LINEAR_RECIPES)}, got {args.protocol!r}")
     db_url = database_url(args)
     catch_up_first(db_url)
     if args.plot:
@@ -88,14 +90,14 @@ def cmd_table(args) -> int:
 
         plot_table(args.ablation, table_groups(args.ablation, db_url, args.sweep, args.protocol)
                    if db_exists(db_url) else [],
-                   args.plot)
+                   args.plot, protocol=args.protocol)
         print(f"wrote {args.plot}")
     if db_exists(db_url):
         print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper, args.protocol)
     else:
         from seedrun.tables import build_table, render
 
-        output = render(build_table(args.ablation, [], paper=args.paper), args.format)
+        output = render(build_table(args.ablation, [], paper=args.paper, protocol=args.protocol), args.format)
         Console().print(output) if not isinstance(output, str) else print(output, end="")
     return 0
 

@@ -5,6 +5,14 @@ model.pt is only read. Frozen features are cached per (model sha256, data set, s
 $SEEDRUN_HOME/features, so every linear or transfer probe of a model extracts them once. Metrics are
 recorded on the evaluation run and, under the same names, on the source run at its final epoch, so
 tables read a student's linear top-1 where they read its k-NN.
+
+The linear probe's `settings.recipe` names its protocol (seedrun.evaluate.linear, seedrun.store.protocols):
+`moco`, the published one, trains the fc on fresh RandomResizedCrop + flip views through the frozen
+backbone every epoch, streamed through the split's loader (seedrun.evaluate.probe_views; never cached,
+so ImageNet-size sets work), the backbone under no_grad in the training's precision (bf16 autocast on a
+GPU), the fc in float32; `cached` and `compress` train on the cached features. A `recipe: moco` without
+`crop_scale` is an evaluation configured before the augmented protocol existed: it runs, as it did, on
+cached features (`cached`).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from torch import nn
 from seedrun.data.loader import open_split
 from seedrun.evaluate.features import cached_features, extract_features, file_sha256
 from seedrun.evaluate.knn import knn_variants
-from seedrun.evaluate.linear import linear_probe
+from seedrun.evaluate.linear import PROTOCOLS as LINEAR_PROTOCOLS
+from seedrun.evaluate.linear import augmented_probe, linear_probe
 from seedrun.evaluate.semisup import finetune, labelled_subset, save_subset
 
 PROTOCOLS = ("knn", "linear", "semisup", "transfer")
@@ -68,10 +77,14 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
         return knn_variants(train_f.to(device), train_labels.to(device), test_f.to(device),
                             test_labels.to(device), train.num_classes, variants=variants)
     if protocol == "linear":
-        (train_f, train_labels), (test_f, test_labels) = feats("train", train), feats("test", test)
-        result = linear_probe(train_f, train_labels, test_f, test_labels, train.num_classes,
-                              protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
-                              epochs=settings.get("epochs"), device=device)
+        probe = _linear_protocol(settings)
+        if probe.views == "cached":
+            (train_f, train_labels), (test_f, test_labels) = feats("train", train), feats("test", test)
+            result = linear_probe(train_f, train_labels, test_f, test_labels, train.num_classes,
+                                  protocol=probe, batch_size=settings["batch_size"], seed=config["seed"],
+                                  epochs=settings.get("epochs"), device=device)
+        else:
+            result = _augmented_linear(config, backbone, train, test, probe, data_root, device, log)
         return {"linear_top1": result["linear_top1"], "linear_top5": result["linear_top5"],
                 "linear_best_epoch": result["best_epoch"]}
     if protocol == "semisup":
@@ -112,6 +125,51 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
             log(f"transfer to {name}: linear top-1 {result['linear_top1']:.2f}")
         return metrics
     raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def _linear_protocol(settings: dict[str, Any]):
+    """The LinearProtocol the settings name (a `recipe: moco` from before the augmented protocol: `cached`)."""
+    from dataclasses import replace
+
+    from seedrun.errors import InputError
+    from seedrun.store.protocols import linear_recipe
+
+    recipe = linear_recipe(settings)
+    if recipe not in LINEAR_PROTOCOLS:
+        raise InputError("eval.protocols.linear", "recipe", f"expected one of {', '.join(LINEAR_PROTOCOLS)}, got {recipe!r}")
+    probe = LINEAR_PROTOCOLS[recipe]
+    for key in ("batch_size",) + (("epochs",) if settings.get("epochs") is not None else ()):
+        value = settings.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError("eval.protocols.linear", key, f"expected a positive integer, got {value!r}")
+    if probe.views == "augmented":
+        scale = settings.get("crop_scale")
+        if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                or not 0 < scale[0] <= scale[1] <= 1):
+            raise InputError("eval.protocols.linear", "crop_scale",
+                             f"expected [min, max] areas with 0 < min <= max <= 1, got {scale!r}")
+        probe = replace(probe, crop_scale=(float(scale[0]), float(scale[1])))
+    return probe
+
+
+def _augmented_linear(config: dict[str, Any], backbone: nn.Module, train, test, probe, data_root, device, log):
+    """The published linear probe: fresh crop + flip views of the training split through the frozen backbone
+    every epoch (either loader), validated on the test split's evaluation views (seedrun.evaluate.probe_views)."""
+    from seedrun.evaluate.probe_views import eval_features, train_views
+    from seedrun.training.loop import autocast
+
+    settings = config["settings"]
+    # a set smaller than one batch still trains (one batch an epoch); the lr scales with the batch taken
+    batch = min(int(settings["batch_size"]), len(train))
+    precision = lambda: autocast(config, device)  # noqa: E731 -- bf16 on a GPU, as the training's forward
+    views = train_views(train, config["data"], data_root, config["seed"], batch, probe.crop_scale, device, log)
+    test_f, test_labels = eval_features(backbone, test, device, precision)
+    log(f"linear probe ({probe.name}): {len(train)} training images as crop + flip views, batch {batch}, "
+        f"{settings.get('epochs') or probe.epochs} epochs; {len(test_f)} test images")
+    return augmented_probe(backbone, views, test_f, test_labels, train.num_classes, protocol=probe, batch_size=batch,
+                           seed=config["seed"], epochs=settings.get("epochs"), device=device, precision=precision,
+                           log=log)
 
 
 def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any], log=print):

@@ -8,6 +8,10 @@ temperature sweep's tau_T = 0.01 cell is also matched by the learning-rate sweep
 tau_T. So the runs of a cell are split by the settings the cell's filter leaves free, and the cell
 keeps the setting that the most cells of the table share (then: more completed runs, then the most
 recently finished). What was left out is counted in the table's notes.
+
+Linear and transfer columns show one probe protocol (`protocol`, seedrun.store.protocols); the paper's
+published values, and so a Δ, go beside them only when it is the paper's protocol (moco): a cached or
+compress probe's numbers are not comparable with them, and the table's notes say why they are left out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from seedrun.store.protocols import is_paper_protocol, paper_recipe, probe_family
 from seedrun.sweeps.settings import SETTING_KEYS
 from seedrun.tables.definitions import Column, Filter, Row, TableDef, get_table, paper_entry, paper_citation
 
@@ -286,9 +291,13 @@ def stages(table: TableDef) -> Optional[set[str]]:
     return None if None in named else named
 
 
-def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
-    """The table from runs grouped by stage, state and settings (seedrun.store.groups: load_groups, group_records)."""
+def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
+          protocol: Optional[str] = None) -> TableData:
+    """The table from runs grouped by stage, state and settings (seedrun.store.groups: load_groups, group_records);
+    `protocol`: the probe recipe the groups' linear and transfer values come from (None: the paper's)."""
     published = paper_entry(table.name) if paper else {"values": {}}
+    comparable = is_paper_protocol(protocol)
+    withheld: set[str] = set()  # probe families whose published values are left out
     wanted = stages(table)
     index = _Index(_group_by_setting(group for group in groups if wanted is None or group.stage in wanted))
 
@@ -305,7 +314,12 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) ->
     chosen = _choose_settings(sources, filters)
 
     def published_value(row: Row, column: Column) -> Optional[float]:
-        return published["values"].get(row.id, {}).get(column.id)
+        value = published["values"].get(row.id, {}).get(column.id)
+        family = probe_family(column.metric)
+        if value is not None and family and not comparable:
+            withheld.add(family)  # another protocol's numbers: no published value, so no Δ
+            return None
+        return value
 
     cells: dict[tuple[str, str], Cell] = {}
     for row in rows:
@@ -355,10 +369,15 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False) ->
     if paper:
         if published["values"]:
             data.notes.append(f"paper: {published['source']}; {paper_citation()}; Δ = ours − paper.")
+        if withheld:
+            data.notes.append(f"no paper value or Δ in the {' and '.join(sorted(withheld))} columns: they show the "
+                              f"{protocol} probe protocol, the paper's are {paper_recipe()} probes (not comparable).")
         data.notes.extend(published.get("notes", []))
     return data
 
 
-def build_table(name: str, groups: Iterable["RunGroup"], paper: bool = False) -> TableData:
-    """The named table from these runs; `paper` adds each cell's published value and the difference."""
-    return build(get_table(name), groups, paper)
+def build_table(name: str, groups: Iterable["RunGroup"], paper: bool = False,
+                protocol: Optional[str] = None) -> TableData:
+    """The named table from these runs; `paper` adds each cell's published value and the difference
+    (in linear and transfer columns only when `protocol` is the paper's)."""
+    return build(get_table(name), groups, paper, protocol)

@@ -86,14 +86,16 @@ def _plot_bars(axes, data: TableData) -> bool:
     return bool(series)
 
 
-def plot_table(name: str, groups: Iterable["RunGroup"], path: Union[str, Path], paper: bool = True) -> Path:
-    """Write the named table as a PNG at `path`; published values are drawn beside ours when `paper`."""
+def plot_table(name: str, groups: Iterable["RunGroup"], path: Union[str, Path], paper: bool = True,
+               protocol: Optional[str] = None) -> Path:
+    """Write the named table as a PNG at `path`; published values are drawn beside ours when `paper` (the
+    linear and transfer ones only when `protocol`, the probe the groups were read with, is the paper's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = build_table(name, groups, paper=paper)
+    data = build_table(name, groups, paper=paper, protocol=protocol)
     figure, axes = plt.subplots(figsize=(10, 4.5))
     try:
         drawn = _plot_line(axes, data) if data.definition.plot == "line" else _plot_bars(axes, data)
@@ -103,7 +105,8 @@ def plot_table(name: str, groups: Iterable["RunGroup"], path: Union[str, Path], 
             axes.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=axes.transAxes)
         if data.definition.plot == "line":
             axes.set_ylabel("accuracy (%)")
-        axes.set_title(data.title, fontsize="medium")
+        probe = f" [{protocol} probe]" if protocol else ""
+        axes.set_title(data.title + probe, fontsize="medium")
         axes.grid(alpha=0.3)
         figure.tight_layout()
         path = Path(path)
