@@ -69,4 +69,4 @@ def test_an_unknown_protocol_is_bad_input(tmp_path, capsys):
 
     assert main(["table", "--ablation", "temperature", "--protocol", "simclr", "--db",
                  f"sqlite:///{tmp_path / 'x.db'}"]) == 2
-    assert "--protocol: expected moco or compress, got 'simclr'" in capsys.readouterr().err
+    assert "--protocol: expected one of moco, cached, compress, got 'simclr'" in capsys.readouterr().err

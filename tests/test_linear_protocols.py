@@ -231,7 +231,7 @@ def test_lr_steps_at_the_scaled_milestones(monkeypatch):
 
 
 def test_results_are_recorded_under_the_protocols_names():
-    from seedrun.store.protocols import protocol_key, qualified
+    from seedrun.store.protocols import candidates, protocol_key, qualified
 
     results = {"linear_top1": 61.0, "linear_top5": 84.0}
 
@@ -244,6 +244,12 @@ def test_results_are_recorded_under_the_protocols_names():
     # configured before the protocols had names: `moco` then meant cached features
     assert names({"recipe": "moco", "epochs": 100, "batch_size": 256}) == ["linear.cached.top1", "linear.cached.top5"]
     assert protocol_key({"protocol": "transfer", "settings": {"recipe": "moco"}}) == "transfer.moco"
+    # a table reads each protocol's own names: never the moco probe's value for the cached column or back
+    assert candidates("linear_top1", "cached") == ["linear.cached.top1", "linear_top1"]
+    assert candidates("linear_top1") == ["linear.moco.top1", "linear_top1"]
+    # transfer probes always cache features: their moco recipe is the cached protocol under its older name
+    assert candidates("transfer_cifar10_top1", "cached")[:2] == ["transfer.cached.cifar10_top1",
+                                                                 "transfer.moco.cifar10_top1"]
 
 
 def test_the_table_names_its_protocol_and_compares_only_the_papers():

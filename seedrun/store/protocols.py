@@ -73,7 +73,12 @@ def candidates(metric: str, recipe: Optional[str] = None) -> list[str]:
     if family not in PAPER_PROTOCOL:
         return [metric]
     key = f"{family}.{recipe}" if recipe else PAPER_PROTOCOL[family]
-    return [f"{key}.{metric.removeprefix(family + '_')}", metric]
+    name = metric.removeprefix(family + "_")
+    if family == "transfer" and recipe == "cached":
+        # transfer probes always train on cached features: their `moco` recipe is MoCo's hyper-parameters
+        # on cached features, the cached protocol under its older name
+        return [f"{key}.{name}", f"transfer.moco.{name}", metric]
+    return [f"{key}.{name}", metric]
 
 
 def paper_recipe() -> str:
@@ -101,7 +106,7 @@ def protocol_note(metrics: Any, recipe: Optional[str] = None) -> Optional[str]:
     what = LINEAR_RECIPES.get(chosen)
     columns = f"{' and '.join(families)} columns: the {chosen} probe protocol"
     if is_paper_protocol(recipe):
-        return f"{columns} (the paper's: {what}); `--protocol` chooses another."
+        return f"{columns} (the paper's), {what}; `--protocol` chooses another."
     return (f"{columns}; not the paper's{f' ({what})' if what else ''}: not comparable with the paper's published "
             f"{paper_recipe()}-probe numbers, so no Δ against them.")
 
