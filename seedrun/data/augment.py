@@ -1,9 +1,14 @@
-"""MoCo-v2's augmentations applied to a whole batch on the tensor, drawn from one torch.Generator.
+"""The training augmentations applied to a whole batch on the tensor, drawn from one torch.Generator.
 
-RandomResizedCrop + horizontal flip are one affine_grid/grid_sample; colour jitter, grayscale and
+Which augmentation is seedrun.data.presets' business (the official SEED code's mocov2_aug, simclr_aug or
+swav_aug, by the teacher's method); this applies a resolved preset. RandomResizedCrop + horizontal flip
+are one affine_grid/grid_sample (a flip commutes with the colour operations and the symmetric blur, so
+applying it first is the official order's result); colour jitter (its four operations in a random order
+per image, as torchvision's ColorJitter), grayscale (before or after the jitter, as the preset says) and
 Gaussian blur are tensor arithmetic. A batch costs a few ms, against hundreds for a training step, and
 all randomness comes from the generator, so a resumed run draws exactly what it would have drawn.
-Blur sigma is scaled by image_size / 224 so that 28 px images are blurred like 224 px ones.
+Blur sigma is scaled by image_size / 224 so that 28 px images are blurred like 224 px ones. Hue is
+rotated in YIQ space, a linear stand-in for torchvision's HSV hue shift.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from seedrun.data.presets import resolve
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
@@ -68,22 +75,51 @@ def _hue_rotate(x: Tensor, shift: Tensor) -> Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
 
+def _brightness(x: Tensor, factor: Tensor) -> Tensor:
+    return (x * factor.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def _contrast(x: Tensor, factor: Tensor) -> Tensor:
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * factor.view(-1, 1, 1, 1) + mean).clamp(0, 1)
+
+
+def _saturation(x: Tensor, factor: Tensor) -> Tensor:
+    if x.shape[1] != 3:  # as torchvision: saturation and hue leave a one-channel image alone
+        return x
+    gray = _gray(x)
+    return ((x - gray) * factor.view(-1, 1, 1, 1) + gray).clamp(0, 1)
+
+
+def _hue(x: Tensor, shift: Tensor) -> Tensor:
+    return x if x.shape[1] != 3 else _hue_rotate(x, shift).clamp(0, 1)
+
+
 def _color_jitter(x: Tensor, strength: list[float], p: float, generator: torch.Generator) -> Tensor:
+    """torchvision's RandomApply([ColorJitter(*strength)], p): brightness, contrast, saturation and hue
+    factors drawn per image, applied in a random order per image; an operation of strength 0 is skipped."""
     n = x.shape[0]
-    brightness, contrast, saturation, hue = strength
-    apply = _chance(n, p, generator).view(n, 1, 1, 1)
-    b = _uniform(n, 1 - brightness, 1 + brightness, generator).view(n, 1, 1, 1)
-    c = _uniform(n, 1 - contrast, 1 + contrast, generator).view(n, 1, 1, 1)
-    s = _uniform(n, 1 - saturation, 1 + saturation, generator).view(n, 1, 1, 1)
-    h = _uniform(n, -hue, hue, generator)
-    out = (x * b).clamp(0, 1)
-    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * c + mean).clamp(0, 1)
-    if x.shape[1] == 3:
-        gray = _gray(out)
-        out = ((out - gray) * s + gray).clamp(0, 1)
-        out = _hue_rotate(out, h).clamp(0, 1)
-    return torch.where(apply, out, x)
+    brightness, contrast, saturation, hue = (float(v) for v in strength)
+    apply = _chance(n, p, generator)
+    factors = [_uniform(n, 1 - brightness, 1 + brightness, generator),
+               _uniform(n, 1 - contrast, 1 + contrast, generator),
+               _uniform(n, 1 - saturation, 1 + saturation, generator),
+               _uniform(n, -hue, hue, generator)]
+    order = torch.rand(n, 4, generator=generator).argsort(dim=1)  # a random permutation per image
+    operations = [(_brightness, brightness), (_contrast, contrast), (_saturation, saturation), (_hue, hue)]
+    out = x.clone()
+    for position in range(4):
+        for op, (operation, amount) in enumerate(operations):
+            chosen = (apply & (order[:, position] == op)).nonzero().flatten()
+            if amount == 0 or not len(chosen):
+                continue
+            out[chosen] = operation(out[chosen], factors[op][chosen])
+    return out
+
+
+def _grayscale(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    gray = _chance(x.shape[0], p, generator).view(-1, 1, 1, 1)
+    return torch.where(gray, _gray(x).expand_as(x), x)
 
 
 def _gaussian_blur(x: Tensor, sigma_range: list[float], p: float, image_size: int, generator: torch.Generator) -> Tensor:
@@ -113,14 +149,21 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
 
 def augment(images: Tensor, config: dict[str, Any], image_size: int, mean, std, generator: torch.Generator,
             crop_scale: tuple[float, float] | None = None, out_size: int | None = None) -> Tensor:
-    """One MoCo-v2 view of each uint8 image, normalised, as float32 (N, C, H, W) on the CPU.
+    """One augmented view of each uint8 image, normalised, as float32 (N, C, H, W) on the CPU.
 
-    `crop_scale` and `out_size` override the crop for SEED's small-patch views (scale 0.05-0.14 at 96 px).
+    `config` is a data.augment block: resolved here against its preset (seedrun.data.presets.resolve,
+    MoCo-v2's when it names none), so a resolved one passes through unchanged. `crop_scale` and
+    `out_size` override the crop for SEED's small-patch views (scale 0.05-0.14 at 96 px).
     """
+    config = resolve(config, None)
     x = images.float() / 255
-    x = crop_and_flip(x, tuple(crop_scale or config["crop_scale"]), config.get("flip", True), generator, out_size)
-    x = _color_jitter(x, list(config["jitter"]), config["jitter_p"], generator)
-    gray = _chance(x.shape[0], config["grayscale_p"], generator).view(-1, 1, 1, 1)
-    x = torch.where(gray, _gray(x).expand_as(x), x)
-    x = _gaussian_blur(x, list(config["blur_sigma"]), config["blur_p"], image_size, generator)
+    x = crop_and_flip(x, tuple(crop_scale or config["crop_scale"]), config["flip"], generator, out_size)
+    if config["grayscale_first"]:  # simclr_aug: RandomGrayscale, then ColorJitter
+        x = _grayscale(x, config["grayscale_p"], generator)
+        x = _color_jitter(x, list(config["jitter"]), config["jitter_p"], generator)
+    else:  # mocov2_aug, swav_aug: RandomApply(ColorJitter), then RandomGrayscale
+        x = _color_jitter(x, list(config["jitter"]), config["jitter_p"], generator)
+        x = _grayscale(x, config["grayscale_p"], generator)
+    if config["blur_p"] > 0:  # simclr_aug has no blur: draw nothing for it
+        x = _gaussian_blur(x, list(config["blur_sigma"]), config["blur_p"], image_size, generator)
     return normalize(x, mean, std)

@@ -101,7 +101,7 @@ DECODERS = ("pil", "torchvision")
 
 
 def check_settings(data: dict) -> Optional[tuple[str, str]]:
-    """The first bad loader setting of a data config as (key, what was expected), or None."""
+    """The first bad loader or augmentation setting of a data config as (key, what was expected), or None."""
     loader = data.get("loader") or "auto"
     if loader not in LOADERS:
         return "data.loader", f"expected one of {', '.join(LOADERS)}, got {loader!r}"
@@ -114,7 +114,9 @@ def check_settings(data: dict) -> Optional[tuple[str, str]]:
             return f"data.{key}", f"expected an integer >= {int(key == 'prefetch')}{' or null' if key == 'workers' else ''}, got {value!r}"
     if (data.get("decoder") or "torchvision") not in DECODERS:
         return "data.decoder", f"expected one of {', '.join(DECODERS)}, got {data.get('decoder')!r}"
-    return None
+    from seedrun.data.presets import check as check_augment  # torch-free, as this module
+
+    return check_augment(data.get("augment"))
 
 
 def lineidx_path(tsv: Path) -> Path:

@@ -10,7 +10,7 @@
 
 What the training recipes and evaluation use, the same for both:
 
-    data = open_split(data_cfg, "train", data_root, log)
+    data = open_split(data_cfg, "train", data_root, log, method)   # method: what picks data.augment.preset=auto
     len(data), data.num_classes, data.mean, data.std, data.kind ("memory" or "stream")
     batches = data.batches(seed, batch_size, views)       # views: {view id: None or (crop_scale, out_size)}
     batches.steps_per_epoch
@@ -20,9 +20,11 @@ What the training recipes and evaluation use, the same for both:
     for images, labels in data.gather([idx, ...]): ...     # the same, of given batches of indices (fine-tuning)
     data.labels                                            # every label, no image read (a TSV's label column)
 
-The memory loader draws view k of step t from seedrun.data.sampling.step_generator(seed, t, k), as the
-recipes always did, so its numbers are unchanged; the stream loader computes every view in `views`
-ahead, in the workers. Unreadable images met while streaming are logged with their path and skipped
+Training views are augmented with the preset seedrun.data.presets resolves from `data.augment` and the
+`method` open_split is given (the teacher's for a distillation run, the run's own for pre-training);
+both loaders apply the same resolved settings. The memory loader draws view k of step t from
+seedrun.data.sampling.step_generator(seed, t, k); the stream loader computes every view in `views`
+ahead, in the workers, each image's from sampling.stream_seed too. Unreadable images met while streaming are logged with their path and skipped
 (their slot filled by another image of the batch); more than `data.max_bad_images` (default 100) in one
 attempt raise DataError, which the job records as failure class data_error.
 """
@@ -37,6 +39,7 @@ import torch
 from seedrun.data.augment import augment, normalize
 from seedrun.data.datasets import ImageSet, load, locate
 from seedrun.data.formats import LOADERS, DataError, DataInvalid, file_list, layout
+from seedrun.data.presets import resolve
 from seedrun.data.sampling import epoch_order, step_generator
 
 Views = dict[int, Optional[tuple]]
@@ -66,8 +69,13 @@ def choose_loader(data_cfg: dict[str, Any], data_root: Optional[str] = None, log
 
 
 def open_split(data_cfg: dict[str, Any], split: str, data_root: Optional[str] = None,
-               log: Callable[[str], None] = print):
-    """The split ("train" or "test") through the loader `data.loader` picks: MemoryData or StreamData."""
+               log: Callable[[str], None] = print, method: Optional[str] = None):
+    """The split ("train" or "test") through the loader `data.loader` picks: MemoryData or StreamData.
+
+    `method` (mocov2, simclr, swav) picks the augmentation preset when `data.augment.preset` is auto: the
+    teacher's method for distillation, the run's own for pre-training; None (evaluation) means MoCo-v2's.
+    The data config the split keeps holds the resolved settings, so both loaders read the same ones."""
+    data_cfg = {**data_cfg, "augment": resolve(data_cfg.get("augment"), method)}
     if choose_loader(data_cfg, data_root, log) == "memory":
         return MemoryData(load(data_cfg, split, data_root), data_cfg)
     root = Path(locate(data_cfg, data_root))

@@ -4,15 +4,17 @@ big to hold in memory (ImageNet). Nothing but the file list (seedrun.data.format
 Each worker reads a file (or a TSV row), decodes it (`data.decoder`: torchvision.io's decode_image,
 the default, measured faster than PIL at 224 px in benchmarks/loader.py; or PIL with `draft`, which lets
 libjpeg decode at 1/2, 1/4 or 1/8 scale when even the smallest crop would be that much smaller than the
-image) and applies the paper's per-image augmentations with
-torchvision.transforms.v2 on the uint8 tensor: RandomResizedCrop of the whole image, colour jitter,
-grayscale, Gaussian blur (sigma scaled by size / 224, as in seedrun.data.augment), flip; the settings are
-the recipe's `data.augment`, the ones the in-memory loader uses. Evaluation views are
+image) and applies the official SEED code's per-image augmentation for the run's preset
+(seedrun.data.presets: mocov2_aug, simclr_aug or swav_aug) with torchvision.transforms.v2 on the uint8
+tensor, in the official order: RandomResizedCrop of the whole image, colour jitter and grayscale (in
+the preset's order), Gaussian blur (sigma scaled by size / 224, as in seedrun.data.augment), flip; the
+settings are the resolved `data.augment` (seedrun.data.loader.open_split), the ones the in-memory
+loader uses. Evaluation views are
 Resize(256 * s / 224) -> CenterCrop(s). Views travel as uint8 (4x less than float through the workers'
 shared memory, pinned when there is a GPU) and are normalised on the training device by `StreamBatch.view`.
 
-Randomness: a sample's augmentation is drawn from torch's generator seeded by (seed, epoch, index,
-view) inside `torch.random.fork_rng`, so it does not depend on the worker, the batch it lands in or
+Randomness: a sample's augmentation is drawn from torch's generator seeded by
+seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any number of views, inside `torch.random.fork_rng`, so it does not depend on the worker, the batch it lands in or
 where a run was resumed; a resumed run is bit-identical on the CPU.
 
 A file that cannot be read or decoded is reported (path and error) with its batch, and its slot is
@@ -32,26 +34,30 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seedrun.data.formats import DECODERS, FileList
+from seedrun.data.presets import resolve
+from seedrun.data.sampling import SAMPLE_STREAM, stream_seed
 from seedrun.data.sampler import SequentialBatchSampler, ShardedBatchSampler
 
 
 def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:
-    return (((seed * 1_000_003 + epoch) * 20_000_003 + index) * 64 + view) % (2 ** 63)
+    return stream_seed(SAMPLE_STREAM, seed, epoch, index, view)
 
 
 def train_transform(aug: dict[str, Any], size: int, image_size: int, crop_scale=None):
-    """MoCo-v2's per-image augmentation (official main_moco.py), on a uint8 (C, H, W) tensor."""
+    """The preset's per-image augmentation (official SEED tools/utils.py, in its order), on a uint8
+    (C, H, W) tensor; `aug` is a data.augment block, resolved here (MoCo-v2's when it names no preset)."""
     from torchvision.transforms import v2
 
-    sigma = [float(s) * image_size / 224 for s in aug["blur_sigma"]]
-    kernel = 2 * max(1, int(math.ceil(3 * sigma[1]))) + 1
-    steps = [
-        v2.RandomResizedCrop(size, scale=tuple(crop_scale or aug["crop_scale"]), antialias=True),
-        v2.RandomApply([v2.ColorJitter(*aug["jitter"])], p=aug["jitter_p"]),
-        v2.RandomGrayscale(p=aug["grayscale_p"]),
-        v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(sigma))], p=aug["blur_p"]),
-    ]
-    if aug.get("flip", True):
+    aug = resolve(aug, None)
+    jitter = v2.RandomApply([v2.ColorJitter(*aug["jitter"])], p=aug["jitter_p"])
+    gray = v2.RandomGrayscale(p=aug["grayscale_p"])
+    steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale or aug["crop_scale"]), antialias=True),
+             *([gray, jitter] if aug["grayscale_first"] else [jitter, gray])]
+    if aug["blur_p"] > 0:  # simclr_aug has none
+        sigma = [float(s) * image_size / 224 for s in aug["blur_sigma"]]
+        kernel = 2 * max(1, int(math.ceil(3 * sigma[1]))) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(sigma))], p=aug["blur_p"]))
+    if aug["flip"]:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
 
@@ -74,7 +80,7 @@ class ImageStream(Dataset):
         self.files, self.seed, self.decoder = files, seed, decoder
         self.channels, size = data_cfg["channels"], data_cfg["image_size"]
         self.views = views or {0: None}
-        aug, self.transforms = data_cfg["augment"], {}
+        aug, self.transforms = resolve(data_cfg.get("augment"), None), {}
         smallest, largest_out = 1.0, size
         for view, spec in self.views.items():
             scale, out = spec or (None, None)

@@ -34,7 +34,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         raise RuntimeError("pre-training runs in one process: seedrun.job.ranks runs it on global rank 0 alone")
     device = setup_torch(config)
     data_cfg, p = config["data"], config["pretrain"]
-    train, test = open_split(data_cfg, "train", data_root, hooks.log), open_split(data_cfg, "test", data_root, hooks.log)
+    train = open_split(data_cfg, "train", data_root, hooks.log, method=p["method"])  # augment.preset=auto: its own
+    test = open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(p["seed"])
 
     torch.manual_seed(seed)
