@@ -1,4 +1,5 @@
-"""What both training recipes share: torch set-up, the learning-rate schedule, the step bookkeeping
+"""What both training recipes share: torch set-up, the learning-rate schedule (`lr_schedule`: official,
+the SEED code's per-epoch warm-up + cosine, or per_step), the step bookkeeping
 (periodic checkpoints, stop requests, an epoch's end) and the k-NN evaluation at the end of training.
 
 Hooks is how a recipe talks to the job that runs it (seedrun.job records what it is told); Interrupted
@@ -11,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -58,8 +59,27 @@ def autocast(config: dict[str, Any], device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+# `distill.lr_schedule` / `pretrain.lr_schedule`; absent means official, so recipes without the key keep
+# their hash (seedrun.sweeps.spec) and get the official schedule.
+LR_SCHEDULES = ("official", "per_step")
+
+
+def official_lr(epoch: int, epochs: int, warmup_epochs: float, lr: float, peak_lr: float) -> float:
+    """The official SEED schedule (tools/utils.py adjust_learning_rate, called once an epoch by main.py),
+    for epoch `epoch` (0-based). Warm-up: lr + (peak_lr - lr) / warmup_epochs x epoch, i.e. from the
+    per-256 `lr` (not from 0) towards peak_lr = lr x batch/256, which it never quite reaches (at batch 256
+    it is flat, below 256 it comes down). Afterwards peak_lr x 0.5 (1 + cos(pi x epoch / epochs)): the
+    cosine counts from epoch 0, not from the warm-up's end, so it ends at one epoch's step above 0.
+    MoCo-v2's main_moco.py is this with no warm-up."""
+    if epoch < warmup_epochs:
+        return lr + (peak_lr - lr) / warmup_epochs * epoch
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warm-up, then cosine decay to 0 (official SEED and MoCo-v2 schedules)."""
+    """The per_step schedule: linear warm-up from base_lr / warmup_steps to base_lr over warmup_steps,
+    then cosine from the warm-up's end to 0, a new value every step (seedrun's schedule before the
+    official one became the default)."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -95,12 +115,18 @@ class Loop:
     """Step bookkeeping shared by both recipes: schedule, periodic checkpoints, stop requests."""
 
     def __init__(self, run_dir: Path, hooks: Hooks, steps_per_epoch: int, epochs: int, warmup_epochs: float,
-                 base_lr: float, checkpoint_every_steps: int, checkpoint_every_minutes: float = 0):
+                 base_lr: float, checkpoint_every_steps: int, checkpoint_every_minutes: float = 0,
+                 schedule: str = "official", start_lr: Optional[float] = None):
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
         self.run_dir, self.hooks = run_dir, hooks
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         self.total_steps = steps_per_epoch * epochs
+        self.warmup_epochs = warmup_epochs
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-        self.base_lr = base_lr
+        # base_lr is the peak (lr x batch/256); the official warm-up starts from the per-256 lr
+        self.base_lr, self.schedule = base_lr, schedule
+        self.start_lr = base_lr if start_lr is None else start_lr
         self.every_steps = checkpoint_every_steps
         self.every_seconds = 60 * checkpoint_every_minutes
         self.last_save = time.monotonic()
@@ -109,8 +135,14 @@ class Loop:
         self.agree: Callable[[bool, bool], tuple[bool, bool]] = lambda stop, due: (stop, due)
         self.save: Callable[[Callable[[], dict[str, Any]]], None] = lambda state: save_checkpoint(state(), self.run_dir)
 
+    def lr(self, step: int) -> float:
+        """The learning rate of step `step` (0-based, counted over the whole run) under the schedule."""
+        if self.schedule == "per_step":
+            return lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+        return official_lr(step // self.steps_per_epoch, self.epochs, self.warmup_epochs, self.start_lr, self.base_lr)
+
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        lr = lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+        lr = self.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -140,11 +172,13 @@ class Loop:
 
 def sgd_and_loop(parameters, settings: dict[str, Any], batch_size: int, n_images: int, run_dir: Path,
                  hooks: Hooks) -> tuple[torch.optim.SGD, Loop]:
-    """SGD with momentum and weight decay at lr x batch/256, under a warm-up + cosine Loop (both recipes)."""
+    """SGD with momentum and weight decay at lr x batch/256, under a warm-up + cosine Loop (both recipes):
+    `lr_schedule` official (the default: per epoch, as the official SEED code) or per_step."""
     base_lr = settings["lr"] * batch_size / 256
     optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=settings["momentum"], weight_decay=settings["weight_decay"])
     loop = Loop(run_dir, hooks, n_images // batch_size, settings["epochs"], settings.get("warmup_epochs", 0), base_lr,
-                settings.get("checkpoint_every_steps", 500), settings.get("checkpoint_every_minutes", 0))
+                settings.get("checkpoint_every_steps", 500), settings.get("checkpoint_every_minutes", 0),
+                schedule=settings.get("lr_schedule") or "official", start_lr=settings["lr"])
     return optimizer, loop
 
 
