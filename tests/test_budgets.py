@@ -117,3 +117,29 @@ def test_timeouts_with_progress_requeue_free_and_one_without_spends_the_budget(t
     assert "made no progress: counted against max_timeouts" in out
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "requeueing after a timeout that made progress (3 steps): not counted (timeouts: 0 of 0)" in log
+
+
+# ---- what an attempt costs: GPU hours of the GPUs the run used -------------------------------------
+
+def test_gpu_hours_count_the_gpus_the_run_used_not_those_held(monkeypatch):
+    from seedrun.job.provenance import add_hours, gpus_used, layout
+
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    both_nodes = layout(16, 16, "auto")  # gpus_per_node 8, nodes 2: a process per GPU
+    assert both_nodes == {"world": 16, "nodes": 2, "ranks_per_node": 8, "training_ranks": 16, "gpus_used": 16,
+                          "gpus_held": 16, "layout": "8x2 gpu"}
+    one_rank = layout(16, 1, "auto")  # a stage rank 0 trains alone: 1 of the 16 GPUs held
+    assert one_rank["gpus_used"] == 1 and one_rank["gpus_held"] == 16
+    assert layout(16, 16, "cpu")["gpus_used"] == 0 and layout(16, 16, "cpu")["layout"] == "8x2 cpu"
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    assert layout(1, 1, "auto")["layout"] is None  # one process: status shows no layout
+
+    prov = dict(one_rank)
+    add_hours(prov, 3600)  # the count the attempt recorded at its start
+    assert prov["wall_hours"] == 1 and prov["gpu_hours"] == 1
+    add_hours(prov, 1800, gpus_used=16)
+    assert prov["wall_hours"] == 1.5 and prov["gpu_hours"] == 9
+    import torch  # loaded; CUDA never initialised by this process: nothing was used
+
+    assert gpus_used(16, 16) == (16 if torch.cuda.is_initialized() else 0)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import CLI
+from seedrun.job.ranks import on_all_ranks
 
 SWEEP = """name: ranks
 ablation: temperature
@@ -100,7 +101,11 @@ def test_a_two_rank_sweep_completes_and_rank_0_records_each_run_once(straight):
         ("pretrain", "completed", 1), ("distill", "completed", 1)]
     for _, stage, _, _, _, _, run_dir, prov in rows:
         run_dir = Path(run_dir)
-        assert json.loads(prov)["world"] == 2
+        p = json.loads(prov)
+        assert p["world"] == 2 and p["nodes"] == 1 and p["layout"] == "2x1 cpu"  # `seedrun status` shows it
+        # CPU ranks: no GPU used, none charged, whatever the machine holds
+        assert p["gpus_used"] == 0 and p["gpu_hours"] == 0 and p["wall_hours"] > 0
+        assert p["training_ranks"] == (2 if on_all_ranks(stage) else 1)
         rank1 = (run_dir / "log.rank1.txt").read_text()
         assert "[rank 1]" not in (run_dir / "log.txt").read_text()  # rank 0's log is rank 0's
         assert not list(run_dir.glob("failure.rank*.json"))

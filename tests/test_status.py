@@ -38,6 +38,9 @@ def database(tmp_path):
         for digest, stage, state, epoch, config, summary, reason in runs:
             rows[digest] = Run(hash=digest, stage=stage, state=state, epoch=epoch, run_dir=f"/runs/{digest}",
                                config=config, summary=summary, failure_reason=reason, job_id="local:1",
+                               # a run of 8 processes on each of 2 nodes (seedrun.job.provenance.layout)
+                               provenance={"layout": "8x2 gpu", "world": 16} if digest == "a" * 64 else
+                               {"layout": None, "world": 1},
                                error="killed" if reason else None,
                                finished_at=dt.datetime(2026, 1, 1) if state == "completed" else None)
             session.add(rows[digest])
@@ -71,7 +74,7 @@ def test_the_table_has_a_row_per_run_under_its_first_sweep(database):
     assert teacher.split() == ["first", "t" * 12, "pretrain", "mocov2", "resnet50", "(teacher)", "completed", "800/800",
                                "72.90", "local:1"]
     assert student.split() == ["first", "a" * 12, "distill", "distill.tau_teacher=0.01", "seed=0", "completed", "20/20",
-                               "70.68", "local:1"]
+                               "70.68", "local:1", "[8x2", "gpu]"]  # G x N for a multi-process run
     assert failed.split() == ["second", "b" * 12, "distill", "distill.tau_teacher=1e-05", "flip=True", "failed",
                               "(out_of_memory)", "3/20", "local:1"]
     # aligned: every column starts where its header does

@@ -21,10 +21,47 @@ from seedrun.store.folders import hostname
 from seedrun.store.tables import utcnow
 
 
-def add_hours(prov: dict[str, Any], seconds: float) -> None:
+def add_hours(prov: dict[str, Any], seconds: float, gpus_used: Optional[int] = None) -> None:
+    """Wall hours, and GPU hours = wall x the GPUs the run used (one per training rank on CUDA, across
+    nodes), not the GPUs the job held: a run that used 1 of 8 allocated GPUs is charged 1. Without a
+    count, the one the attempt recorded at its start (`gpus_used`), else what this node holds."""
     hours = max(0.0, seconds) / 3600
+    used = gpus_used if gpus_used is not None else prov.get("gpus_used", gpus())
     prov["wall_hours"] = prov.get("wall_hours", 0.0) + hours
-    prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * gpus()
+    prov["gpu_hours"] = prov.get("gpu_hours", 0.0) + hours * used
+
+
+def nodes() -> int:
+    """Nodes of this job (Slurm's count), 1 outside Slurm."""
+    for key in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def layout(world: int, training_ranks: int, device: str) -> dict[str, Any]:
+    """How the attempt is spread, recorded at its start (no torch needed): processes, nodes, processes
+    per node, and the GPUs it will use: one per training rank when it trains on CUDA (device auto or cuda
+    and a GPU held), else none. `layout` is what `seedrun status` shows beside the job: G x N
+    (processes per node x nodes, "gpu" or "cpu"), for runs of several processes."""
+    n = nodes()
+    per_node = max(1, world // n)
+    uses_gpu = device != "cpu" and gpus() > 0
+    info: dict[str, Any] = {"world": world, "nodes": n, "ranks_per_node": per_node, "training_ranks": training_ranks,
+                            "gpus_used": training_ranks if uses_gpu else 0, "gpus_held": gpus() * n}
+    info["layout"] = f"{per_node}x{n} {'gpu' if uses_gpu else 'cpu'}" if world > 1 else None
+    return info
+
+
+def gpus_used(training_ranks: int, estimate: int) -> int:
+    """The GPUs the attempt used, once it trained: one per training rank if this process initialised CUDA
+    (rank 0 stands for all: every rank runs on the same kind of device), else none; the start's estimate
+    when torch was never loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return estimate
+    return training_ranks if torch.cuda.is_initialized() else 0
 
 
 
@@ -75,6 +112,7 @@ def gpus() -> int:
 
 
 def accelerator() -> dict[str, Any]:
+    """GPUs this node holds, the CUDA version and the GPU model (read once training loaded torch)."""
     info: dict[str, Any] = {"gpus": gpus()}
     torch = sys.modules.get("torch")  # loaded by training; never imported just for this
     if torch is not None:

@@ -42,8 +42,8 @@ from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_even
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
 from seedrun.job.signals import StepBoundarySignals, signal_name
-from seedrun.job.provenance import (accelerator, add_hours, job_environment, job_id, provenance, submitit_paths,
-                                    teacher_digest, teacher_file)
+from seedrun.job.provenance import (accelerator, add_hours, gpus_used, job_environment, job_id, layout, provenance,
+                                    submitit_paths, teacher_digest, teacher_file)
 
 LOG = "log.txt"
 CHECKPOINT = "checkpoint.pt"  # seedrun.training.checkpoints.CHECKPOINT (not imported: that module loads torch)
@@ -96,6 +96,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._accounted = False
         self._started = time.time()
         self._steps = 0  # steps this attempt trained (_RecordingHooks.should_stop)
+        self._gpus = (1, 0)  # (training ranks, GPUs estimated at the start): see provenance.layout
         self._budgets = dict(DEFAULT_BUDGETS)
         self._grace_s = 60.0
         self._hooks: Optional[_RecordingHooks] = None
@@ -224,7 +225,9 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                     self._save()
                 return None
         prov.update(info)
-        prov["world"] = self._group.where.world
+        world = self._group.where.world  # this attempt's processes, nodes and the GPUs it will train on
+        prov.update(layout(world, world if ranks.on_all_ranks(stage) else 1, str(config.get("device") or "auto")))
+        self._gpus = (prov["training_ranks"], prov["gpus_used"])
         prov.update(submitit_paths())
         prov.update({"attempt_open": True, "attempt_started": self._started, "heartbeat": self._started})
         teacher_dir = Path(upstream[1]) if upstream is not None else None
@@ -379,10 +382,11 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
 
         def update(run: FolderRecord, prov: dict[str, Any]) -> None:
             if not self._accounted:
-                add_hours(prov, time.time() - self._started)
+                prov.update(accelerator())
+                prov["gpus_used"] = gpus_used(*self._gpus)  # what it did use, now that it trained
+                add_hours(prov, time.time() - self._started, prov["gpus_used"])
                 prov["heartbeat"] = time.time()
                 prov["attempt_started"] = time.time()  # a later kill adds only what follows
-                prov.update(accelerator())
             prov["attempt_open"] = keep_open
             if extra is not None:
                 extra(run, prov)

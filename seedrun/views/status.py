@@ -74,7 +74,9 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
 
 # A row of the listing as text, made by SQLite (10,000 RunRecords cost a third of status's time); its
 # columns are those of _record_row, which makes them elsewhere, and the setting is the axes' JSON,
-# written out in Python (Python's str of a float is not SQLite's).
+# written out in Python (Python's str of a float is not SQLite's). A multi-process run's job shows its
+# layout, "[G x N gpu|cpu]" (processes per node x nodes, seedrun.job.provenance.layout); instr() first, so
+# that only the provenance of such runs is parsed.
 _ROW_SQL = """
     SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes},
         CASE r.stage WHEN 'pretrain' THEN
@@ -84,17 +86,32 @@ _ROW_SQL = """
         CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
         r.epoch || coalesce('/' || nullif(json_extract(r.settings, CASE r.stage WHEN 'pretrain'
             THEN '$."pretrain.epochs"' ELSE '$."distill.epochs"' END), 0), ''),
-        json_extract(r.summary, '$."knn_top1"'), coalesce(r.job_id, ''), r.state
+        json_extract(r.summary, '$."knn_top1"'),
+        coalesce(r.job_id, '') || CASE WHEN instr(r.provenance, '"layout"') > 0
+            THEN coalesce(' [' || json_extract(r.provenance, '$.layout') || ']', '') ELSE '' END, r.state
     FROM runs r"""
 
 
-def _record_row(record) -> tuple[str, ...]:
+def _record_row(record, layout: Optional[str] = None) -> tuple[str, ...]:
     metric = record.metrics.get("knn_top1")
     epochs = _epochs(record.config, record.stage)
     return (record.sweep or "", record.hash[:12], record.stage, _describe(record),
             f"{record.state} ({record.failure_reason})" if record.failure_reason else record.state,
             f"{record.epoch}/{epochs}" if epochs else str(record.epoch),
-            f"{metric:.2f}" if metric is not None else "", record.job_id or "", record.state)
+            f"{metric:.2f}" if metric is not None else "", (record.job_id or "") + (f" [{layout}]" if layout else ""),
+            record.state)
+
+
+def _layouts(db_url: str) -> dict[str, str]:
+    """Each multi-process run's layout (provenance.layout: processes per node x nodes, gpu or cpu), by hash:
+    the records status reads do not carry provenance."""
+    from seedrun.store.engine import session_scope
+    from seedrun.store.schema import Run
+    from sqlalchemy import select
+
+    with session_scope(db_url) as session:
+        return {digest: prov["layout"] for digest, prov in session.execute(select(Run.hash, Run.provenance))
+                if isinstance(prov, dict) and prov.get("layout")}
 
 
 def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
@@ -112,7 +129,9 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
                          " ".join([f"{key}={value}" for key, value in run_axes.items()]) if run_axes else row[5],
                          row[6], row[7], f"{row[8]:.2f}" if row[8] is not None else "", row[9], row[10])
                         for row, run_axes in zip(fetched, axes)]
-    return [_record_row(record) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])]
+    layouts = _layouts(db_url)
+    return [_record_row(record, layouts.get(record.hash))
+            for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])]
 
 
 def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
