@@ -6,8 +6,9 @@ lease, records (run.json, metrics, the database), writes checkpoints and the mod
 submitit's checkpoint()/requeue. The others (`follow`) set up the process group, wait for rank 0 to say
 which run it started (`Group.announce`: nothing when the run must not train), train with it, log to
 `log.rank<r>.txt` in the run folder, and leave: after a stop (rank 0 requeues the whole job), at the end,
-or at once for pre-training and evaluation, which run on rank 0 alone (the pretexts keep their keys,
-negatives and Sinkhorn codes per process: they would not be the one-process recipe under DDP).
+or at once for the stages that run on rank 0 alone. Distillation and pre-training run on every rank
+(ON_ALL_RANKS; pre-training refuses SimCLR and SwAV there, whose negatives and Sinkhorn codes are per
+process); evaluation runs on rank 0 alone.
 
 A failure on any rank fails the run with that rank's class: the rank writes `failure.rank<r>.json` in
 the run folder before it exits; rank 0, whose collective then fails with a connection error, records the
@@ -78,6 +79,14 @@ def timeout_s() -> float:
         return max(10.0, float(os.environ.get("SEEDRUN_DIST_TIMEOUT_S", "600")))
     except ValueError:
         return 600.0
+
+
+#: the stages every rank of a run trains (under DistributedDataParallel); the others run on rank 0 alone
+ON_ALL_RANKS = ("distill", "pretrain")
+
+
+def on_all_ranks(stage: str) -> bool:
+    return stage in ON_ALL_RANKS
 
 
 class Group:
@@ -158,16 +167,22 @@ def follow(where: Place, data_root: Optional[str]) -> dict[str, float]:
         config, run_dir, stage, teacher_dir = start
         hooks = _RankHooks(Path(run_dir), where.rank)
         hooks.stop = asked["stop"]
-        if stage != "distill":
+        if not on_all_ranks(stage):
             hooks.log(f"{stage} runs on rank 0 alone: this rank leaves")
             group.alone()
             return {}
-        hooks.log(f"run {Path(run_dir).name[:12]} rank {where.rank} of {where.world} on {os.uname().nodename}")
-        from seedrun.training.distill import distill
+        hooks.log(f"run {Path(run_dir).name[:12]} ({stage}) rank {where.rank} of {where.world} on {os.uname().nodename}")
         from seedrun.training.loop import Interrupted
 
         try:
-            distill(config, Path(run_dir), hooks, teacher_dir, data_root)
+            if stage == "pretrain":
+                from seedrun.training.pretrain import pretrain
+
+                pretrain(config, Path(run_dir), hooks, data_root)
+            else:
+                from seedrun.training.distill import distill
+
+                distill(config, Path(run_dir), hooks, teacher_dir, data_root)
         except Interrupted as exc:
             hooks.log(f"{exc}: rank 0 wrote the checkpoint and requeues the job")
         return {}

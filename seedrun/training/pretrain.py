@@ -1,16 +1,26 @@
 """Self-supervised pre-training, the recipe that makes teachers and student-alone baselines: MoCo-v2
 (He et al. 2020; Chen et al. 2020, official moco/builder.py), SimCLR or SwAV on two views, a loop you
 can read top to bottom. Checkpoints atomically every N steps and resumes bit-identically.
+
+Several processes (seedrun.training.distributed, seedrun.job.ranks): `pretrain.batch_size` is the global
+batch, split evenly over the ranks; the encoder trains under DistributedDataParallel (broadcast_buffers=False,
+as the official MoCo: each rank's BN running statistics are its own, rank 0's are saved), the momentum key
+encoder is replicated (every rank applies the same update to the same averaged weights), and MoCo-v2 gathers
+the keys of every rank into each rank's queue in rank order with shuffle BN across ranks (seedrun.training.
+pretexts). SimCLR and SwAV run in one process only. Global rank 0 writes checkpoints and the model and
+evaluates; a checkpoint holds each rank's RNG state and the digests that prove the replicas identical.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.augment import normalize
 from seedrun.data.loader import open_split
@@ -19,21 +29,18 @@ from seedrun.models.heads import teacher_head
 from seedrun.models.model_file import MODEL, save_model
 from seedrun.models.registry import create_backbone
 from seedrun.training import distributed
-from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
+from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, setup_torch, sgd_and_loop
-from seedrun.training.pretexts import create_pretext
+from seedrun.training.pretexts import check_ranks, create_pretext
 
 
 def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Optional[str] = None) -> dict[str, float]:
-    """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.training.pretexts) on two views.
-
-    One process: a run with several (launcher.procs, tasks_per_node) pre-trains on global rank 0 alone while
-    the other ranks leave (seedrun.job.ranks); the pretexts keep keys, negatives and Sinkhorn codes per
-    process, so DDP here would silently not be the one-process recipe (no gathered keys, no shuffle BN)."""
-    if distributed.current().active:
-        raise RuntimeError("pre-training runs in one process: seedrun.job.ranks runs it on global rank 0 alone")
-    device = setup_torch(config)
+    """Self-supervised pre-training with `pretrain.method` (MoCo-v2, SimCLR or SwAV; seedrun.training.pretexts) on two views,
+    on every rank of the job's process group (MoCo-v2 only when there are several)."""
+    ranks = distributed.current()  # one process unless the job set up a process group
     data_cfg, p = config["data"], config["pretrain"]
+    check_ranks(p["method"], ranks.world)
+    device = distributed.device_for(ranks, setup_torch(config))
     train = open_split(data_cfg, "train", data_root, hooks.log, method=p["method"])  # augment.preset=auto: its own
     test = open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(p["seed"])
@@ -43,7 +50,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     head = teacher_head(p["method"], d, p["dim"])
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
-    batch_size = batch_size_for(p["batch_size"], len(train))
+    batch_size = batch_size_for(p["batch_size"], len(train))  # the global batch: lr and steps follow it
+    rank_batch = distributed.split_batch(batch_size, ranks)
     parameters = [param for param in list(encoder.parameters()) + list(pretext.parameters()) if param.requires_grad]
     optimizer, loop = sgd_and_loop(parameters, p, batch_size, len(train), run_dir, hooks)
     steps_per_epoch = loop.steps_per_epoch
@@ -55,15 +63,34 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         pretext.load_state_dict(resumed["pretext"])
         pretext.load_extra_state(resumed["pretext_extra"])
         optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
+        per_rank = resumed.get("rng_ranks") or []  # several processes: each rank's own stream
+        set_rng_state(per_rank[ranks.rank] if len(per_rank) == ranks.world else resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
 
     def state() -> dict[str, Any]:
         return {"encoder": encoder.state_dict(), "pretext": pretext.state_dict(), "pretext_extra": pretext.extra_state(),
-                "optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch}
+                "optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch,
+                **({"rng_ranks": ranks.gather_object(rng_state()), "world": ranks.world,
+                    # parameters and the queue, not BN buffers: those stay per rank (broadcast_buffers=False)
+                    "rank_digests": distributed.check_identical(ranks, "the encoders and the queue", [
+                        *encoder.parameters(), *pretext.parameters(), *pretext.replicated()])}
+                   if ranks.active else {})}
 
-    batches = train.batches(seed, batch_size, {0: None, 1: None})  # two views a batch, whichever loader
+    model = encoder  # several processes: DDP averages the encoder's gradients (official: broadcast_buffers=False)
+    if ranks.active:
+        model = DistributedDataParallel(encoder, broadcast_buffers=False,
+                                        device_ids=[device.index] if device.type == "cuda" else None)
+
+        def save_on_main(state_of) -> None:  # every rank gathers its part of the state; global rank 0 writes
+            state = state_of()
+            if ranks.is_main:
+                save_checkpoint(state, run_dir)
+            ranks.barrier()
+        loop.save, loop.agree = save_on_main, ranks.agree
+
+    # two views a batch, whichever loader; rank r takes part r of each global batch
+    batches = train.batches(seed, rank_batch, {0: None, 1: None}, ranks.rank, ranks.world)
     for epoch in range(step // steps_per_epoch, p["epochs"]):
         encoder.train()
         started, losses = time.monotonic(), []
@@ -71,18 +98,21 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
             view_a, view_b = batch.view(0, device), batch.view(1, device)
             loop.set_lr(optimizer, step)
             with autocast(config, device):
-                loss = pretext(encoder, view_a, view_b)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                loss = pretext(model, view_a, view_b, step)
+            loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             pretext.after_step()
-            losses.append(loss.item())
+            losses.append(loss_value)
             step += 1
             loop.after_step(step, state)
         loop.end_epoch(epoch, step, losses, started, state)
 
+    if not ranks.is_main:
+        return {}  # global rank 0 writes the model and evaluates
     save_model(run_dir / MODEL, backbone, head, arch=p["arch"], width=p["width"], small_images=p["small_images"],
                in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"]})
     if train.kind != "memory":  # it would need every image as float: computed only for in-memory sets
