@@ -112,7 +112,9 @@ def baseline_rate(root: Path) -> float:
 
     from seedrun.sweeps.compose import compose_config
 
-    aug = compose_config(["data=imagenet"])["data"]["augment"]
+    from seedrun.data.presets import resolve
+
+    aug = resolve(compose_config(["data=imagenet"])["data"]["augment"], "mocov2")  # the recipe names a preset
     sigma = [s * SIZE / 224 for s in aug["blur_sigma"]]
     transform = v2.Compose([
         v2.ToImage(),

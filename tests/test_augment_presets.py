@@ -74,9 +74,12 @@ def test_blur_is_mocov2s_and_not_simclrs():
     assert 3 <= int(blurred.sum()) <= 17
 
 
-def test_memory_loader_draws_swav_crops_from_014():
+def test_recipe_keys_are_nulls_that_a_sweep_overrides():
+    # the data recipes list every key as null (the preset's value), so `data.augment.blur_p=0` composes
     data = open_split(_tiny("data.augment.crop_scale=null"), "train", method="swav")
     assert data.data_cfg["augment"]["crop_scale"] == [0.14, 1.0]
+    data = open_split(_tiny("data.augment.blur_p=0", "data.augment.preset=simclr"), "train", method="swav")
+    assert data.data_cfg["augment"] == {**PRESETS["simclr"], "crop_scale": [0.5, 1.0], "blur_p": 0, "preset": "simclr"}
 
 
 def test_stream_transform_is_the_official_sequence():
