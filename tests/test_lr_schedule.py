@@ -65,3 +65,13 @@ def test_per_step_keeps_the_previous_schedule_as_a_setting(tmp_path):
 def test_an_unknown_schedule_is_refused(tmp_path):
     with pytest.raises(ValueError, match="lr_schedule: expected one of official, per_step, got 'step'"):
         _loop(tmp_path, lr_schedule="step")
+
+
+def test_a_sweep_refuses_an_unknown_schedule_before_anything_runs(tmp_path):
+    from seedrun.errors import InputError
+    from seedrun.sweeps.sweep_file import expand
+    from conftest import TINY_SWEEP_BASE, write_sweep
+
+    path = write_sweep(tmp_path / "s.yaml", "name: s\n" + TINY_SWEEP_BASE + "  distill.lr_schedule: cosine\n")
+    with pytest.raises(InputError, match="distill.lr_schedule: expected official or per_step, got 'cosine'"):
+        expand(path)

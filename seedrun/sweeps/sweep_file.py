@@ -279,6 +279,10 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")
+    for section, block in (("distill", distill), ("teacher.pretrain", config["teacher"].get("pretrain") or {})):
+        schedule = block.get("lr_schedule") or "official"  # seedrun.training.loop.LR_SCHEDULES (loop imports torch)
+        if schedule not in ("official", "per_step"):
+            raise InputError(path, _where(f"{section}.lr_schedule", values), f"expected official or per_step, got {schedule!r}")
 
 
 def _where(key: str, values: dict) -> str:
