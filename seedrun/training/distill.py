@@ -20,13 +20,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.loader import open_split
+from seedrun.evaluate.knn import evaluate_knn_sharded
 from seedrun.losses import seed_loss
 from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
 from seedrun.training import distributed, kernels
 from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, features, setup_torch, sgd_and_loop
+from seedrun.training.loop import Hooks, autocast, batch_size_for, features, setup_torch, sgd_and_loop
 from seedrun.training.queue import EmbeddingQueue
 from seedrun.training.strategies import create_objective, get_strategy
 
@@ -168,8 +169,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
             loop.after_step(step, state)
         loop.end_epoch(epoch, step, losses, started, state)
 
-    if not ranks.is_main:
-        return {}  # global rank 0 writes the model and evaluates
-    save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
-               in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]})
-    return evaluate_knn(backbone, train, test, config, device)
+    if ranks.is_main:  # global rank 0 writes the model
+        save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
+                   in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]})
+    # every rank embeds its shard of both splits; rank 0 gathers, classifies and returns the metrics ({} elsewhere)
+    return evaluate_knn_sharded(backbone, train, test, config, device)
