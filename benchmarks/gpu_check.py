@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from seedrun.losses import seed_loss  # noqa: E402
 from seedrun.models.registry import create_network  # noqa: E402
-from seedrun.training import distributed  # noqa: E402
+from seedrun.training import distributed, kernels  # noqa: E402
 from seedrun.training.queue import EmbeddingQueue  # noqa: E402
 
 
@@ -34,10 +34,9 @@ def networks(args, device):
     small = args.size < 64
     tb, th, _ = create_network(args.teacher, args.width, small, 3, 128)
     sb, sh, _ = create_network(args.student, args.width, small, 3, 128)
-    teacher = nn.Sequential(tb, th).to(device).eval().requires_grad_(False)
-    student = nn.Sequential(sb, sh).to(device)
-    if device.type == "cuda":
-        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    # as seedrun.training.distill prepares them (kernels: channels_last on CUDA)
+    teacher = kernels.prepare(nn.Sequential(tb, th), device).eval().requires_grad_(False)
+    student = kernels.prepare(nn.Sequential(sb, sh), device)
     return teacher, student
 
 
@@ -48,17 +47,13 @@ def run(args, device, ddp: bool) -> float:
                                     device_ids=[device.index] if device.type == "cuda" else None) if ddp else student
     optimizer = torch.optim.SGD(student.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     queue = EmbeddingQueue(args.queue, 128, torch.Generator().manual_seed(0)).to(device)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = kernels.as_input(torch.randn(args.batch, 3, args.size, args.size, device=device), device)
     ranks = distributed.current()
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
         with bf16:
-            with torch.inference_mode():
-                z_t = F.normalize(teacher(images).float(), dim=1)
-            z_t = z_t.clone()  # out of inference mode: the queue and the loss may keep it
+            z_t = F.normalize(kernels.teacher_forward(teacher, images).float(), dim=1)  # inference_mode
             z_s = F.normalize(model(images).float(), dim=1)
         loss = seed_loss(z_s, z_t, queue.embeddings, 0.2, 1e-3)  # fp32 logits and softmax
         optimizer.zero_grad(set_to_none=True)
@@ -96,9 +91,8 @@ def main() -> None:
     if args.cpu_smoke:
         args.batch, args.size, args.steps, args.warmup, args.width, args.queue = 4, 16, 2, 1, 8, 64
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # speed, not bitwise resume (deterministic: false)
-        torch.backends.cuda.matmul.allow_tf32 = True
+    # distill.deterministic: false (cudnn.benchmark: speed, not bitwise resume), as a speed run would set it
+    kernels.configure({"deterministic": False}, device)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
