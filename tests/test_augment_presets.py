@@ -152,3 +152,18 @@ def test_simclr_jitter_changes_every_image_and_grayscale_comes_first():
     assert not torch.allclose(first, last, atol=1e-3)
     plain = normalize(images, (0.5,) * 3, (0.25,) * 3)
     assert ((first - plain).abs().amax(dim=(1, 2, 3)) > 1e-2).all()  # jitter p=1 (official: not RandomApply)
+
+
+def test_memory_crops_fit_the_image_as_torchvisions():
+    # torchvision's RandomResizedCrop redraws a crop that does not fit and falls back to the whole image;
+    # scale (1, 1) therefore gives the image itself (aspect 1 is the only one that fits), not a clamped
+    # rectangle, and scale near 1 keeps the requested area
+    from seedrun.data.augment import crop_and_flip
+
+    x = torch.rand(16, 3, 24, 24)
+    same = crop_and_flip(x, (1.0, 1.0), False, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, x, atol=1e-5)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(64, 1, 32, 32)  # a crop's mean x-extent shows its width
+    crop = crop_and_flip(ramp.contiguous(), (0.9, 1.0), False, torch.Generator().manual_seed(1))
+    widths = crop.amax(dim=(1, 2, 3)) - crop.amin(dim=(1, 2, 3))
+    assert (widths > 0.89).all()  # a crop of area >= 0.9 that fits is >= 0.9 wide; clamping gave 0.85

@@ -34,13 +34,21 @@ def _chance(n: int, p: float, generator: torch.Generator) -> Tensor:
 def crop_and_flip(x: Tensor, scale: tuple[float, float], flip: bool, generator: torch.Generator,
                   out_size: int | None = None) -> Tensor:
     """RandomResizedCrop (area `scale`, aspect 3/4 to 4/3) and a horizontal flip per image, as one
-    grid_sample on x's device; the draws come from `generator` (on the CPU)."""
-    n = x.shape[0]
-    area = _uniform(n, scale[0], scale[1], generator)
-    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator)
+    grid_sample on x's device; the draws come from `generator` (on the CPU).
+
+    As torchvision's RandomResizedCrop on a square image: up to 10 (area, aspect) draws, the first whose
+    crop fits the image is taken, else the whole image; clamping an oversized side instead would make
+    crops of scale near 1 smaller and squarer than the official ones. Positions are continuous."""
+    n, tries = x.shape[0], 10
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator)
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, tries, generator=generator)
     ratio = torch.exp(log_ratio)
-    width = torch.sqrt(area * ratio).clamp(max=1.0)
-    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    widths, heights = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+    fits = (widths <= 1) & (heights <= 1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first draw that fits (0 when none does)
+    found = fits.any(dim=1)
+    width = torch.where(found, widths.gather(1, first).squeeze(1), torch.ones(n))
+    height = torch.where(found, heights.gather(1, first).squeeze(1), torch.ones(n))
     center_x = _uniform(n, -1, 1, generator) * (1 - width)
     center_y = _uniform(n, -1, 1, generator) * (1 - height)
     sign = torch.where(_chance(n, 0.5, generator), -1.0, 1.0) if flip else torch.ones(n)
