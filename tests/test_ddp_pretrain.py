@@ -195,3 +195,28 @@ def test_a_two_rank_sweep_pretrains_on_both_ranks_and_resumes_after_a_requeue(tm
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch, recorded by rank 0 alone
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 10 and checkpoint["world"] == 2 and len(set(checkpoint["rank_digests"])) == 1
+
+
+def test_pretraining_under_several_processes_is_checked_before_anything_runs(tmp_path):
+    from seedrun.errors import InputError
+    from seedrun.sweeps.sweep_file import expand
+
+    path = tmp_path / "s.yaml"
+
+    def sweep(base: str, procs: int = 2):
+        path.write_text(f"name: s\nbase: [data=tiny, distill.batch_size=32, distill.queue_size=128, {base}]\n"
+                        f"launcher: {{name: local, procs: {procs}}}\n")
+        return expand(path, dry_run=True)
+
+    for method in ("simclr", "swav"):
+        with pytest.raises(InputError, match=f"teacher.method.*expected mocov2 under 2 processes.*got '{method}'"):
+            sweep(f"teacher=small_resnet_{method}, teacher.pretrain.batch_size=32")
+        sweep(f"teacher=small_resnet_{method}, teacher.pretrain.batch_size=32", procs=1)  # one process: fine
+    with pytest.raises(InputError, match="teacher.pretrain.batch_size.*multiple of the 2 processes.*got 33"):
+        sweep("teacher.pretrain.batch_size=33, teacher.pretrain.queue_size=132")
+    with pytest.raises(InputError, match="teacher.pretrain.shuffle_bn_groups.*multiple of the 2 processes.*got 3"):
+        sweep("teacher.pretrain.batch_size=32, teacher.pretrain.queue_size=128, +teacher.pretrain.shuffle_bn_groups=3")
+    with pytest.raises(InputError, match="shuffle_bn_groups.*divisor of teacher.pretrain.batch_size=32.*got 32"):
+        sweep("teacher.pretrain.batch_size=32, teacher.pretrain.queue_size=128, +teacher.pretrain.shuffle_bn_groups=32")
+    runs = sweep("teacher.pretrain.batch_size=32, teacher.pretrain.queue_size=128, +teacher.pretrain.shuffle_bn_groups=8")
+    assert {run.config["pretrain"]["shuffle_bn_groups"] for run in runs.runs if run.stage == "pretrain"} == {8}

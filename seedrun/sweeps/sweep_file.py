@@ -276,6 +276,7 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     for key in ("sync_bn", "deterministic", "compile"):  # seedrun.training.kernels
         if key in distill and not isinstance(distill[key], bool):
             raise InputError(path, _where(f"distill.{key}", values), f"expected true or false, got {distill[key]!r}")
+    _check_pretrain_ranks(config, values, path, world)
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")
@@ -283,6 +284,30 @@ def _check_values(config: dict, values: dict, path: str) -> None:
         schedule = block.get("lr_schedule") or "official"  # seedrun.training.loop.LR_SCHEDULES (loop imports torch)
         if schedule not in ("official", "per_step"):
             raise InputError(path, _where(f"{section}.lr_schedule", values), f"expected official or per_step, got {schedule!r}")
+
+
+def _check_pretrain_ranks(config: dict, values: dict, path: str, world: int) -> None:
+    """The teacher's (and the student-alone baseline's) pre-training runs on every process of the run:
+    MoCo-v2 only (seedrun.training.pretexts.check_ranks), its global batch split evenly over the processes and
+    into `shuffle_bn_groups` BatchNorm groups (a multiple of the processes) of at least 2 images."""
+    teacher = config["teacher"]
+    block = teacher.get("pretrain") or {}
+    batch = block.get("batch_size")
+    if world > 1 and teacher.get("checkpoint") is None and teacher.get("method", "mocov2") != "mocov2":
+        raise InputError(path, _where("teacher.method", values), f"expected mocov2 under {world} processes per run "
+                         f"({teacher.get('method')} pre-trains in one process only), got {teacher.get('method')!r}")
+    if world > 1 and isinstance(batch, int) and batch % world:
+        raise InputError(path, _where("teacher.pretrain.batch_size", values),
+                         f"expected a multiple of the {world} processes the launcher starts, got {batch}")
+    groups = block.get("shuffle_bn_groups")
+    if groups is None:
+        return  # the default follows the processes (seedrun.training.pretexts.shuffle_bn_groups)
+    key = _where("teacher.pretrain.shuffle_bn_groups", values)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or groups % world:
+        raise InputError(path, key, f"expected an integer >= 1 and a multiple of the {world} processes per run, got {groups!r}")
+    if isinstance(batch, int) and (batch % groups or batch // groups < 2):
+        raise InputError(path, key, f"expected a divisor of teacher.pretrain.batch_size={batch} leaving groups of "
+                         f"at least 2 images, got {groups}")
 
 
 def _where(key: str, values: dict) -> str:

@@ -41,15 +41,19 @@ from seedrun.training import distributed
 from seedrun.training.objectives import LossWithState, momentum_update
 from seedrun.training.queue import EmbeddingQueue
 
-#: BN groups of the global batch when `pretrain.shuffle_bn_groups` is not set: 4 makes groups of 32 from the
-#: CPU recipes' batch of 128, the official MoCo's 32 images per GPU (256 over 8 GPUs), and still groups of
-#: 8 from the tests' batch of 32; MoCo's 8 GPUs would leave 16 per group at 128, 4 at 32 (noisy statistics).
+#: BN groups of the global batch when `pretrain.shuffle_bn_groups` is not set (or null): at least 4, one per
+#: process or more (4 // processes a process): 4 makes groups of 32 from the CPU recipes' batch of 128, the
+#: official MoCo's 32 images per GPU (256 over 8 GPUs), and groups of 8 from the tests' batch of 32; MoCo's
+#: 8 GPUs would leave 16 per group at 128, 4 at 32 (noisier statistics).
 DEFAULT_SHUFFLE_BN_GROUPS = 4
 
 
-def shuffle_bn_groups(p: dict[str, Any]) -> int:
-    """`pretrain.shuffle_bn_groups`: BN groups of the global batch (1 turns shuffle BN off)."""
-    groups = p.get("shuffle_bn_groups", DEFAULT_SHUFFLE_BN_GROUPS)
+def shuffle_bn_groups(p: dict[str, Any], world: int = 1) -> int:
+    """`pretrain.shuffle_bn_groups`: BN groups of the global batch (1 turns shuffle BN off); unset or null: the
+    default for `world` processes, `world` x max(1, 4 // world)."""
+    groups = p.get("shuffle_bn_groups")
+    if groups is None:
+        return world * max(1, DEFAULT_SHUFFLE_BN_GROUPS // world)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"pretrain.shuffle_bn_groups: expected an integer >= 1, got {groups!r}")
     return groups
@@ -141,14 +145,16 @@ class MoCoV2(Pretext):
     def __init__(self, p: dict[str, Any], encoder: nn.Module, seed: int):
         super().__init__()
         self.momentum, self.tau, self.seed = p["encoder_momentum"], p["tau"], seed
-        self.groups = shuffle_bn_groups(p)
+        self.settings = p
+        shuffle_bn_groups(p)  # bad values fail here, before training
         self._encoder = [encoder]  # in a list, not a submodule: the recipe saves and optimises it
         self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.queue = EmbeddingQueue(p["queue_size"], p["dim"], torch.Generator().manual_seed(seed))
 
     def forward(self, encoder, view_a, view_b, step=0):
         ranks = distributed.current()
-        groups = check_shuffle_bn(self.groups, view_a.shape[0] * ranks.world, ranks.world)  # this rank's
+        groups = check_shuffle_bn(shuffle_bn_groups(self.settings, ranks.world), view_a.shape[0] * ranks.world,
+                                  ranks.world)  # this rank's
         self.key_encoder.train()  # as in MoCo: the key encoder's BN uses batch statistics
         with batchnorm_groups(self._encoder[0], groups):  # as many BN groups as MoCo's GPUs would have
             q = F.normalize(encoder(view_a).float(), dim=1)
