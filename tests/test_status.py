@@ -40,7 +40,7 @@ def database(tmp_path):
                                config=config, summary=summary, failure_reason=reason, job_id="local:1",
                                # a run of 8 processes on each of 2 nodes (seedrun.job.provenance.layout)
                                provenance={"layout": "8x2 gpu", "world": 16} if digest == "a" * 64 else
-                               {"layout": None, "world": 1},
+                               {"world": 1},
                                error="killed" if reason else None,
                                finished_at=dt.datetime(2026, 1, 1) if state == "completed" else None)
             session.add(rows[digest])

@@ -50,7 +50,8 @@ def layout(world: int, training_ranks: int, device: str) -> dict[str, Any]:
     uses_gpu = device != "cpu" and gpus() > 0
     info: dict[str, Any] = {"world": world, "nodes": n, "ranks_per_node": per_node, "training_ranks": training_ranks,
                             "gpus_used": training_ranks if uses_gpu else 0, "gpus_held": gpus() * n}
-    info["layout"] = f"{per_node}x{n} {'gpu' if uses_gpu else 'cpu'}" if world > 1 else None
+    if world > 1:  # absent for one process: status's SQL then skips the run's provenance (instr finds no key)
+        info["layout"] = f"{per_node}x{n} {'gpu' if uses_gpu else 'cpu'}"
     return info
 
 

@@ -226,6 +226,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                 return None
         prov.update(info)
         world = self._group.where.world  # this attempt's processes, nodes and the GPUs it will train on
+        prov.pop("layout", None)  # an earlier attempt's, on another world size
         prov.update(layout(world, world if ranks.on_all_ranks(stage) else 1, str(config.get("device") or "auto")))
         self._gpus = (prov["training_ranks"], prov["gpus_used"])
         prov.update(submitit_paths())

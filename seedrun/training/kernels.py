@@ -87,12 +87,30 @@ def maybe_compile(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
 
 # ---- BatchNorm over the global batch ---------------------------------------------------------------
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum of every rank's gradient (each rank's output feeds its
+    own loss). torch.distributed.nn.functional.all_reduce does the same but is deprecated in torch 2.x."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm whose training-mode statistics are those of the global batch (every rank's samples).
 
     Why not torch.nn.SyncBatchNorm: its forward raises "SyncBatchNorm expected input tensor to be on GPU"
     for CPU tensors (torch 2.x), so the CPU/gloo path (tests, CPU clusters) needs its own. The statistics
-    are combined with differentiable all-reduces (torch.distributed.nn), two passes (mean, then the
+    are combined with differentiable all-reduces (_AllReduceSum), two passes (mean, then the
     centred squares) rather than E[x^2] - mean^2, so the result matches one process's BatchNorm of the
     same global batch to float rounding. Its backward all-reduces the gradients of the statistics, which
     is what makes DDP's averaged gradient the gradient of the global batch's loss. Eval mode and one
@@ -111,8 +129,6 @@ class GlobalBatchNorm(_BatchNorm):
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         if not self.training or group is None or dist.get_world_size(group) == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -120,9 +136,9 @@ class GlobalBatchNorm(_BatchNorm):
         count = torch.tensor([float(xf.numel() // xf.size(1))], dtype=torch.float64)
         dist.all_reduce(count, group=group)  # ranks may hold different numbers of samples
         n = count.item()
-        mean = all_reduce(xf.sum(dims), group=group) / n
+        mean = _AllReduceSum.apply(xf.sum(dims), group) / n
         centred = xf - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims), group=group) / n  # biased, as BatchNorm normalises
+        var = _AllReduceSum.apply((centred * centred).sum(dims), group) / n  # biased, as BatchNorm normalises
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
