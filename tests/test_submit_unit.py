@@ -295,6 +295,7 @@ class StepJob(jobmod.RunJob):
 
     signum = None
     fail_with: BaseException | None = None
+    saves = True  # False: stops without a checkpoint (an attempt that made no progress)
 
     def _train(self, stage, config, run_dir, hooks, teacher_dir):
         for step in range(1, 200):
@@ -303,7 +304,8 @@ class StepJob(jobmod.RunJob):
             if self.fail_with is not None:
                 raise self.fail_with
             if hooks.should_stop():
-                (run_dir / "checkpoint.pt").write_text(f"step {step}")  # what train.Loop does
+                if self.saves:
+                    (run_dir / "checkpoint.pt").write_text(f"step {step}")  # what train.Loop does
                 raise Stopped(f"stopped at step {step}")
         hooks.epoch_end(1, {"loss": 1.0})
         return {"knn_top1": 50.0}
@@ -346,19 +348,26 @@ def usr2_handler():
     signal.signal(usr2, previous)
 
 
-@pytest.mark.parametrize("timed_out, limit, requeued", [(False, -1, True), (True, 3, True), (True, 0, False)])
-def test_usr2_checkpoints_at_a_step_boundary_then_hands_over_within_budget(home, usr2_handler, timed_out, limit, requeued):
+# A timeout whose attempt made progress (steps and a checkpoint) spends no budget (tests/test_budgets.py)
+@pytest.mark.parametrize("timed_out, limit, progress, requeued", [
+    (False, -1, True, True), (True, 3, True, True), (True, 0, True, True), (True, 3, False, True), (True, 0, False, False)])
+def test_usr2_checkpoints_at_a_step_boundary_then_hands_over_within_budget(home, usr2_handler, timed_out, limit,
+                                                                          progress, requeued):
     run_hash, db_url = one_run(home, max_timeouts=limit)
     fake = FakeSubmititHandler(timed_out)
     usr2_handler(fake.checkpoint_and_try_requeue)
     job = StepJob(run_hash, db_url)
     job.signum = jobmod.submitit.JobEnvironment._usr_sig()
+    job.saves = progress
     with pytest.raises((SystemExit, AttemptOver)):
         job()
     row = run_row(db_url, run_hash)
-    assert (Path(row["run_dir"]) / "checkpoint.pt").read_text() == "step 3"  # saved before handing over
+    if progress:
+        assert (Path(row["run_dir"]) / "checkpoint.pt").read_text() == "step 3"  # saved before handing over
     kind = "timeouts" if timed_out else "preemptions"
-    assert row["provenance"][kind] == 1 and row["provenance"]["attempt_open"] is False
+    counted = 0 if timed_out and progress else 1
+    assert row["provenance"][kind] == counted and row["provenance"]["attempt_open"] is False
+    assert row["provenance"].get("progress_timeouts", 0) == 1 - counted
     assert row["provenance"]["events"][-1]["event"] == ("timeout" if timed_out else "preempted")
     if requeued:
         assert fake.calls == [job.signum] and row["state"] == "submitted"
