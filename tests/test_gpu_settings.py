@@ -78,18 +78,18 @@ def test_memory_format_compile_and_deterministic_settings(monkeypatch):
 
     # flags only (no GPU needed): restored afterwards, they are process-wide
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
+             torch.backends.cudnn.deterministic, torch.is_deterministic_algorithms_warn_only_enabled())
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
         kernels.configure({"deterministic": False}, torch.device("cuda"))
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
         kernels.configure({}, torch.device("cuda"))  # the default: deterministic
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
-        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
         import os
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
-        torch.use_deterministic_algorithms(saved[0])
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[3])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
 
 

@@ -7,9 +7,10 @@ Settings (the `distill` section; defaults keep what runs computed before these e
                           statistics of the global batch (torch's SyncBatchNorm on GPUs; GlobalBatchNorm
                           below on CPUs, where SyncBatchNorm refuses to run), so N ranks compute what one
                           process computes with the same global batch
-    deterministic: true   true: deterministic kernels (torch.use_deterministic_algorithms,
+    deterministic: true   true: deterministic kernels (torch.use_deterministic_algorithms with warn_only,
                           CUBLAS_WORKSPACE_CONFIG=:4096:8, cudnn.benchmark off): a resumed run is bitwise
-                          the uninterrupted one. false: cudnn.benchmark on for speed; a resumed run is exact
+                          the uninterrupted one as far as torch has deterministic CUDA kernels (the ops
+                          without one warn). false: cudnn.benchmark on for speed; a resumed run is exact
                           in state (same step, data, queue) but not bitwise
     compile: false        true: torch.compile the student (opt-in: the first steps pay the compilation)
 
@@ -42,7 +43,9 @@ def configure(settings: dict[str, Any], device: torch.device) -> None:
     if settings.get("deterministic", True):
         # cuBLAS reads this when its handle is created: before the first matmul of the process
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: a few ops have no deterministic CUDA kernel (ResNet's adaptive_avg_pool2d backward adds
+        # atomically) and would otherwise raise in the first step; they warn, every other op is deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     else:
