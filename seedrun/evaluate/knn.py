@@ -443,16 +443,16 @@ def embed_sharded(backbone: torch.nn.Module, data, device: torch.device,
         out.append(backbone(normalize(images, data.mean, data.std).to(device)).float().cpu())
         labels.append(chunk_labels.long())
     block = -(-n // ranks.world)
-    dim = torch.tensor([out[0].shape[1] if out else 0])
+    on = distributed._device()  # NCCL needs CUDA tensors, gloo takes CPU ones
+    dim = torch.tensor([out[0].shape[1] if out else 0], device=on)
     dist.all_reduce(dim, op=dist.ReduceOp.MAX)  # a rank whose block is empty still sends rows of the width
-    mine = torch.cat(out) if out else torch.zeros(0, int(dim))
+    mine = torch.cat(out) if out else torch.zeros(0, int(dim.item()))
     mine_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     # equal shapes for the collective: each block padded to `block` rows, then trimmed on rank 0
-    padded = torch.zeros(block, int(dim))
+    padded = torch.zeros(block, int(dim.item()))
     padded[:len(mine)] = mine
     padded_labels = torch.full((block,), -1, dtype=torch.long)
     padded_labels[:len(mine_labels)] = mine_labels
-    on = distributed._device()  # NCCL needs CUDA tensors, gloo takes CPU ones
     parts: list[list[Tensor]] = [[] for _ in range(ranks.world)]
     label_parts: list[list[Tensor]] = [[] for _ in range(ranks.world)]
     for first in range(0, block, GATHER_ROWS):
