@@ -154,7 +154,9 @@ def test_uneven_split_is_refused_at_check_time(tmp_path):
     from seedrun.sweeps.sweep_file import expand
 
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\nbase: [data=tiny, distill.batch_size=30, distill.queue_size=120]\n"
+    # the teacher pre-trains on every process too (seedrun.training.pretrain): its batch splits over them as well
+    path.write_text("name: s\nbase: [data=tiny, distill.batch_size=30, distill.queue_size=120, "
+                    "teacher.pretrain.batch_size=30, teacher.pretrain.queue_size=120]\n"
                     "launcher: {name: local, procs: 4}\n")
     with pytest.raises(InputError, match="distill.batch_size.*multiple of the 4 processes"):
         expand(path, dry_run=True)

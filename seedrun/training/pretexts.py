@@ -13,7 +13,7 @@ method's projection head) and returns its loss from seedrun.losses.
 Shuffle BN (MoCo, He et al. 2020 sec. 3.3; official `_batch_shuffle_ddp`): BatchNorm lets the samples of a
 batch communicate, so if the key encoder normalised its batch with the statistics of the same images the
 query encoder saw, the network could tell the positive key from the queue's by their shared batch
-statistics and "cheat" the pretext (a MoCo-v2 MobileNet on Fashion-MNIST fell 35 points below random init).
+statistics and "cheat" the pretext (a loss that falls fast while the features stay poor).
 MoCo computes BN statistics per GPU and shuffles the key batch across GPUs. Here the global batch is split
 into `pretrain.shuffle_bn_groups` BN groups (the GPUs MoCo would have had), spread evenly over the
 processes: the query encoder normalises each contiguous group of its batch on its own (`batchnorm_groups`),
