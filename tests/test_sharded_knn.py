@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from seedrun.evaluate.knn import shard_batches
+from seedrun.evaluate.sharded_features import shard_batches
 from test_sync_bn import spawn
 
 
@@ -37,7 +37,7 @@ def _setup():
 
 
 def _ranks(rank, world, out):
-    from seedrun.evaluate.knn import embed_sharded, evaluate_knn_sharded
+    from seedrun.evaluate.sharded_features import embed_sharded, evaluate_knn_sharded
 
     config, train, test, backbone = _setup()
     if rank == 1:  # rank 1's own running statistics (no sync_bn): the evaluated model must be rank 0's

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.loader import open_split
-from seedrun.evaluate.knn import evaluate_knn_sharded
+from seedrun.evaluate.sharded_features import evaluate_knn_sharded
 from seedrun.losses import seed_loss
 from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
