@@ -55,18 +55,31 @@ def cmd_sweep(args) -> int:
 
 
 def _print_references(db_url: str, sweep: str) -> None:
-    """The sweep's teachers and baselines, and raw pixels: what a reader judges the table's numbers by."""
+    """The sweep's teachers and baselines, and raw pixels: what a reader judges the table's numbers by.
+    Runs that differ only in their seed (the baselines of several seeds) are one line: mean +- std."""
+    import statistics
+
     from seedrun.store.records import load_records
 
+    lines: dict[str, list[float]] = {}
+    pixels: dict[str, float] = {}
     for record in load_records(db_url, sweep=sweep, stage="pretrain"):
         p, top1 = record.config.get("pretrain", {}), record.metrics.get("knn_top1")
         if top1 is None:
             continue
         who = "teacher" if p.get("role", "teacher") == "teacher" else "student alone (baseline)"
-        print(f"{who}: {p.get('method')} {p.get('arch')} width {p.get('width')}, {p.get('epochs')} epochs: "
-              f"k-NN top-1 {top1:.1f}")
+        label = f"{who}: {p.get('method')} {p.get('arch')} width {p.get('width')}, {p.get('epochs')} epochs"
+        lines.setdefault(label, []).append(top1)
         if "pixels_knn_top1" in record.metrics and who == "teacher":
-            print(f"raw pixels, same k-NN: top-1 {record.metrics['pixels_knn_top1']:.1f}")
+            pixels[label] = record.metrics["pixels_knn_top1"]
+    for label, values in lines.items():
+        if len(values) == 1:
+            print(f"{label}: k-NN top-1 {values[0]:.1f}")
+        else:
+            print(f"{label}: k-NN top-1 {statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} "
+                  f"({len(values)} seeds)")
+        if label in pixels:
+            print(f"raw pixels, same k-NN: top-1 {pixels[label]:.1f}")
 
 
 def cmd_eval(args) -> int:
