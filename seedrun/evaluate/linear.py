@@ -213,16 +213,15 @@ def linear_probe(
             best[:] = [top1, top5, epoch + 1]
 
     train_linear(x_train, y_train, num_classes, protocol, batch_size, seed, on_epoch)
+    return _probe_result(best, last, protocol)
+
+
+def _probe_result(best: list, last: list, protocol: LinearProtocol) -> dict[str, float]:
+    """The reported numbers: the best epoch's by validation top-1 (MoCo's), or the last (``select``)."""
     if protocol.select == "last":
         best = [last[0], last[1], protocol.epochs]
-    return {
-        "linear_top1": best[0],
-        "linear_top5": best[1],
-        "best_epoch": best[2],
-        "final_top1": last[0],
-        "final_top5": last[1],
-        "epochs": protocol.epochs,
-    }
+    return {"linear_top1": best[0], "linear_top5": best[1], "best_epoch": best[2],
+            "final_top1": last[0], "final_top5": last[1], "epochs": protocol.epochs}
 
 
 def train_linear(
@@ -328,16 +327,7 @@ def augmented_probe(
         if log is not None:
             log(f"linear probe ({protocol.name}) epoch {epoch + 1}/{protocol.epochs}: lr {lr:g}, "
                 f"top-1 {top1:.2f}")
-    if protocol.select == "last":
-        best = [last[0], last[1], protocol.epochs]
-    return {
-        "linear_top1": best[0],
-        "linear_top5": best[1],
-        "best_epoch": best[2],
-        "final_top1": last[0],
-        "final_top5": last[1],
-        "epochs": protocol.epochs,
-    }
+    return _probe_result(best, last, protocol)
 
 
 def _step(

@@ -17,7 +17,6 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.loader import open_split
 from seedrun.evaluate.sharded_features import evaluate_knn_sharded
@@ -26,7 +25,7 @@ from seedrun.models.model_file import MODEL, load_own_model, save_model
 from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
 from seedrun.training import distributed, kernels
-from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, features, setup_torch, sgd_and_loop
 from seedrun.training.queue import EmbeddingQueue
 from seedrun.training.strategies import create_objective, get_strategy
@@ -117,17 +116,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                         queue.embeddings, torch.tensor(queue.pointer)])}
                    if ranks.active else {})}
 
-    model = student  # several processes: DDP averages the student's gradients (official: broadcast_buffers=False)
-    if ranks.active:
-        model = DistributedDataParallel(student, broadcast_buffers=False,
-                                        device_ids=[device.index] if device.type == "cuda" else None)
-
-        def save_on_main(state_of) -> None:  # every rank gathers its part of the state; global rank 0 writes
-            state = state_of()
-            if ranks.is_main:
-                save_checkpoint(state, run_dir)
-            ranks.barrier()
-        loop.save, loop.agree = save_on_main, ranks.agree
+    model = distributed.parallel_model(student, ranks, device, loop, run_dir)  # DDP under several processes
 
     model = kernels.maybe_compile(model, d)  # distill.compile (off by default)
 

@@ -183,3 +183,25 @@ def check_identical(ranks: Ranks, what: str, tensors) -> list[str]:
     if len(set(digests)) > 1:
         raise RuntimeError(f"the ranks' copies of {what} differ at a checkpoint: {digests}")
     return digests
+
+
+def parallel_model(module: torch.nn.Module, ranks: Ranks, device: torch.device, loop: Any, run_dir) -> torch.nn.Module:
+    """The module a training step calls. Several processes: `module` in DistributedDataParallel (averaged
+    gradients; broadcast_buffers=False as the official SEED and MoCo code), and `loop` (training.loop.Loop)
+    checkpointing on global rank 0 after every rank gathered its part of the state, stopping when the ranks
+    agree. One process: `module` itself, the loop untouched."""
+    if not ranks.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    from seedrun.training.checkpoints import save_checkpoint
+
+    def save_on_main(state_of) -> None:
+        state = state_of()
+        if ranks.is_main:
+            save_checkpoint(state, run_dir)
+        ranks.barrier()
+
+    loop.save, loop.agree = save_on_main, ranks.agree
+    return DistributedDataParallel(module, broadcast_buffers=False,
+                                   device_ids=[device.index] if device.type == "cuda" else None)

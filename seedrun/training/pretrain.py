@@ -20,7 +20,6 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from seedrun.data.augment import normalize
 from seedrun.data.loader import open_split
@@ -29,7 +28,7 @@ from seedrun.models.heads import teacher_head
 from seedrun.models.model_file import MODEL, save_model
 from seedrun.models.registry import create_backbone
 from seedrun.training import distributed
-from seedrun.training.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
 from seedrun.training.loop import Hooks, autocast, batch_size_for, evaluate_knn, setup_torch, sgd_and_loop
 from seedrun.training.pretexts import check_ranks, create_pretext
 
@@ -77,17 +76,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
                         *encoder.parameters(), *pretext.parameters(), *pretext.replicated()])}
                    if ranks.active else {})}
 
-    model = encoder  # several processes: DDP averages the encoder's gradients (official: broadcast_buffers=False)
-    if ranks.active:
-        model = DistributedDataParallel(encoder, broadcast_buffers=False,
-                                        device_ids=[device.index] if device.type == "cuda" else None)
-
-        def save_on_main(state_of) -> None:  # every rank gathers its part of the state; global rank 0 writes
-            state = state_of()
-            if ranks.is_main:
-                save_checkpoint(state, run_dir)
-            ranks.barrier()
-        loop.save, loop.agree = save_on_main, ranks.agree
+    model = distributed.parallel_model(encoder, ranks, device, loop, run_dir)  # DDP under several processes
 
     # two views a batch, whichever loader; rank r takes part r of each global batch
     batches = train.batches(seed, rank_batch, {0: None, 1: None}, ranks.rank, ranks.world)
