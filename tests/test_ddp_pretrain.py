@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import CLI, TINY_BASE
-from test_distributed import _StopAfter, spawn
+from gloo_ranks import spawn
+from test_distributed import _StopAfter
 
 SETTINGS = {"method": "mocov2", "encoder_momentum": 0.9, "tau": 0.2, "queue_size": 64, "dim": 16,
             "shuffle_bn_groups": 2}

@@ -3,30 +3,14 @@ SEED distillation under DistributedDataParallel against one process with the sam
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from seedrun.training import distributed
 from seedrun.training.queue import EmbeddingQueue
-
-
-def spawn(fn, world: int, tmp_path, *args) -> None:
-    """Run fn(rank, world, init_file, *args) in `world` fresh processes joined by a gloo process group."""
-    mp.spawn(_entry, args=(fn, world, str(tmp_path / "pg-init"), args), nprocs=world, join=True)
-
-
-def _entry(rank, fn, world, init_file, args):
-    os.environ["LOCAL_RANK"] = str(rank)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
+from gloo_ranks import spawn
 
 
 def test_one_process_helpers_change_nothing():

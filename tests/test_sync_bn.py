@@ -5,28 +5,12 @@ students stay identical at every step."""
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-
-
-def spawn(fn, world: int, tmp_path, *args) -> None:
-    """fn(rank, world, *args) in `world` fresh processes joined by a gloo process group."""
-    mp.spawn(_entry, args=(fn, world, str(tmp_path / "pg-init"), args), nprocs=world, join=True)
-
-
-def _entry(rank, fn, world, init_file, args):
-    os.environ["LOCAL_RANK"] = str(rank)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
+from gloo_ranks import spawn
 
 
 class Quiet:
