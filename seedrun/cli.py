@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", parents=[with_db], help="rebuild one of the paper's tables from the recorded runs")
     p.add_argument("--ablation", help="table name (see --list)")
-    p.add_argument("--format", default="rich", choices=["rich", "markdown", "latex", "csv"])
+    p.add_argument("--format", default="text", choices=["text", "markdown", "latex", "csv"],
+                   type=lambda name: {"rich": "text", "md": "markdown", "tex": "latex"}.get(name, name),
+                   help="text (the terminal's grid; default), markdown, latex or csv")
     p.add_argument("--paper", action="store_true", help="show the paper's published values next to ours")
     p.add_argument("--sweep", help="fill the table from this sweep's runs only")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the table (a curve over the axis or bars)")

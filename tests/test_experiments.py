@@ -58,9 +58,9 @@ def test_evaluation_results_are_kept_per_protocol_and_the_table_names_its_own(tm
     assert moco.cell("0.01", "linear_top1").text() == "60.0" and moco.cell("0.1", "linear_top1").text() == "—"
     compress = build_table("temperature", table_groups("temperature", url, None, "compress"))
     assert compress.cell("0.01", "linear_top1").text() == "62.0" and compress.cell("0.1", "linear_top1").text() == "61.0"
-    print_table(None, "temperature", url, None, "markdown", False)
+    print_table("temperature", url, None, "markdown", False)
     assert "linear columns: the moco probe protocol (the paper's)" in capsys.readouterr().out
-    print_table(None, "temperature", url, None, "markdown", False, "compress")
+    print_table("temperature", url, None, "markdown", False, "compress")
     assert "the compress probe protocol;" in capsys.readouterr().out
 
 

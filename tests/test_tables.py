@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -22,10 +21,11 @@ import pytest
 from seedrun.store.groups import group_records
 from seedrun.store.records import RunRecord
 from seedrun.tables import TABLES, build_table, list_tables, plot_table, render
+from seedrun.tables.terminal import to_text
 
 GOLDEN = Path(__file__).parent / "golden" / "tables"
 UPDATE_GOLDEN = os.environ.get("SEEDRUN_UPDATE_GOLDEN") == "1"
-FORMATS = {"rich": "txt", "markdown": "md", "latex": "tex", "csv": "csv"}
+FORMATS = {"text": "txt", "markdown": "md", "latex": "tex", "csv": "csv"}
 START = dt.datetime(2024, 1, 1)
 
 
@@ -106,14 +106,7 @@ def fixture_records() -> list[RunRecord]:
 
 
 def _text(table_data, fmt: str) -> str:
-    out = render(table_data, fmt)
-    if fmt != "rich":
-        return out
-    from rich.console import Console
-
-    console = Console(file=io.StringIO(), width=400, record=True, color_system=None)
-    console.print(out)
-    return console.export_text()
+    return to_text(table_data, width=400) if fmt == "text" else render(table_data, fmt)
 
 
 @pytest.mark.parametrize("paper", [False, True], ids=["ours", "paper"])

@@ -46,7 +46,7 @@ def cmd_sweep(args) -> int:
     if sweep.ablation:
         from seedrun.commands.read import print_table
 
-        print_table(console, sweep.ablation, db_url, sweep.name, "rich", paper=True)
+        print_table(sweep.ablation, db_url, sweep.name, "text", paper=True)
         _print_references(db_url, sweep.name)
     if outcome["failed"] or outcome["blocked"]:
         console.print("some runs failed: `seedrun status` lists them, `seedrun logs RUN` shows why")

@@ -48,20 +48,21 @@ def table_groups(ablation: str, db_url: str, sweep: Optional[str], protocol: Opt
                        names={metric: candidates(metric, protocol) for metric in metrics})
 
 
-def print_table(console, ablation: str, db_url: str, sweep: Optional[str], fmt: str, paper: bool,
+def print_table(ablation: str, db_url: Optional[str], sweep: Optional[str], fmt: str, paper: bool,
                 protocol: Optional[str] = None) -> None:
+    """The table as `seedrun table` prints it; from no runs at all where there is no database yet."""
     from seedrun.store.protocols import protocol_note
     from seedrun.tables import build_table, render
+    from seedrun.tables.render import format_name
+    from seedrun.tables.terminal import to_text, wants_color
 
-    data = build_table(ablation, table_groups(ablation, db_url, sweep, protocol), paper=paper, protocol=protocol)
+    groups = table_groups(ablation, db_url, sweep, protocol) if db_url is not None else []
+    data = build_table(ablation, groups, paper=paper, protocol=protocol)
     note = protocol_note({column.metric for column in data.columns}, protocol)
-    if note:
+    if note and db_url is not None:
         data.notes.append(note)
-    output = render(data, fmt)
-    if isinstance(output, str):
-        print(output, end="" if output.endswith("\n") else "\n")
-    else:
-        console.print(output)
+    output = to_text(data, color=wants_color()) if format_name(fmt) == "text" else render(data, fmt)
+    print(output, end="" if output.endswith("\n") else "\n")
 
 
 def cmd_table(args) -> int:
@@ -74,8 +75,6 @@ def cmd_table(args) -> int:
         return 0
     if not args.ablation:
         raise UsageError("table: give --ablation NAME (see --list)")
-    from rich.console import Console
-
     from seedrun.tables import get_table
 
     get_table(args.ablation)  # an unknown name fails before the database is opened
@@ -92,13 +91,8 @@ def cmd_table(args) -> int:
                    if db_exists(db_url) else [],
                    args.plot, protocol=args.protocol)
         print(f"wrote {args.plot}")
-    if db_exists(db_url):
-        print_table(Console(), args.ablation, db_url, args.sweep, args.format, args.paper, args.protocol)
-    else:
-        from seedrun.tables import build_table, render
-
-        output = render(build_table(args.ablation, [], paper=args.paper, protocol=args.protocol), args.format)
-        Console().print(output) if not isinstance(output, str) else print(output, end="")
+    print_table(args.ablation, db_url if db_exists(db_url) else None, args.sweep, args.format, args.paper,
+                args.protocol)
     return 0
 
 

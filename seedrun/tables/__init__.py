@@ -3,10 +3,10 @@
     TABLES                              name -> TableDef (definitions.py; one definition a table)
     list_tables()                       [(name, title)] in the paper's order
     build_table(name, groups, paper)    runs -> TableData (build.py)
-    render(data, fmt)                   rich | markdown | latex | csv (render.py)
+    render(data, fmt)                   text | markdown | latex | csv (render.py, terminal.py)
     plot_table(name, groups, path)      PNG (plot.py; imports matplotlib only when called)
 
-No torch, hydra or sqlalchemy here: `seedrun table` must start fast. Runs come in as
+No torch, hydra, sqlalchemy or rich here: `seedrun table` must start fast. Runs come in as
 seedrun.store.groups.RunGroup objects: from the database by load_groups, from records by group_records.
 """
 

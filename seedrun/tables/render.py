@@ -1,12 +1,13 @@
-"""TableData -> rich table, markdown, LaTeX (booktabs) or CSV: every format prints the same cells."""
+"""TableData -> terminal text, markdown, LaTeX (booktabs) or CSV: every format prints the same cells."""
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Callable
+from typing import Callable
 
 from seedrun.tables.build import TableData
+from seedrun.tables.terminal import to_text
 
 
 def _flat(group: str, label: str) -> str:
@@ -79,53 +80,21 @@ def to_latex(data: TableData) -> str:
     return "\n".join(lines) + "\n"
 
 
-_RICH_STYLES = {
-    "label": "bold", "missing": "dim", "running": "yellow", "pending": "yellow", "failed": "red",
-    "blocked": "red", "cancelled": "red", "paper": "cyan",
+RENDERERS: dict[str, Callable[[TableData], str]] = {
+    "text": to_text, "markdown": to_markdown, "latex": to_latex, "csv": to_csv,
 }
+# "rich": the terminal format's name while rich drew it (seedrun.tables.terminal says why no longer).
+ALIASES = {"md": "markdown", "tex": "latex", "rich": "text"}
 
 
-def to_rich(data: TableData) -> Any:
-    """For the terminal: with --paper, the published value and Δ go on a second line of the same
-    cell rather than into two more columns each, so that the main table still fits a screen."""
-    # rich is imported here, not at module import: `seedrun table --format csv` never needs it.
-    from rich.table import Table
-    from rich.text import Text
-
-    grouped = any(column.group for column in data.columns)
-    notes = list(data.notes)
-    if data.paper_columns:
-        notes.insert(0, "second line of a cell: the published value and Δ = ours − paper")
-    table = Table(title=data.title, caption="\n".join(notes) or None, caption_justify="left")
-    for label in data.row_headers:
-        table.add_column(f"\n{label}" if grouped else label, justify="left")
-    previous_group = None
-    for column in data.columns:
-        # rich has no spanning headers: a group is named above its first column only
-        group = column.group if column.group != previous_group else ""
-        previous_group = column.group
-        table.add_column(f"{group}\n{column.label}" if grouped else column.label, justify="right")
-    for row in data.rows:
-        line = [Text(label, style=_RICH_STYLES["label"]) for label in row.row.labels]
-        for column, cell in zip(data.columns, row.cells):
-            text = Text(cell.text(), style=_RICH_STYLES.get(cell.state, ""))
-            if column.id in data.paper_columns and cell.paper is not None:
-                published = cell.paper_text() if cell.diff is None else f"{cell.paper_text()} {cell.diff_text()}"
-                text.append(("\n" if cell.text() else "") + published, style=_RICH_STYLES["paper"])
-            line.append(text)
-        table.add_row(*line)
-    return table
-
-
-RENDERERS: dict[str, Callable[[TableData], Any]] = {
-    "rich": to_rich, "markdown": to_markdown, "latex": to_latex, "csv": to_csv,
-}
-_ALIASES = {"md": "markdown", "tex": "latex"}
-
-
-def render(data: TableData, fmt: str = "rich") -> Any:
-    """A str for markdown, latex and csv; a rich.table.Table for rich."""
-    fmt = _ALIASES.get(fmt, fmt)
+def format_name(fmt: str) -> str:
+    """The format's own name for an alias; an unknown name raises ValueError naming the known ones."""
+    fmt = ALIASES.get(fmt, fmt)
     if fmt not in RENDERERS:
         raise ValueError(f"unknown table format {fmt!r}; known formats: {', '.join(RENDERERS)}")
-    return RENDERERS[fmt](data)
+    return fmt
+
+
+def render(data: TableData, fmt: str = "text") -> str:
+    """The table in one format; "text" as wide as the terminal, without colours (see to_text)."""
+    return RENDERERS[format_name(fmt)](data)

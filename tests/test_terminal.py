@@ -1,0 +1,89 @@
+"""seedrun.tables.terminal: the grid `seedrun table` prints, at a terminal's width, in colour only on
+a terminal, and through the CLI without importing rich (golden files in test_tables cover the layout)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seedrun.tables.terminal import _fit, _wrap, to_text, wants_color
+from test_tables import _write, fixture_records, table
+
+
+def test_wrap_breaks_at_spaces_and_cuts_a_word_longer_than_the_width():
+    assert _wrap("44.3 ± 0.3", 10) == ["44.3 ± 0.3"]
+    assert _wrap("44.3 ± 0.3", 7) == ["44.3 ±", "0.3"]
+    assert _wrap("CIFAR-100 top-1", 8) == ["CIFAR-1…", "top-1"]
+
+
+def test_fit_levels_the_widest_columns_first_and_leaves_a_fitting_table_alone():
+    assert _fit([10, 4, 6], 30) == [10, 4, 6]
+    assert _fit([10, 4, 6], 17) == [7, 4, 6]  # only the widest gave way
+    assert _fit([10, 4, 10], 18) == [7, 4, 7]  # the two widest came down together
+    assert sum(_fit([9, 9, 9], 20)) == 20  # all equal: all shrink
+
+
+@pytest.mark.parametrize("name, width", [("distillation", 80), ("distillation", 60), ("main", 100), ("main", 80),
+                                         ("teacher", 100), ("teacher", 80)])
+def test_a_table_wider_than_the_terminal_wraps_its_cells_to_fit(name, width):
+    data = table(name, fixture_records(), paper=True)
+    wide = to_text(data, width=1000)
+    text = to_text(data, width=width)
+    lines = text.splitlines()
+    assert max(len(line) for line in wide.splitlines()) > width  # the test needs a table that must wrap
+    assert max(len(line) for line in lines) <= width
+    assert len({len(line) for line in lines if line[:1] in "┏┃┡│└"}) == 1  # every rule line equally long
+    assert len(lines) > len(wide.splitlines())  # the cells wrapped onto more lines
+    if name == "distillation":  # the row labels and values survive the wrapping
+        assert "SEED" in text and "44.3" in text and "failed" in text
+
+
+def test_styles_only_when_asked_and_the_text_is_the_same_without_them():
+    import re
+
+    data = table("distillation", fixture_records(), paper=True)
+    plain = to_text(data, width=200)
+    styled = to_text(data, width=200, color=True)
+    assert "\x1b" not in plain
+    assert "\x1b[31mfailed\x1b[0m" in styled and "\x1b[33mrunning\x1b[0m" in styled  # states in their colours
+    assert "\x1b[1mSEED\x1b[0m" in styled and "\x1b[36m57.9 +0.0\x1b[0m" in styled  # labels bold, paper cyan
+    assert re.sub("\x1b\\[[0-9;]*m", "", styled) == plain
+
+
+def test_colour_only_on_a_terminal_and_never_under_no_color(monkeypatch):
+    class Terminal:
+        def isatty(self):
+            return True
+
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    assert wants_color(Terminal()) and not wants_color(open(os.devnull, "w"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not wants_color(Terminal())
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not wants_color(Terminal())
+
+
+def test_the_table_command_prints_the_grid_without_rich_and_honours_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    _write(url, fixture_records())
+    probe = ("import sys; from seedrun.cli import main; code = main(sys.argv[1:]); "
+             "assert 'rich' not in sys.modules, 'rich was imported'; raise SystemExit(code)")
+    env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "FORCE_COLOR")}
+
+    def run(*args, **extra):
+        result = subprocess.run([sys.executable, "-c", probe, "table", "--ablation", "distillation", *args],
+                                env={**env, "SEEDRUN_DB": url, **extra}, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    narrow, wide = run(COLUMNS="80"), run(COLUMNS="200")
+    assert max(map(len, narrow.splitlines())) <= 80 < max(map(len, wide.splitlines()))
+    assert "\x1b" not in wide and "SEED" in wide and "44.3 ± 0.3" in wide  # piped: no colour codes
+    assert "\x1b[31mfailed" in run(COLUMNS="200", FORCE_COLOR="1")
+    assert "\x1b" not in run(COLUMNS="200", FORCE_COLOR="1", NO_COLOR="1")
+    assert run("--format", "rich", COLUMNS="200") == wide  # the format's old name still works
