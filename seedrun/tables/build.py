@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from seedrun.store.protocols import is_paper_protocol, paper_recipe, probe_family
 from seedrun.sweeps.settings import SETTING_KEYS
@@ -45,24 +44,25 @@ def _number(value: float, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
-@dataclass(frozen=True)
+# Named tuples and plain classes, not dataclasses: seedrun.tables.definitions says why.
 class Cell:
-    state: str  # VALUE, MISSING, BLANK (does not apply) or a shown run state
-    values: tuple[float, ...] = ()  # one per completed seed
-    paper: Optional[float] = None  # the published value, when asked for
-    signed: bool = False  # a gain: printed with its sign
+    """One cell: its state and, when it has a value, the mean and sample std over its seeds."""
 
-    @cached_property
-    def mean(self) -> Optional[float]:
-        return sum(self.values) / len(self.values) if self.values else None
+    __slots__ = ("state", "values", "paper", "signed", "mean", "std")
 
-    @cached_property
-    def std(self) -> Optional[float]:
-        """The sample standard deviation (n - 1) over seeds; none for a single seed."""
-        if len(self.values) < 2:
-            return None
-        mean = self.mean
-        return math.sqrt(sum((value - mean) ** 2 for value in self.values) / (len(self.values) - 1))
+    def __init__(self, state: str, values: tuple[float, ...] = (), paper: Optional[float] = None,
+                 signed: bool = False):
+        self.state = state  # VALUE, MISSING, BLANK (does not apply) or a shown run state
+        self.values = values  # one per completed seed
+        self.paper = paper  # the published value, when asked for
+        self.signed = signed  # a gain: printed with its sign
+        self.mean: Optional[float] = sum(values) / len(values) if values else None
+        # the sample standard deviation (n - 1) over seeds; none for a single seed
+        self.std: Optional[float] = None if len(values) < 2 else math.sqrt(
+            sum((value - self.mean) ** 2 for value in values) / (len(values) - 1))
+
+    def __repr__(self) -> str:
+        return f"Cell({self.state!r}, {self.values!r}, paper={self.paper!r}, signed={self.signed!r})"
 
     @property
     def diff(self) -> Optional[float]:
@@ -85,14 +85,12 @@ class Cell:
         return "" if self.state == BLANK else MISSING_TEXT
 
 
-@dataclass
-class RowData:
+class RowData(NamedTuple):
     row: Row
     cells: list[Cell]  # one per column of the table data
 
 
-@dataclass
-class TableData:
+class TableData(NamedTuple):
     """A built table: what every renderer and the plot read; nothing here knows about formats."""
 
     name: str
@@ -101,9 +99,9 @@ class TableData:
     row_headers: tuple[str, ...]
     columns: list[Column]  # the columns shown
     rows: list[RowData]
+    notes: list[str]  # appended to by whoever prints the table
     paper: bool = False
     paper_columns: frozenset[str] = frozenset()  # column ids followed by "paper" and "Δ" columns
-    notes: list[str] = field(default_factory=list)
 
     def header(self) -> list[tuple[str, str]]:
         """(group, label) of every printed column, the row labels first."""
@@ -151,13 +149,13 @@ def _finished(group: "RunGroup") -> tuple:
     return (False, 0) if group.latest is None else (True, group.latest)
 
 
-@dataclass
 class _Setting:
     """The runs of one setting and experiment (in groups by state): seeds of the same experiment."""
 
-    values: dict[str, Any]
-    groups: list["RunGroup"] = field(default_factory=list)
-    experiment: Optional[str] = None
+    def __init__(self, values: dict[str, Any], experiment: Optional[str] = None):
+        self.values = values
+        self.groups: list["RunGroup"] = []
+        self.experiment = experiment
 
     @cached_property
     def completed(self) -> int:
@@ -352,7 +350,7 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
     data = TableData(
         name=table.name, title=table.title, definition=table, row_headers=table.row_headers, columns=columns,
         rows=[RowData(row, [cells[row.id, column.id] for column in columns]) for row in rows],
-        paper=paper, paper_columns=frozenset(column.id for column in columns if has_paper(column)),
+        paper=paper, paper_columns=frozenset(column.id for column in columns if has_paper(column)), notes=[],
     )
 
     matched = {id(group): group.count for settings in sources.values() for setting in settings for group in setting.groups}

@@ -9,10 +9,10 @@ row id and column id, never in code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
 from functools import cache
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 Filter = dict[str, Any]
 
@@ -20,37 +20,38 @@ Filter = dict[str, Any]
 # pinned (its "MoCo-v2 alone" baseline must be the same network); the teacher is not, so that
 # small-scale sweeps with small teachers still fill the tables.
 ABLATION_STUDENT = "resnet18"
+_NOTHING: Mapping[str, Any] = MappingProxyType({})  # a shared default that cannot be changed by accident
+
+# Named tuples, not dataclasses: `dataclasses` imports `inspect` and compiles each class's methods,
+# 40 ms of the 0.3 s `seedrun table` may take (benchmarks/cli_latency.py).
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     id: str  # the key of its published value in paper_values.json
     label: str
     metric: str
     group: str = ""  # a header spanning several columns (the main table's students)
-    match: Mapping[str, Any] = field(default_factory=dict)
+    match: Mapping[str, Any] = _NOTHING
     teacher: bool = False  # the teacher's own accuracy, read from its pretrain run
     always: bool = False  # shown even when no run recorded it (k-NN: every run records it)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     id: str  # the key of its published values in paper_values.json
     labels: tuple[str, ...]
-    match: Mapping[str, Any] = field(default_factory=dict)
+    match: Mapping[str, Any] = _NOTHING
     kind: str = "runs"  # runs: filled by runs | gain: difference of two rows | paper: published only
     gain: Optional[tuple[str, str]] = None  # (row id, baseline row id) of a gain row
     value: Optional[float] = None  # the axis value of a numeric row (x of its plot)
 
 
-@dataclass(frozen=True)
-class TableDef:
+class TableDef(NamedTuple):
     name: str
     title: str
     row_headers: tuple[str, ...]
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
-    fixed: Mapping[str, Any] = field(default_factory=dict)  # part of every cell's filter
+    fixed: Mapping[str, Any] = _NOTHING  # part of every cell's filter
     # (table, row, column) -> the cell's filter, or None where the cell does not apply
     cell_filter: Optional[Callable[["TableDef", Row, Column], Optional[Filter]]] = None
     axis: Optional[str] = None  # numeric tables: the key whose values are the rows
@@ -264,7 +265,8 @@ def get_table(name: str) -> TableDef:
 @cache
 def _paper_data() -> dict[str, Any]:
     # Next to this module (package data); read on first use only.
-    return json.loads(Path(__file__).with_name("paper_values.json").read_text(encoding="utf-8"))
+    with open(os.path.join(os.path.dirname(__file__), "paper_values.json"), encoding="utf-8") as file:
+        return json.load(file)
 
 
 def paper_citation() -> str:
