@@ -119,6 +119,42 @@ def test_resnet_keys_match_torchvision(name, tv_builder):
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == ref_shapes
 
 
+@pytest.mark.parametrize("block,layers", [("BasicBlock", [2, 2, 2, 2]), ("Bottleneck", [3, 4, 6, 3])])
+@pytest.mark.parametrize("small_images", [True, False])
+def test_resnet_is_torchvisions_to_the_bit(block, layers, small_images):
+    """seedrun.models.resnet_blocks is a copy of torchvision's blocks, _make_layer and forward: built from one
+    seed with torchvision's own, the same initial weights (the same modules drawn in the same order), the
+    same features and the same gradients."""
+    from seedrun.models import networks
+
+    class Torchvisions(networks.ResNet):
+        _make_layer = tv_resnet.ResNet._make_layer
+        _forward_impl = tv_resnet.ResNet._forward_impl
+
+    torch.manual_seed(3)
+    ours = networks.ResNet(getattr(networks, block), layers, width=16, small_images=small_images)
+    after_ours = torch.rand(4)
+    torch.manual_seed(3)
+    ref = Torchvisions(getattr(tv_resnet, block), layers, width=16, small_images=small_images)
+    assert torch.equal(after_ours, torch.rand(4))  # the same random draws
+    theirs = ref.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    assert all(torch.equal(value, theirs[key]) for key, value in ours.state_dict().items())
+    x = torch.randn(2, 3, 32, 32)
+    out, expected = ours(x), ref(x)
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), ref.parameters()))
+
+
+def test_building_a_resnet_does_not_import_torchvision():
+    # torchvision's package import pulls in torch._dynamo: seconds of every job's start
+    code = ("import sys\nfrom seedrun.models import create_backbone\ncreate_backbone('resnet18', width=8)\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_resnet50x2_doubles_every_channel():
     with torch.device("meta"):
         wide, d = create_backbone("resnet50x2")

@@ -22,15 +22,16 @@ EfficientNet keep their 3x3 stem conv but with stride 1 instead of 2 (total stri
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import efficientnet as tv_efficientnet
-from torchvision.models import mobilenetv3 as tv_mobilenetv3
-from torchvision.models import resnet as tv_resnet
 
 from seedrun.models.catalog import network_info
 from seedrun.models.registry import register_network
+from seedrun.models.resnet_blocks import BasicBlock, Bottleneck, ResNetBase
+
+# torchvision itself is imported only where a MobileNet or EfficientNet is built: its package import
+# costs a job about 2.5 s on 2 cores (seedrun.models.resnet_blocks says why).
 
 
-class ResNet(tv_resnet.ResNet):
+class ResNet(ResNetBase):
     """torchvision's ResNet with a base width (64 in the paper) and an optional small-image stem.
 
     Keys match torchvision's (conv1, bn1, layer1.0.conv1, ...), so official ResNet checkpoints load.
@@ -93,12 +94,12 @@ def _register(name: str, builder) -> None:
     register_network(name, info.role, info.description)(builder)
 
 
-_register("resnet18", _resnet(tv_resnet.BasicBlock, [2, 2, 2, 2]))
-_register("resnet34", _resnet(tv_resnet.BasicBlock, [3, 4, 6, 3]))
-_register("resnet50", _resnet(tv_resnet.Bottleneck, [3, 4, 6, 3]))
-_register("resnet101", _resnet(tv_resnet.Bottleneck, [3, 4, 23, 3]))
-_register("resnet152", _resnet(tv_resnet.Bottleneck, [3, 8, 36, 3]))
-_register("resnet50x2", _resnet(tv_resnet.Bottleneck, [3, 4, 6, 3], width_factor=2))
+_register("resnet18", _resnet(BasicBlock, [2, 2, 2, 2]))
+_register("resnet34", _resnet(BasicBlock, [3, 4, 6, 3]))
+_register("resnet50", _resnet(Bottleneck, [3, 4, 6, 3]))
+_register("resnet101", _resnet(Bottleneck, [3, 4, 23, 3]))
+_register("resnet152", _resnet(Bottleneck, [3, 8, 36, 3]))
+_register("resnet50x2", _resnet(Bottleneck, [3, 4, 6, 3], width_factor=2))
 
 def _replace_stem(stem_block: nn.Sequential, *, small_images: bool, in_chans: int) -> None:
     """Swap the first conv of a torchvision Conv2dNormActivation stem for one with in_chans inputs and,
@@ -127,6 +128,8 @@ def _multiplier(width: int) -> float:
 def _mobilenetv3_large(*, small_images: bool, in_chans: int, width: int) -> tuple[nn.Module, int]:
     """torchvision mobilenet_v3_large; the classifier keeps Linear(960, 1280) + Hardswish (+ its Dropout,
     as SEED's own MobileNet-v3 does) and drops the final Linear, so the output is the 1280-d feature."""
+    from torchvision.models import mobilenetv3 as tv_mobilenetv3
+
     setting, last_channel = tv_mobilenetv3._mobilenet_v3_conf("mobilenet_v3_large", width_mult=_multiplier(width))
     net = tv_mobilenetv3.MobileNetV3(setting, last_channel)
     _replace_stem(net.features[0], small_images=small_images, in_chans=in_chans)
@@ -136,6 +139,8 @@ def _mobilenetv3_large(*, small_images: bool, in_chans: int, width: int) -> tupl
 
 def _efficientnet(arch: str, depth_mult: float, dropout: float):
     def build(*, small_images: bool, in_chans: int, width: int) -> tuple[nn.Module, int]:
+        from torchvision.models import efficientnet as tv_efficientnet
+
         setting, last_channel = tv_efficientnet._efficientnet_conf(
             arch, width_mult=_multiplier(width), depth_mult=depth_mult
         )
