@@ -1,6 +1,6 @@
 """How long `seedrun status` and `seedrun table` take on a big database, as a user runs them.
 
-Builds a SQLite database with 10,000 runs (one sweep per table, configs shaped like real ones) and
+Builds a SQLite database with 10,000 runs (one sweep per table, configs and provenance shaped like real ones) and
 100,000 metrics, 100 of the runs in flight with run folders whose records (run.json) status and table
 must read, then times each command as a fresh process (best of 3). The baseline, measured in the same
 run, is a bare `python -c pass`: interpreter start-up that no command can avoid.
@@ -62,8 +62,8 @@ def build_database(url: str, folders: Path) -> None:
             summary = {"loss": 0.0}
             run_dir = folders / f"{run_id:016x}"
             runs.append({"id": run_id, "hash": f"{run_id:064x}", "stage": "distill", "state": state, "attempts": 1,
-                         "epoch": 200, "run_dir": str(run_dir), "config": config, "provenance": {}, "summary": summary,
-                         "updated_at": 1000.0})
+                         "epoch": 200, "run_dir": str(run_dir), "config": config,
+                         "provenance": provenance(run_id, run_dir), "summary": summary, "updated_at": 1000.0})
             members.append({"sweep_id": sweep_id, "run_id": run_id, "position": position,
                             "axes": {f"distill.{key}": value, "seed": config["seed"]}})
             for i in range(METRICS_PER_RUN - 2):
@@ -77,6 +77,33 @@ def build_database(url: str, folders: Path) -> None:
         connection.execute(insert(Run), runs)
         connection.execute(insert(SweepRun), members)
         connection.execute(insert(Metric), metrics)
+
+
+def provenance(run_id: int, run_dir: Path) -> dict:
+    """What a finished Slurm job records of itself (seedrun.job.provenance), about 1.6 KB as in real
+    databases: status reads the wide runs rows, and an empty provenance would flatter it."""
+    job, submitit = str(1000 + run_id // 64), f"/shared/seedrun/submitit/slurm/bench/20261130-0000-{run_id // 64:08x}"
+    record = {
+        "preemptions": 0, "timeouts": 0, "failures": 0, "attempt_open": False,
+        "launcher": {"account": None, "additional_parameters": {}, "array_parallelism": 256, "constraint": None,
+                     "cpus_per_task": 10, "gpus_per_node": 8, "max_failures": 0, "max_preemptions": -1,
+                     "max_timeouts": 3, "mem_gb": 480, "name": "slurm", "nodes": 1, "partition": "gpu", "qos": None,
+                     "signal_delay_s": 120, "tasks_per_node": 8, "timeout_min": 4320},
+        "data_root": "/datasets/imagenet",
+        "submission": {"id": f"20261130-0000-{run_id // 64:08x}", "folder": submitit, "job_id": job,
+                       "array_job_id": job, "sweep": "bench"},
+        "seedrun_version": "0.1.0", "python": "3.11.7", "torch": "2.14.1", "host": f"gpu{run_id % 97:03d}",
+        "start": "2026-11-30T06:38:19.067373", "slurm_job_id": f"{job}_{run_id % 64}", "slurm_array_job_id": job,
+        "slurm_array_task_id": str(run_id % 64), "slurm_restart_count": None, "packages_sha256": "8662ca43ea7d6847",
+        "git_commit": "39a110d744ed651179103614467a76f6622a5811", "git_dirty": False, "world": 8, "nodes": 1,
+        "submitit_folder": f"{submitit}/{job}", "log_out": f"{submitit}/{job}/{job}_0_log.out",
+        "log_err": f"{submitit}/{job}/{job}_0_log.err", "attempt_started": 1796020708.2625587,
+        "heartbeat": 1796020708.2625582, "teacher_path": f"{run_dir.parent}/7cad5ad528bd0d65/model.pt",
+        "teacher_sha256": "1a9980118e10b9f68b28cab00ababe5a4b69afc6c3697a0818e2b10112b0154e",
+        "wall_hours": 31.2, "gpu_hours": 249.6, "gpus": 8, "gpu_name": "NVIDIA H100 80GB HBM3", "cuda": "13.0",
+        "layout": "8x1 gpu", "end": "2026-12-01T13:50:11.262653",
+    }
+    return record
 
 
 def write_folders(runs: list[dict]) -> None:

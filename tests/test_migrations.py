@@ -77,3 +77,34 @@ def test_db_upgrade_on_request_and_again(copies, capsys):
         columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
         assert {"updated_at", "experiment"} <= columns
         assert connection.execute("SELECT COUNT(*) FROM runs WHERE experiment IS NULL").fetchone()[0] == 0
+
+
+def test_runs_layout_is_filled_from_provenance_on_upgrade_and_follows_every_write(copies):
+    """0003: runs.layout (what status shows beside a multi-process run's job) is backfilled, and the
+    triggers keep it equal to provenance.layout whether the ORM, SQLAlchemy Core or plain sqlite3 writes."""
+    from sqlalchemy import update
+
+    from seedrun.store.schema import Run
+
+    path = copies["seedrun-0002.db"]
+    with sqlite3.connect(path) as connection:  # a run of that release that ran on 2 ranks
+        connection.execute("""UPDATE runs SET provenance = '{"layout": "2x1 cpu", "world": 2}' WHERE id = 2""")
+    url = f"sqlite:///{path}"
+    store.engine_for(url)  # upgrades
+
+    def layouts() -> dict[int, str]:
+        with sqlite3.connect(path) as connection:
+            return dict(connection.execute("SELECT id, layout FROM runs WHERE layout IS NOT NULL").fetchall())
+
+    assert layouts() == {2: "2x1 cpu"}
+    with store.session_scope(url) as session:  # the ORM
+        session.get(Run, 3).provenance = {"layout": "8x4 gpu", "world": 32}
+    with store.session_scope(url) as session:  # SQLAlchemy Core
+        session.execute(update(Run).where(Run.id == 2).values(provenance={"world": 1}))
+    with sqlite3.connect(path) as connection:  # plain sqlite3, as catch-up writes
+        connection.execute("""UPDATE runs SET provenance = '{"layout": "4x1 gpu"}' WHERE id = 4""")
+    assert layouts() == {3: "8x4 gpu", 4: "4x1 gpu"}
+    with store.session_scope(url) as session:  # a new run
+        session.add(Run(hash="n" * 64, stage="distill", state="pending", attempts=0, epoch=0, run_dir="/runs/n",
+                        config={}, provenance={"layout": "2x2 gpu"}, summary={}))
+    assert "2x2 gpu" in layouts().values()

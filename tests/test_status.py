@@ -110,3 +110,15 @@ def test_an_unknown_sweep_is_bad_input(database):
 
     with pytest.raises(InputError, match="no sweep named 'third'"):
         _status(database, "third")
+
+
+def test_a_database_from_before_runs_layout_shows_the_same(database):
+    """Schema 0002 had no runs.layout: status extracts the layout from each run's provenance there."""
+    table = _status(database)
+    assert "[8x2 gpu]" in table
+    path = database.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TRIGGER runs_layout_insert")
+        connection.execute("DROP TRIGGER runs_layout_update")
+        connection.execute("ALTER TABLE runs DROP COLUMN layout")
+    assert _status(database) == table

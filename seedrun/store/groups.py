@@ -12,7 +12,7 @@ import math
 from contextlib import closing
 from typing import Any, Iterable, Optional
 
-from seedrun.store.records import RunRecord, connect, load_records, names_only, parse_json
+from seedrun.store.records import RunRecord, connect, load_records, names_only, parse_json, table_columns
 from seedrun.sweeps.settings import settings_of
 from seedrun.store.states import COMPLETED
 
@@ -97,11 +97,6 @@ _GROUPS_SQL = """
 """
 
 
-def _columns(cursor) -> set[str]:
-    cursor.execute("SELECT name FROM pragma_table_info('runs')")
-    return {name for (name,) in cursor.fetchall()}
-
-
 def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable[str]] = None,
                 metrics: Iterable[str] = (), names: Optional[dict[str, list[str]]] = None) -> list[RunGroup]:
     """The runs (of one sweep, if named; of these stages, if given) grouped by stage, state, settings
@@ -121,7 +116,7 @@ def load_groups(url: str, sweep: Optional[str] = None, stages: Optional[Iterable
     connection, mark = connect(url)
     with closing(connection):
         cursor = connection.cursor()
-        columns = _columns(cursor) if mark == "?" else set()
+        columns = table_columns(cursor) if mark == "?" else set()
         fast = "settings" in columns
         experiment_sql = "r.experiment" if "experiment" in columns else "NULL"
         if fast:

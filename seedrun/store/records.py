@@ -219,10 +219,15 @@ def load_records(url: str, sweep: Optional[str] = None, stage: Optional[str] = N
                 for row, config, run_axes, summary in zip(rows, configs, axes, summaries)]
 
 
+def table_columns(cursor, table: str = "runs") -> set[str]:
+    """The columns a table has in this database (SQLite): the read path copes with every earlier schema."""
+    cursor.execute(f"SELECT name FROM pragma_table_info('{table}')")
+    return {name for (name,) in cursor.fetchall()}
+
+
 def has_settings(cursor) -> bool:
     """Whether runs.settings exists (a database last written before it was added has only configs)."""
-    cursor.execute("SELECT name FROM pragma_table_info('runs')")
-    return "settings" in {name for (name,) in cursor.fetchall()}
+    return "settings" in table_columns(cursor)
 
 
 def in_flight_runs(url: str) -> list[tuple[int, Optional[str], Optional[str]]]:

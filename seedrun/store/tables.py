@@ -80,6 +80,11 @@ runs = Table(
     Column("updated_at", Float),
 )
 
+# Columns only SQLite databases have: made by a migration and kept by triggers, never written through
+# these tables (seedrun/store/migrations/versions/0003_runs_layout.py); the read path's SQL names them
+# only where the database has them (seedrun.store.records.table_columns).
+SQLITE_ONLY_COLUMNS = {"runs": frozenset({"layout"})}
+
 # A run as one sweep sees it: the values of the sweep's axes that produced it. Status lists a sweep's
 # runs in the sweep's order: the index hands them over sorted.
 sweep_runs = Table(

@@ -9,7 +9,8 @@ import os
 from collections import Counter
 from typing import Any, Optional
 
-from seedrun.store.records import parse_all, connect, has_settings, listed_rows, load_records
+from seedrun.store.records import (connect, has_settings, listed_rows, load_records, parse_all, parse_json,
+                                   table_columns)
 from seedrun.store.states import STATES
 
 
@@ -72,23 +73,31 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
     return [(record.state, _run_as_json(record)) for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS)]
 
 
-# A row of the listing as text, made by SQLite (10,000 RunRecords cost a third of status's time); its
-# columns are those of _record_row, which makes them elsewhere, and the setting is the axes' JSON,
-# written out in Python (Python's str of a float is not SQLite's). A multi-process run's job shows its
-# layout, "[G x N gpu|cpu]" (processes per node x nodes, seedrun.job.provenance.layout): json_extract of
-# the provenance costs ~20 ms at 10,000 runs of 1.4 KB provenance (an instr() guard measured slower).
+# A row of the listing, mostly as text, made by SQLite (10,000 RunRecords cost a third of status's
+# time); its columns are those of _record_row, which makes them elsewhere. The setting is the axes'
+# JSON, written out in Python (Python's str of a float is not SQLite's); what a row shows of the run's
+# settings (a teacher's method and network, the epochs) is read in Python once per distinct settings
+# text: runs of one sweep share a few dozen, and json_extract would parse them once per run. A
+# multi-process run's job shows its layout, "[G x N gpu|cpu]" (processes per node x nodes,
+# seedrun.job.provenance.layout), from runs.layout where the schema has it (0003): extracting it from
+# each run's provenance (1-2 KB of JSON) costs a seventh of the query at 10,000 runs.
 _ROW_SQL = """
-    SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes},
-        CASE r.stage WHEN 'pretrain' THEN
-            coalesce(json_extract(r.settings, '$."pretrain.method"'), 'None') || ' ' ||
-            coalesce(json_extract(r.settings, '$."pretrain.arch"'), 'None') || ' (' ||
-            coalesce(nullif(json_extract(r.settings, '$."pretrain.role"'), ''), 'teacher') || ')' ELSE '' END,
+    SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes}, r.settings,
         CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
-        r.epoch || coalesce('/' || nullif(json_extract(r.settings, CASE r.stage WHEN 'pretrain'
-            THEN '$."pretrain.epochs"' ELSE '$."distill.epochs"' END), 0), ''),
-        json_extract(r.summary, '$."knn_top1"'),
-        coalesce(r.job_id, '') || coalesce(' [' || json_extract(r.provenance, '$.layout') || ']', ''), r.state
+        r.epoch, json_extract(r.summary, '$."knn_top1"'),
+        coalesce(r.job_id, '') || coalesce(' [' || {layout} || ']', ''), r.state
     FROM runs r"""
+
+
+def _settings_view(stage: str, settings: dict[str, Any]) -> tuple[str, str]:
+    """(what the setting column says of a run without axes, "/epochs" or ""), from its settings."""
+    if stage == "pretrain":
+        description = (f"{settings.get('pretrain.method')} {settings.get('pretrain.arch')} "
+                       f"({settings.get('pretrain.role') or 'teacher'})")
+        epochs = settings.get("pretrain.epochs")
+    else:
+        description, epochs = "", settings.get("distill.epochs")
+    return description, f"/{epochs}" if epochs else ""
 
 
 def _record_row(record, layout: Optional[str] = None) -> tuple[str, ...]:
@@ -121,13 +130,23 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
         connection, _ = connect(db_url)
         with closing(connection):
             cursor = connection.cursor()
-            if has_settings(cursor):
-                fetched = listed_rows(cursor, lambda name, axes: _ROW_SQL.format(sweep=name, axes=axes), "?", sweep)
+            columns = table_columns(cursor)
+            if "settings" in columns:
+                layout = "r.layout" if "layout" in columns else "json_extract(r.provenance, '$.layout')"
+                fetched = listed_rows(cursor, lambda name, axes: _ROW_SQL.format(sweep=name, axes=axes, layout=layout),
+                                      "?", sweep)
                 axes = parse_all([row[4] for row in fetched])
-                return [(row[1], row[2], row[3],
-                         " ".join([f"{key}={value}" for key, value in run_axes.items()]) if run_axes else row[5],
-                         row[6], row[7], f"{row[8]:.2f}" if row[8] is not None else "", row[9], row[10])
-                        for row, run_axes in zip(fetched, axes)]
+                views: dict[tuple[str, Optional[str]], tuple[str, str]] = {}
+                rows = []
+                for row, run_axes in zip(fetched, axes):
+                    view = views.get((row[3], row[5]))
+                    if view is None:
+                        view = views[row[3], row[5]] = _settings_view(row[3], parse_json(row[5]) or {})
+                    rows.append((row[1], row[2], row[3],
+                                 " ".join([f"{key}={value}" for key, value in run_axes.items()]) if run_axes else view[0],
+                                 row[6], f"{row[7]}{view[1]}", f"{row[8]:.2f}" if row[8] is not None else "", row[9],
+                                 row[10]))
+                return rows
     layouts = _layouts(db_url)
     return [_record_row(record, layouts.get(record.hash))
             for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])]
