@@ -27,7 +27,10 @@ from seedrun.sweeps.spec import RunSpec
 from seedrun.store.engine import session_scope
 from seedrun.store.locations import seedrun_home
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # the run's state read from the database for the progress bar
+#: the job's process is checked this often: the next run starts within this of the last one's end, not a
+#: whole database poll later (a process poll costs nothing; the database is still read once a second)
+EXIT_POLL_SECONDS = 0.05
 #: a run recorded as ended whose processes are still alive this long after (a rank stuck in a collective) is
 #: stopped: the launcher's wait is bounded even before the process group's timeout ends that rank
 ENDED_GRACE_S = 60.0
@@ -130,7 +133,9 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                     if time.monotonic() - ended_at > ENDED_GRACE_S:
                         job.cancel()  # the controller stops every rank (SIGINT, then SIGKILL)
                         break
-                time.sleep(POLL_SECONDS)
+                next_poll = time.monotonic() + POLL_SECONDS
+                while time.monotonic() < next_poll and not job.done():
+                    time.sleep(EXIT_POLL_SECONDS)
             try:
                 catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
                 state, epoch, _ = _state_or_folder(db_url, run.hash)
