@@ -168,3 +168,19 @@ def test_a_user_file_replaces_the_packaged_one(tmp_path, monkeypatch):
         check_overrides([("base.data", "data=nope")], "sweep.yaml")
     monkeypatch.delenv("SEEDRUN_RECIPES")
     assert compose_config(["data=tiny"])["data"]["image_size"] == 16
+
+
+def test_the_provenances_package_list_is_importlibs():
+    """seedrun.job.provenance reads each installed package's name and version from its metadata's header lines:
+    the same list (hence the same packages_sha256) as importlib.metadata's full parse."""
+    import hashlib
+    from importlib import metadata
+
+    from seedrun.job.provenance import _name_and_version, _packages_hash
+
+    dists = list(metadata.distributions())
+    assert len(dists) > 10
+    for dist in dists:
+        assert _name_and_version(dist) == f"{dist.metadata['Name']}=={dist.version}"
+    names = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in dists)
+    assert _packages_hash() == hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]

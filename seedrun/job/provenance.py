@@ -194,7 +194,23 @@ def _git(root: Path) -> dict[str, Any]:
 def _packages_hash() -> str:
     from importlib import metadata
 
-    names = sorted(f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions())
+    names = sorted(_name_and_version(dist) for dist in metadata.distributions())
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def _name_and_version(dist) -> str:
+    """``f"{dist.metadata['Name']}=={dist.version}"`` from the metadata's header lines alone: importlib parses
+    the whole file as an e-mail message, twice, about 0.3 s of every job's start for a hundred packages."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.splitlines():
+        if not line.strip():  # the headers end at the first blank line
+            break
+        key, colon, value = line.partition(":")
+        if colon and key == "Name" and name is None:
+            name = value.strip()
+        elif colon and key == "Version" and version is None:
+            version = value.strip()
+    return f"{name}=={version}"
 
 
