@@ -166,3 +166,27 @@ def test_status_judges_a_local_run_only_on_the_host_that_started_it(home, monkey
     monkeypatch.setenv("SEEDRUN_HOSTNAME", "workstation")  # on its own host: the process is gone, the run lost
     assert reconcile(db_url) == 1
     assert (run_row(db_url, run_hash)["state"], run_row(db_url, run_hash)["failure_reason"]) == ("lost", "vanished")
+
+
+
+def test_a_job_process_freezes_its_objects_on_the_way_out_and_no_other_process_does(monkeypatch, tmp_path):
+    """The job's own process (submitit sets SUBMITIT_FOLDER there, then exits once the job returns) freezes
+    its objects as the attempt ends, so the interpreter's shutdown does not walk them again (seconds of every
+    job with torch loaded); a process that goes on after a RunJob (a test, a notebook) keeps collecting."""
+    import gc
+    import subprocess
+    import sys
+
+    from seedrun.job.run_job import _ending_process
+
+    monkeypatch.delenv("SUBMITIT_FOLDER", raising=False)
+    assert gc.get_freeze_count() == 0
+    _ending_process()
+    assert gc.get_freeze_count() == 0
+    # a job process: RunJob.__call__ freezes on its way out, whatever the attempt did (here: no such run)
+    code = ("import gc, os, sys\nos.environ['SUBMITIT_FOLDER'] = sys.argv[1]\n"
+            "from seedrun.job.run_job import RunJob\n"
+            "try:\n    RunJob('ab' * 32, 'sqlite:///' + sys.argv[1] + '/none.db')()\nexcept BaseException:\n    pass\n"
+            "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True,
+                   timeout=120, env={**os.environ, "SEEDRUN_HOME": str(tmp_path)})

@@ -21,7 +21,9 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import socket
 import sys
 import time
@@ -77,6 +79,17 @@ class _RecordingHooks:
         return self.job.stop_requested
 
 
+def _ending_process() -> None:
+    """In a job's own process (submitit's, which writes the result and exits once the job returns): freeze
+    the objects alive now, so that the interpreter's shutdown does not walk them for garbage cycles again and
+    again. With torch loaded that shutdown took about 2 s of every job on 2 cores (0.7 s frozen), a run's end
+    and the next run's start, its dependants' on Slurm, that much later. Objects are still freed by their
+    reference counts; the operating system takes back the rest. Not in any other process (a test, a notebook
+    calling a RunJob): there frozen objects would never be collected."""
+    if os.environ.get("SUBMITIT_FOLDER"):  # set by submitit's job runner (submitit.core.submission.process_job)
+        gc.freeze()
+
+
 class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     """One run, by hash. The pickle submitit ships holds only these three strings: the run's config
     (every sweep value) is read from the database, never passed through a shell or a command line."""
@@ -117,6 +130,12 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     # ---- the attempt ----------------------------------------------------------------------------
 
     def __call__(self) -> dict[str, float]:
+        try:
+            return self._call()
+        finally:
+            _ending_process()
+
+    def _call(self) -> dict[str, float]:
         self._reset()
         where = ranks.place()
         if not where.is_main:  # another rank of the run: trains beside rank 0, records nothing
