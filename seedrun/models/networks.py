@@ -28,7 +28,7 @@ from seedrun.models.registry import register_network
 from seedrun.models.resnet_blocks import BasicBlock, Bottleneck, ResNetBase
 
 # torchvision itself is imported only where a MobileNet or EfficientNet is built: its package import
-# costs a job about 2.5 s on 2 cores (seedrun.models.resnet_blocks says why).
+# costs a job seconds on 2 cores (seedrun.models.resnet_blocks says how many and why).
 
 
 class ResNet(ResNetBase):

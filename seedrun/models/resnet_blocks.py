@@ -1,8 +1,9 @@
 """torchvision's ResNet building blocks (torchvision/models/resnet.py, BSD-3-Clause), as they are there.
 
-Why a copy: ``import torchvision`` imports every torchvision model and torchvision.ops, and through
-torchvision.ops.roi_align torch._dynamo, about 2.5 s of each job's start on 2 cores, for networks a
-ResNet run never builds. The blocks below are torchvision's line for line (same modules created in the
+Why a copy: ``import torchvision`` imports every torchvision model, torchvision.ops, datasets and
+transforms, and through torchvision.ops.roi_align torch._dynamo: about 1.5 s of each training job's start
+on 2 cores (which imports torch._dynamo anyway, through torch.optim), about 4 s of an evaluation job's,
+for networks a ResNet run never builds. The blocks below are torchvision's line for line (same modules created in the
 same order, so the same random initialisation from the same seed, and the same keys, so official
 checkpoints load); MobileNet-v3 and EfficientNet still come from torchvision, imported when built.
 tests/test_networks.py checks these against torchvision's own.
