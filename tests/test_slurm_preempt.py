@@ -42,7 +42,7 @@ def test_a_preempted_run_is_requeued_within_its_budget_or_fails_by_it(slurm_clus
                                  "--wrap", "sleep 5"], capture_output=True, text=True, check=True).stdout.strip()
         jobs = [run["job_id"] for run in runs]
         ended = wait_for(lambda: cluster.query_states(jobs), lambda s: all(s[j].state is cluster.State.PREEMPTED
-                                                                            for j in jobs), 180, every_s=2)
+                                                                            for j in jobs), 180, every_s=1)
         assert all(ended[j].state is cluster.State.PREEMPTED for j in jobs), ended  # Slurm's own end, for real
 
         after = {run["axes"]["seed"]: run for run in status(cli)["runs"]}  # status reconciles
@@ -52,7 +52,7 @@ def test_a_preempted_run_is_requeued_within_its_budget_or_fails_by_it(slurm_clus
         assert kept["state"] == "submitted" and kept["job_id"] == by_seed[1]["job_id"], kept  # requeued, same job
         # the requeued job runs again, resumes and counts its preemption (1 of 1)
         again = wait_for(lambda: provenance(cli)[kept["hash"]], lambda p: p["attempts"] >= 2 and p.get("attempt_open"),
-                         120, every_s=2)
+                         120, every_s=1)
         assert again["attempts"] == 2 and again["preemptions"] == 1, json.dumps(again)[:500]
         assert next(r for r in status(cli)["runs"] if r["hash"] == kept["hash"])["state"] == "running"
     finally:

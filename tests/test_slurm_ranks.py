@@ -21,7 +21,7 @@ def test_a_two_task_run_completes_and_is_recorded_once_by_rank_0(slurm_cluster, 
     base = [o for o in TINY_BASE if not o.startswith("distill.epochs")] + ["distill.epochs=2"]
     path = write_sweep(tmp_path / "two.yaml", sweep_text("two", base, {"tasks_per_node": 2}))
     assert "submitted 2 runs" in cli("sweep", str(path)).stdout
-    report = wait_for(lambda: status(cli), settled, 240, every_s=2)
+    report = wait_for(lambda: status(cli), settled, 240, every_s=1)
     assert [run["state"] for run in report["runs"]] == ["completed"] * 2, report
     with sqlite3.connect(cli.db) as db:
         rows = db.execute("select hash, stage, attempts, provenance from runs").fetchall()
@@ -58,11 +58,11 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
     # rerun (attempt 2 counts the killed one as a preemption), then training again past where it was
     again = wait_for(lambda: (provenance(cli)[first["hash"]], the_run()),
                      lambda pr: pr[0]["attempts"] >= 2 and pr[1]["state"] == "running" and pr[1]["epoch"] > first["epoch"],
-                     180, every_s=2)
+                     180, every_s=1)
     assert again[0]["attempts"] == 2 and again[0]["preemptions"] == 1, again
     SlurmJob(folder=tmp_path, job_id=first["job_id"])._interrupt()
 
-    report = wait_for(lambda: status(cli), settled, 240, every_s=2)
+    report = wait_for(lambda: status(cli), settled, 240, every_s=1)
     (run,) = report["runs"]
     assert run["state"] == "completed", run
     prov = provenance(cli)[run["hash"]]

@@ -98,7 +98,7 @@ def test_64_concurrent_array_tasks_lose_no_run_or_metric_in_sqlite(slurm_cluster
         states = [(read_record(str(folder)) or {}).get("state") for folder in folders]
         if all(state in ("completed", "failed", "cancelled", "blocked", "lost") for state in states):
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert states == ["completed"] * TASKS, [(s, f.name) for s, f in zip(states, folders) if s != "completed"]
 
     if where == "compute-nodes":
