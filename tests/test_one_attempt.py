@@ -190,3 +190,21 @@ def test_a_job_process_freezes_its_objects_on_the_way_out_and_no_other_process_d
             "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True,
                    timeout=120, env={**os.environ, "SEEDRUN_HOME": str(tmp_path)})
+
+
+def test_a_job_imports_torch_with_the_collector_paused_and_restores_it():
+    import gc
+
+    from seedrun.job.run_job import _imports_without_gc
+
+    assert gc.isenabled()
+    with _imports_without_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _imports_without_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()

@@ -21,6 +21,7 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -77,6 +78,20 @@ class _RecordingHooks:
         # training.loop asks once after every step (after_step or end_epoch): the count is the attempt's steps
         self.job._steps += 1
         return self.job.stop_requested
+
+
+@contextlib.contextmanager
+def _imports_without_gc():
+    """The cyclic garbage collector paused while torch is imported: the import allocates some million
+    long-lived objects, and collections triggered by the allocations walk the growing heap again and again,
+    about 1 s of every training job's start on 2 cores; nothing the import makes is garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _ending_process() -> None:
@@ -183,20 +198,24 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
                teacher_dir: Optional[Path]) -> dict[str, float]:
         """The training itself (seedrun.training); tests override this to record without training."""
-        from seedrun.training.loop import Interrupted
+        with _imports_without_gc():  # torch: the heaviest imports of the job
+            from seedrun.training.loop import Interrupted
+
+            if stage == "pretrain":
+                from seedrun.training.pretrain import pretrain
+            elif stage == "eval":
+                from seedrun.evaluate.run import evaluate
+            else:
+                from seedrun.training.distill import distill
+            if stage != "eval":
+                import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer anyway)
 
         try:
             if stage == "pretrain":
-                from seedrun.training.pretrain import pretrain
-
                 return pretrain(config, run_dir, hooks, self.data_root)
             if stage == "eval":  # teacher_dir is the evaluated run's directory
-                from seedrun.evaluate.run import evaluate
-
                 # recorded on the run it evaluated too, with the result (seedrun.store.catchup)
                 return evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
-            from seedrun.training.distill import distill
-
             return distill(config, run_dir, hooks, teacher_dir, self.data_root)
         except Interrupted as exc:
             raise Stopped(str(exc)) from None
