@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from seedrun.atomic import atomic_write_text
 from seedrun.job.failures import classify_failure, traceback_tail
+from seedrun.job.interpreter import imports_without_gc
 
 #: how long rank 0 waits for another rank's failure file once its own collective failed
 FAILURE_WAIT_S = 10.0
@@ -99,7 +100,8 @@ class Group:
         os.environ.update({"RANK": str(where.rank), "LOCAL_RANK": str(where.local_rank),
                            "WORLD_SIZE": str(where.world), "MASTER_ADDR": os.environ.get("MASTER_ADDR", where.master),
                            "MASTER_PORT": os.environ.get("MASTER_PORT") or str(master_port(where.job_id))})
-        from seedrun.training import distributed
+        with imports_without_gc():  # torch's, first here in a run of several processes
+            from seedrun.training import distributed
 
         distributed.init_from_environment(timeout_s())
 
@@ -172,16 +174,19 @@ def follow(where: Place, data_root: Optional[str]) -> dict[str, float]:
             group.alone()
             return {}
         hooks.log(f"run {Path(run_dir).name[:12]} ({stage}) rank {where.rank} of {where.world} on {os.uname().nodename}")
-        from seedrun.training.loop import Interrupted
+        with imports_without_gc():  # torch's (seedrun.job.interpreter)
+            import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer anyway)
 
-        try:
+            from seedrun.training.loop import Interrupted
+
             if stage == "pretrain":
                 from seedrun.training.pretrain import pretrain
-
-                pretrain(config, Path(run_dir), hooks, data_root)
             else:
                 from seedrun.training.distill import distill
-
+        try:
+            if stage == "pretrain":
+                pretrain(config, Path(run_dir), hooks, data_root)
+            else:
                 distill(config, Path(run_dir), hooks, teacher_dir, data_root)
         except Interrupted as exc:
             hooks.log(f"{exc}: rank 0 wrote the checkpoint and requeues the job")

@@ -21,10 +21,7 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
-import os
 import socket
 import sys
 import time
@@ -41,6 +38,8 @@ from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, 
 from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job import ranks
+from seedrun.job.interpreter import ending_process as _ending_process
+from seedrun.job.interpreter import imports_without_gc as _imports_without_gc
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets, spends_budget
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
@@ -78,31 +77,6 @@ class _RecordingHooks:
         # training.loop asks once after every step (after_step or end_epoch): the count is the attempt's steps
         self.job._steps += 1
         return self.job.stop_requested
-
-
-@contextlib.contextmanager
-def _imports_without_gc():
-    """The cyclic garbage collector paused while torch is imported: the import allocates some million
-    long-lived objects, and collections triggered by the allocations walk the growing heap again and again,
-    about 1 s of every training job's start on 2 cores; nothing the import makes is garbage."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _ending_process() -> None:
-    """In a job's own process (submitit's, which writes the result and exits once the job returns): freeze
-    the objects alive now, so that the interpreter's shutdown does not walk them for garbage cycles again and
-    again. With torch loaded that shutdown took about 2 s of every job on 2 cores (0.7 s frozen), a run's end
-    and the next run's start, its dependants' on Slurm, that much later. Objects are still freed by their
-    reference counts; the operating system takes back the rest. Not in any other process (a test, a notebook
-    calling a RunJob): there frozen objects would never be collected."""
-    if os.environ.get("SUBMITIT_FOLDER"):  # set by submitit's job runner (submitit.core.submission.process_job)
-        gc.freeze()
 
 
 class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
