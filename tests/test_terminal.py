@@ -87,3 +87,23 @@ def test_the_table_command_prints_the_grid_without_rich_and_honours_columns(tmp_
     assert "\x1b[31mfailed" in run(COLUMNS="200", FORCE_COLOR="1")
     assert "\x1b" not in run(COLUMNS="200", FORCE_COLOR="1", NO_COLOR="1")
     assert run("--format", "rich", COLUMNS="200") == wide  # the format's old name still works
+
+
+def test_the_reading_commands_pause_the_collector_only_while_they_run(tmp_path, capsys):
+    """status and table run without cycle collections, and leave the collector as they found it (a
+    notebook or a test calling main() in-process keeps collecting)."""
+    import gc
+
+    from seedrun.cli import main
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    _write(url, fixture_records())
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        for args in (["table", "--ablation", "distillation"], ["table", "--list"], ["status", "--no-reconcile"]):
+            assert main([*args, "--db", url]) == 0
+            assert gc.isenabled(), args
+    finally:
+        gc.enable() if was else gc.disable()
+    assert "SEED" in capsys.readouterr().out

@@ -11,10 +11,11 @@ import os
 
 
 @contextlib.contextmanager
-def imports_without_gc():
-    """The cyclic garbage collector paused while torch is imported: the import allocates some million
-    long-lived objects, and collections triggered by the allocations walk the growing heap again and again,
-    about 1 s of every training job's start on 2 cores; nothing the import makes is garbage."""
+def collector_paused():
+    """The cyclic garbage collector paused, then left as it was found. For torch's import, which allocates
+    some million long-lived objects: collections triggered by the allocations walk the growing heap again
+    and again, about 1 s of every training job's start on 2 cores, and nothing the import makes is garbage.
+    For the reading commands too (seedrun.commands.read): 10,000 runs' rows hold no cycles."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 from seedrun.atomic import atomic_write_text
 from seedrun.job.failures import classify_failure, traceback_tail
-from seedrun.job.interpreter import imports_without_gc
+from seedrun.job.interpreter import collector_paused
 
 #: how long rank 0 waits for another rank's failure file once its own collective failed
 FAILURE_WAIT_S = 10.0
@@ -100,7 +100,7 @@ class Group:
         os.environ.update({"RANK": str(where.rank), "LOCAL_RANK": str(where.local_rank),
                            "WORLD_SIZE": str(where.world), "MASTER_ADDR": os.environ.get("MASTER_ADDR", where.master),
                            "MASTER_PORT": os.environ.get("MASTER_PORT") or str(master_port(where.job_id))})
-        with imports_without_gc():  # torch's, first here in a run of several processes
+        with collector_paused():  # torch's, first here in a run of several processes
             from seedrun.training import distributed
 
         distributed.init_from_environment(timeout_s())
@@ -174,7 +174,7 @@ def follow(where: Place, data_root: Optional[str]) -> dict[str, float]:
             group.alone()
             return {}
         hooks.log(f"run {Path(run_dir).name[:12]} ({stage}) rank {where.rank} of {where.world} on {os.uname().nodename}")
-        with imports_without_gc():  # torch's (seedrun.job.interpreter)
+        with collector_paused():  # torch's (seedrun.job.interpreter)
             import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer anyway)
 
             from seedrun.training.loop import Interrupted

@@ -39,7 +39,7 @@ from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job import ranks
 from seedrun.job.interpreter import ending_process as _ending_process
-from seedrun.job.interpreter import imports_without_gc as _imports_without_gc
+from seedrun.job.interpreter import collector_paused as _collector_paused
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets, spends_budget
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
@@ -172,7 +172,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
                teacher_dir: Optional[Path]) -> dict[str, float]:
         """The training itself (seedrun.training); tests override this to record without training."""
-        with _imports_without_gc():  # torch: the heaviest imports of the job
+        with _collector_paused():  # torch: the heaviest imports of the job
             from seedrun.training.loop import Interrupted
 
             if stage == "pretrain":
