@@ -195,7 +195,9 @@ def test_a_job_process_freezes_its_objects_on_the_way_out_and_no_other_process_d
 def test_a_job_imports_torch_with_the_collector_paused_and_restores_it():
     import gc
 
-    from seedrun.job.run_job import _collector_paused
+    import sys
+
+    from seedrun.job.interpreter import collector_paused as _collector_paused, import_stage
 
     was = gc.isenabled()  # another test of the session may have left it either way
     gc.enable()
@@ -207,5 +209,8 @@ def test_a_job_imports_torch_with_the_collector_paused_and_restores_it():
         with _collector_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # left as it was found
+        gc.enable()
+        import_stage("distill")  # what a job calls before it trains
+        assert gc.isenabled() and "seedrun.training.distill" in sys.modules and "torch._dynamo" in sys.modules
     finally:
         gc.enable() if was else gc.disable()

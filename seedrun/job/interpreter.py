@@ -1,12 +1,14 @@
 """A job's process and the Python interpreter: what a job's start and end cost with torch loaded, less.
 
-Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks).
+Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks),
+and collector_paused by the reading commands (seedrun.commands.read).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import os
 
 
@@ -23,6 +25,22 @@ def collector_paused():
     finally:
         if enabled:
             gc.enable()
+
+
+# The module that trains (or evaluates) each stage.
+_STAGE_MODULES = {"pretrain": "seedrun.training.pretrain", "distill": "seedrun.training.distill",
+                  "eval": "seedrun.evaluate.run"}
+
+
+def import_stage(stage: str) -> None:
+    """Import torch and a stage's code with the collector paused (collector_paused says why), and for a
+    training torch._dynamo too, which torch.optim imports at the first optimizer anyway. The callers
+    (seedrun.job.run_job, seedrun.job.ranks) then import what they call as usual, from the module cache."""
+    with collector_paused():
+        if stage != "eval":
+            importlib.import_module("torch._dynamo")
+        importlib.import_module("seedrun.training.loop")
+        importlib.import_module(_STAGE_MODULES.get(stage, _STAGE_MODULES["distill"]))
 
 
 def ending_process() -> None:

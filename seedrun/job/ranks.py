@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 from seedrun.atomic import atomic_write_text
 from seedrun.job.failures import classify_failure, traceback_tail
-from seedrun.job.interpreter import collector_paused
+from seedrun.job.interpreter import collector_paused, import_stage
 
 #: how long rank 0 waits for another rank's failure file once its own collective failed
 FAILURE_WAIT_S = 10.0
@@ -174,19 +174,17 @@ def follow(where: Place, data_root: Optional[str]) -> dict[str, float]:
             group.alone()
             return {}
         hooks.log(f"run {Path(run_dir).name[:12]} ({stage}) rank {where.rank} of {where.world} on {os.uname().nodename}")
-        with collector_paused():  # torch's (seedrun.job.interpreter)
-            import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer anyway)
+        import_stage(stage)  # torch's, with the collector paused (seedrun.job.interpreter)
+        from seedrun.training.loop import Interrupted
 
-            from seedrun.training.loop import Interrupted
-
-            if stage == "pretrain":
-                from seedrun.training.pretrain import pretrain
-            else:
-                from seedrun.training.distill import distill
         try:
             if stage == "pretrain":
+                from seedrun.training.pretrain import pretrain
+
                 pretrain(config, Path(run_dir), hooks, data_root)
             else:
+                from seedrun.training.distill import distill
+
                 distill(config, Path(run_dir), hooks, teacher_dir, data_root)
         except Interrupted as exc:
             hooks.log(f"{exc}: rank 0 wrote the checkpoint and requeues the job")

@@ -39,7 +39,7 @@ from seedrun.job.recording import finite_or_none, load_run, pull, push
 from seedrun.job.attempt_lease import AttemptLease, describe_holder
 from seedrun.job import ranks
 from seedrun.job.interpreter import ending_process as _ending_process
-from seedrun.job.interpreter import collector_paused as _collector_paused
+from seedrun.job.interpreter import import_stage as _import_stage
 from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets, spends_budget
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
 from seedrun.atomic import atomic_write_text
@@ -172,24 +172,21 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
     def _train(self, stage: str, config: dict[str, Any], run_dir: Path, hooks: _RecordingHooks,
                teacher_dir: Optional[Path]) -> dict[str, float]:
         """The training itself (seedrun.training); tests override this to record without training."""
-        with _collector_paused():  # torch: the heaviest imports of the job
-            from seedrun.training.loop import Interrupted
-
-            if stage == "pretrain":
-                from seedrun.training.pretrain import pretrain
-            elif stage == "eval":
-                from seedrun.evaluate.run import evaluate
-            else:
-                from seedrun.training.distill import distill
-            if stage != "eval":
-                import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer anyway)
+        _import_stage(stage)  # torch: the heaviest imports of the job, with the collector paused
+        from seedrun.training.loop import Interrupted
 
         try:
             if stage == "pretrain":
+                from seedrun.training.pretrain import pretrain
+
                 return pretrain(config, run_dir, hooks, self.data_root)
             if stage == "eval":  # teacher_dir is the evaluated run's directory
+                from seedrun.evaluate.run import evaluate
+
                 # recorded on the run it evaluated too, with the result (seedrun.store.catchup)
                 return evaluate(config, run_dir, teacher_dir, self.data_root, log=hooks.log)
+            from seedrun.training.distill import distill
+
             return distill(config, run_dir, hooks, teacher_dir, self.data_root)
         except Interrupted as exc:
             raise Stopped(str(exc)) from None
