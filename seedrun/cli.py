@@ -15,6 +15,14 @@ from seedrun.commands.launch import cmd_cancel, cmd_eval, cmd_retry, cmd_sweep
 from seedrun.commands.read import cmd_list, cmd_logs, cmd_status, cmd_table, cmd_teacher_inspect
 
 
+def _table_format(name: str) -> str:
+    """A table format's own name for its aliases (seedrun.tables.render.ALIASES: rich, md, tex); imported
+    only when `table` parses its --format."""
+    from seedrun.tables.render import ALIASES
+
+    return ALIASES.get(name, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seedrun",
@@ -53,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", parents=[with_db], help="rebuild one of the paper's tables from the recorded runs")
     p.add_argument("--ablation", help="table name (see --list)")
-    p.add_argument("--format", default="text", choices=["text", "markdown", "latex", "csv"],
-                   type=lambda name: {"rich": "text", "md": "markdown", "tex": "latex"}.get(name, name),
+    p.add_argument("--format", default="text", choices=["text", "markdown", "latex", "csv"], type=_table_format,
                    help="text (the terminal's grid; default), markdown, latex or csv")
     p.add_argument("--paper", action="store_true", help="show the paper's published values next to ours")
     p.add_argument("--sweep", help="fill the table from this sweep's runs only")

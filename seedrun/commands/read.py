@@ -48,15 +48,14 @@ def print_table(ablation: str, db_url: Optional[str], sweep: Optional[str], fmt:
     """The table as `seedrun table` prints it; from no runs at all where there is no database yet."""
     from seedrun.store.protocols import protocol_note
     from seedrun.tables import build_table, render
-    from seedrun.tables.render import format_name
-    from seedrun.tables.terminal import to_text, wants_color
+    from seedrun.tables.terminal import wants_color
 
     groups = table_groups(ablation, db_url, sweep, protocol) if db_url is not None else []
     data = build_table(ablation, groups, paper=paper, protocol=protocol)
     note = protocol_note({column.metric for column in data.columns}, protocol)
     if note and db_url is not None:
         data.notes.append(note)
-    output = to_text(data, color=wants_color()) if format_name(fmt) == "text" else render(data, fmt)
+    output = render(data, fmt, color=wants_color())
     print(output, end="" if output.endswith("\n") else "\n")
 
 

@@ -95,6 +95,7 @@ def format_name(fmt: str) -> str:
     return fmt
 
 
-def render(data: TableData, fmt: str = "text") -> str:
-    """The table in one format; "text" as wide as the terminal, without colours (see to_text)."""
-    return RENDERERS[format_name(fmt)](data)
+def render(data: TableData, fmt: str = "text", color: bool = False) -> str:
+    """The table in one format; "text" as wide as the terminal, in colour with `color` (see to_text)."""
+    fmt = format_name(fmt)
+    return to_text(data, color=color) if fmt == "text" else RENDERERS[fmt](data)
