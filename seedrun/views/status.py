@@ -23,13 +23,9 @@ def _epochs(config: dict[str, Any], stage: str) -> Optional[int]:
     return section.get("epochs")
 
 
-def _describe(record) -> str:
-    if record.axes:
-        return " ".join([f"{key}={value}" for key, value in record.axes.items()])
-    if record.stage == "pretrain":
-        p = record.config.get("pretrain", {})
-        return f"{p.get('method')} {p.get('arch')} ({p.get('role') or 'teacher'})"
-    return ""
+def _axes_text(axes: dict[str, Any]) -> str:
+    """The setting column of a run a sweep made: its axes' values."""
+    return " ".join([f"{key}={value}" for key, value in axes.items()])
 
 
 def _check_sweep(db_url: str, sweep: Optional[str], runs: list) -> None:
@@ -90,7 +86,8 @@ _ROW_SQL = """
 
 
 def _settings_view(stage: str, settings: dict[str, Any]) -> tuple[str, str]:
-    """(what the setting column says of a run without axes, "/epochs" or ""), from its settings."""
+    """(what the setting column says of a run without axes, "/epochs" or ""), from its settings (the
+    STATUS_KEYS of seedrun.sweeps.settings' flat form): both listings, from SQL and from records, use it."""
     if stage == "pretrain":
         description = (f"{settings.get('pretrain.method')} {settings.get('pretrain.arch')} "
                        f"({settings.get('pretrain.role') or 'teacher'})")
@@ -102,12 +99,12 @@ def _settings_view(stage: str, settings: dict[str, Any]) -> tuple[str, str]:
 
 def _record_row(record, layout: Optional[str] = None) -> tuple[str, ...]:
     metric = record.metrics.get("knn_top1")
-    epochs = _epochs(record.config, record.stage)
-    return (record.sweep or "", record.hash[:12], record.stage, _describe(record),
+    settings = {key: (record.config.get(key.split(".")[0]) or {}).get(key.split(".")[1]) for key in STATUS_KEYS}
+    description, epochs = _settings_view(record.stage, settings)
+    return (record.sweep or "", record.hash[:12], record.stage, _axes_text(record.axes) if record.axes else description,
             f"{record.state} ({record.failure_reason})" if record.failure_reason else record.state,
-            f"{record.epoch}/{epochs}" if epochs else str(record.epoch),
-            f"{metric:.2f}" if metric is not None else "", (record.job_id or "") + (f" [{layout}]" if layout else ""),
-            record.state)
+            f"{record.epoch}{epochs}", f"{metric:.2f}" if metric is not None else "",
+            (record.job_id or "") + (f" [{layout}]" if layout else ""), record.state)
 
 
 def _layouts(db_url: str) -> dict[str, str]:
@@ -144,7 +141,7 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
                     if view is None:
                         view = views[stage, settings] = _settings_view(stage, parse_json(settings) or {})
                     append((sweep_name, short, stage,
-                            " ".join([f"{key}={value}" for key, value in run_axes.items()]) if run_axes else view[0],
+                            _axes_text(run_axes) if run_axes else view[0],
                             state, f"{epoch}{view[1]}", "" if knn is None else f"{knn:.2f}", job, bare))
                 return rows
     layouts = _layouts(db_url)
