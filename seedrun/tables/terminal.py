@@ -140,11 +140,11 @@ def to_text(data: TableData, width: Optional[int] = None, color: bool = False) -
     # Widths with a space of padding either side; the rules between columns and the edges are extra.
     widths = [w - 2 for w in _fit([w + 2 for w in natural], width - len(natural) - 1)]
 
-    def block(cells: list[list[Line]], rule: str) -> list[str]:
+    def block(cells: list[list[Line]], rule: str, bottom: bool = False) -> list[str]:
         wrapped = [[(piece, kind) for text, kind in cell for piece in _wrap(text, max(w, 1))]
                    for cell, w in zip(cells, widths)]
         height = max(len(cell) for cell in wrapped)
-        if rule == "┃":  # header cells sit on the bottom line, so that labels line up
+        if bottom:  # header cells sit on the bottom line, so that labels line up
             wrapped = [[("", "")] * (height - len(cell)) + cell for cell in wrapped]
         lines = []
         for index in range(height):
@@ -165,7 +165,7 @@ def to_text(data: TableData, width: Optional[int] = None, color: bool = False) -
         space = total - len(title_line)
         lines.append(" " * (space // 2) + paint(title_line, "title") + " " * (space - space // 2))
     lines.append(edge("┏", "━", "┳", "┓"))
-    lines += block(header, "┃")
+    lines += block(header, "┃", bottom=True)
     lines.append(edge("┡", "━", "╇", "┩") if body else edge("┗", "━", "┻", "┛"))
     for row in body:
         lines += block(row, "│")
