@@ -7,7 +7,10 @@ tests/test_networks.py checks that the two agree (same names, and each builder's
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,79 @@ def network_info(name: str) -> NetworkInfo:
         if info.name == name:
             return info
     raise KeyError(f"unknown network {name!r}; known: {', '.join(NETWORK_NAMES)}")
+
+
+TIMM_PREFIX = "timm/"  # `student.arch: timm/NAME`: any timm architecture (seedrun.models.networks.timm_backbone)
+
+
+def _timm_cache_file(version: str) -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "seedrun", f"timm-models-{version}.json")
+
+
+@lru_cache(maxsize=1)
+def timm_model_names() -> frozenset[str]:
+    """timm's registered architecture names. Importing timm imports torch, which planning a sweep must not
+    (the CLI's reading commands stay torch-free, and 5 s on 2 cores for a check is too long): a child
+    interpreter asks timm once per timm version and the list is cached beside the teacher digests.
+    Raises LookupError when timm is not installed."""
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        timm_version = version("timm")
+    except PackageNotFoundError:
+        raise LookupError("timm is not installed (pip install timm)") from None
+    path = _timm_cache_file(timm_version)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return frozenset(json.load(fh))
+    except (OSError, ValueError):
+        pass
+    import subprocess
+    import sys
+
+    listing = subprocess.run([sys.executable, "-c", "import json, sys, timm; json.dump(timm.list_models(), sys.stdout)"],
+                             capture_output=True, text=True, timeout=600)
+    if listing.returncode != 0:
+        last = (listing.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LookupError(f"timm could not list its networks: {last}")
+    names = json.loads(listing.stdout)
+    try:
+        from seedrun.atomic import atomic_write_json
+
+        atomic_write_json(path, names, fsync=False)
+    except OSError:
+        pass  # a cache: without it timm is only asked again
+    return frozenset(names)
+
+
+def timm_names(pattern: str = "*") -> list[str]:
+    """timm's architecture names matching a shell pattern, as `timm/NAME` values for student.arch."""
+    from fnmatch import fnmatch
+
+    return sorted(TIMM_PREFIX + name for name in timm_model_names() if fnmatch(name, pattern))
+
+
+def check_arch(name: object) -> Optional[str]:
+    """Why `name` cannot be built as a network (None when it can): one of NETWORK_NAMES or timm/NAME, NAME
+    a timm architecture, optionally with a pretrained tag (resnet10t.c3_in1k: the tag names weights,
+    which are never downloaded, so it builds the same network)."""
+    if isinstance(name, str) and name in NETWORK_NAMES:
+        return None
+    if not isinstance(name, str) or not name.startswith(TIMM_PREFIX):
+        return f"unknown network {name!r}; expected one of {', '.join(NETWORK_NAMES)} or timm/NAME (any timm network)"
+    base = name[len(TIMM_PREFIX):].split(".")[0]
+    try:
+        known = timm_model_names()
+    except LookupError as exc:
+        return f"{name}: {exc}"
+    if base in known:
+        return None
+    from difflib import get_close_matches
+
+    near = get_close_matches(base, sorted(known), n=3)
+    return f"unknown timm network {base!r}" + (f" (close: {', '.join(near)})" if near else "")
 
 
 def teacher_method(name: str) -> TeacherMethod:

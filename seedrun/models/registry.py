@@ -3,6 +3,8 @@
 A builder returns the backbone with its classifier removed (it outputs pooled features) and the feature
 dimension d. Small-image variants replace the 7x7 stride-2 stem and max-pool with a 3x3 stride-1 conv,
 the usual change for 28-32 px inputs (as in the MoCo CIFAR demo and solo-learn).
+
+`timm/NAME` names any timm architecture (seedrun.models.networks.timm_backbone), built as timm builds it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ def create_backbone(name: str, *, small_images: bool = False, in_chans: int = 3,
     """Build a registered backbone; returns (module producing (N, d) features, d)."""
     # The builders live in networks.py; importing it here keeps torchvision off the CLI's import path.
     from seedrun.models import networks  # noqa: F401
+    from seedrun.models.catalog import TIMM_PREFIX
 
+    if name.startswith(TIMM_PREFIX):
+        # timm's own stem, widths and feature size: `width` and `small_images` are seedrun's knobs for
+        # the paper's networks and mean nothing to an arbitrary timm architecture
+        return networks.timm_backbone(name[len(TIMM_PREFIX):], in_chans=in_chans)
     if name not in NETWORKS:
         raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
     return NETWORKS[name].builder(small_images=small_images, in_chans=in_chans, width=width)
