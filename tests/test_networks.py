@@ -121,22 +121,23 @@ def test_resnet_keys_match_torchvision(name, tv_builder):
 
 @pytest.mark.parametrize("block,layers", [("BasicBlock", [2, 2, 2, 2]), ("Bottleneck", [3, 4, 6, 3])])
 @pytest.mark.parametrize("small_images", [True, False])
-def test_resnet_is_torchvisions_to_the_bit(block, layers, small_images):
-    """seedrun.models.resnet_blocks is a copy of torchvision's blocks, _make_layer and forward: built from one
-    seed with torchvision's own, the same initial weights (the same modules drawn in the same order), the
-    same features and the same gradients."""
+def test_resnet_draws_torchvisions_initial_weights(block, layers, small_images):
+    """Our blocks and stages (seedrun.models.resnet_blocks) against torchvision's, under the same stem and
+    initialisation (networks.ResNet): from one seed, the same random draws, so the same initial weights
+    under the same keys in the same order; then the same features and gradients."""
     from seedrun.models import networks
 
-    class Torchvisions(networks.ResNet):
+    class WithTorchvisionsStages(networks.ResNet):
         _make_layer = tv_resnet.ResNet._make_layer
         _forward_impl = tv_resnet.ResNet._forward_impl
+        forward = tv_resnet.ResNet.forward
 
     torch.manual_seed(3)
     ours = networks.ResNet(getattr(networks, block), layers, width=16, small_images=small_images)
     after_ours = torch.rand(4)
     torch.manual_seed(3)
-    ref = Torchvisions(getattr(tv_resnet, block), layers, width=16, small_images=small_images)
-    assert torch.equal(after_ours, torch.rand(4))  # the same random draws
+    ref = WithTorchvisionsStages(getattr(tv_resnet, block), layers, width=16, small_images=small_images)
+    assert torch.equal(after_ours, torch.rand(4))  # as many draws
     theirs = ref.state_dict()
     assert list(ours.state_dict()) == list(theirs)
     assert all(torch.equal(value, theirs[key]) for key, value in ours.state_dict().items())
@@ -146,6 +147,62 @@ def test_resnet_is_torchvisions_to_the_bit(block, layers, small_images):
     out.square().sum().backward()
     expected.square().sum().backward()
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), ref.parameters()))
+
+
+def _torchvision_resnet(builder, small_images: bool) -> nn.Module:
+    """torchvision's own network, fc dropped; with our small-image stem where asked (3x3 stride 1, no max-pool)."""
+    net = builder(weights=None)
+    net.fc = nn.Identity()
+    if small_images:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+@pytest.mark.parametrize("name,builder", [("resnet18", tv_resnet.resnet18), ("resnet50", tv_resnet.resnet50)])
+@pytest.mark.parametrize("small_images", [True, False])
+def test_resnet_with_torchvisions_weights_computes_torchvisions_features(name, builder, small_images):
+    """torchvision's ResNet itself (width 64, as the paper's): its weights load into ours by key, with
+    nothing missing or left over, and then both give the same features and the same gradients."""
+    torch.manual_seed(5)
+    ref = _torchvision_resnet(builder, small_images)
+    ours, d = create_backbone(name, small_images=small_images)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    size = 32 if small_images else 64
+    x = torch.randn(2, 3, size, size)
+    for train in (True, False):
+        ours.train(train), ref.train(train)
+        out, expected = ours(x), ref(x)
+        assert out.shape == (2, d)
+        assert torch.equal(out, expected)
+    ours.train(), ref.train()
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    theirs = dict(ref.named_parameters())
+    assert all(torch.equal(param.grad, theirs[key].grad) for key, param in ours.named_parameters())
+
+
+def test_resnet_is_initialised_as_torchvision_does_it(monkeypatch):
+    """The same initialiser, with the same arguments, on the same tensors in the same order as torchvision's
+    ResNet-50 (kaiming normal, fan out, for ReLU); batch norms start at weight 1, bias 0, the last of
+    each block too (torchvision's default, and the official code's: no zero-initialised residual)."""
+    calls = []
+
+    def recording(tensor, *args, **kwargs):
+        calls.append((tuple(tensor.shape), args, kwargs))
+        return tensor
+
+    monkeypatch.setattr(nn.init, "kaiming_normal_", recording)
+    with torch.device("meta"):
+        create_backbone("resnet50")
+        ours = list(calls)
+        calls.clear()
+        tv_resnet.resnet50(weights=None)
+    assert ours == calls and len(ours) == 53  # every convolution of ResNet-50, once
+    monkeypatch.undo()
+    net, _ = create_backbone("resnet50", width=8, small_images=True)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 53 and all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
 
 
 def test_building_a_resnet_does_not_import_torchvision():

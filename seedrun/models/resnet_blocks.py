@@ -1,160 +1,117 @@
-"""torchvision's ResNet building blocks (torchvision/models/resnet.py, BSD-3-Clause), as they are there.
+"""Residual blocks and the stages and forward pass of a ResNet (He et al., 2016), written for seedrun.
 
-Why a copy: ``import torchvision`` imports every torchvision model, torchvision.ops, datasets and
-transforms, and through torchvision.ops.roi_align torch._dynamo: about 1.5 s of each training job's start
-on 2 cores (which imports torch._dynamo anyway, through torch.optim), about 4 s of an evaluation job's,
-for networks a ResNet run never builds. The blocks below are torchvision's line for line (same modules created in the
-same order, so the same random initialisation from the same seed, and the same keys, so official
-checkpoints load); MobileNet-v3 and EfficientNet still come from torchvision, imported when built.
-tests/test_networks.py checks these against torchvision's own.
+A residual block is a short chain of convolutions, each followed by its batch norm and, all but the
+last, by a ReLU. The block's input is added to the chain's output and the sum goes through a last ReLU.
+Where the block changes the shape of what flows through it (a stride, or more channels out than in),
+the input first goes through the block's `downsample`: a 1x1 convolution with the same stride, then a
+batch norm. The two kinds of block differ only in their chain:
+
+    BasicBlock  (ResNet-18, -34)           3x3, 3x3                      the stride on the first
+    Bottleneck  (ResNet-50, -101, -152)    1x1 in, 3x3, 1x1 out (x4)     the stride on the 3x3
+
+Putting a bottleneck's stride on its 3x3 convolution rather than on the first 1x1 ("ResNet v1.5") is
+what torchvision and the official MoCo and SEED code train, so their checkpoints describe this network.
+
+Names are what those checkpoints hold (conv1/bn1, conv2/bn2, conv3/bn3 and downsample.0/.1 in a
+block; conv1, bn1, layer1-layer4 in the network), so that their weights load by key. Parameters are
+registered in the same order as theirs, so the network's initialisation (seedrun.models.networks.ResNet)
+draws the same weights from the same seed. tests/test_networks.py holds both against torchvision.
+
+seedrun.models.networks.ResNet builds the stem, the classifier slot and the initialisation; this module
+does not import torchvision, whose package import starts torch._dynamo: about 1.5 s of a training job's
+start and 4 s of an evaluation job's on 2 cores.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+# One link of a block's chain: (channels in, channels out, kernel size, stride).
+Link = tuple[int, int, int, int]
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding"""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
-                     bias=False, dilation=dilation)
+class _ResidualBlock(nn.Module):
+    """A chain of conv + batch norm links, described by the subclass's `chain`, and its shortcut."""
 
+    expansion = 1  # the block's output channels per `channels` it is built with
 
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 convolution"""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-    expansion: int = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1,
-                 norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, width_per_group: int = 64):
         super().__init__()
-        if norm_layer is None:
-            norm_layer = nn.BatchNorm2d
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
-        if dilation > 1:
-            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
-        # Both self.conv1 and self.downsample layers downsample the input when stride != 1
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = norm_layer(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-        self.stride = stride
+        chain = self.chain(in_channels, channels, stride, width_per_group)
+        for number, (c_in, c_out, kernel, link_stride) in enumerate(chain, start=1):
+            # a padding of half the kernel keeps a stride-1 convolution's output the size of its input
+            setattr(self, f"conv{number}", nn.Conv2d(c_in, c_out, kernel, link_stride, padding=kernel // 2, bias=False))
+            setattr(self, f"bn{number}", nn.BatchNorm2d(c_out))
+        self.length = len(chain)
+        out_channels = channels * self.expansion
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(out_channels))
+        else:
+            self.downsample = None  # the input is added as it is
+
+    @staticmethod
+    def chain(in_channels: int, channels: int, stride: int, width_per_group: int) -> list[Link]:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-
-        if self.downsample is not None:
-            identity = self.downsample(x)
-
-        out += identity
-        out = self.relu(out)
-
-        return out
+        out = x
+        for number in range(1, self.length + 1):
+            if number > 1:
+                out = F.relu(out, inplace=True)
+            out = getattr(self, f"bn{number}")(getattr(self, f"conv{number}")(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return F.relu(out, inplace=True)
 
 
-class Bottleneck(nn.Module):
-    # torchvision's (ResNet V1.5): the stride for downsampling is at the 3x3 convolution (self.conv2)
-    expansion: int = 4
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions of `channels` each."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1,
-                 norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
-        super().__init__()
-        if norm_layer is None:
-            norm_layer = nn.BatchNorm2d
-        width = int(planes * (base_width / 64.0)) * groups
-        # Both self.conv2 and self.downsample layers downsample the input when stride != 1
-        self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride, groups, dilation)
-        self.bn2 = norm_layer(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = norm_layer(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
+    expansion = 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x
+    @staticmethod
+    def chain(in_channels: int, channels: int, stride: int, width_per_group: int) -> list[Link]:
+        if width_per_group != 64:
+            raise ValueError(f"a basic block has no inner width to widen (width_per_group {width_per_group}, not 64)")
+        return [(in_channels, channels, 3, stride), (channels, channels, 3, 1)]
 
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
 
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
+class Bottleneck(_ResidualBlock):
+    """A 1x1 convolution into an inner width, a 3x3 at that width, a 1x1 out to 4 x `channels`. The inner
+    width is `channels` scaled by width_per_group / 64 (wide ResNets widen only this)."""
 
-        out = self.conv3(out)
-        out = self.bn3(out)
+    expansion = 4
 
-        if self.downsample is not None:
-            identity = self.downsample(x)
-
-        out += identity
-        out = self.relu(out)
-
-        return out
+    @staticmethod
+    def chain(in_channels: int, channels: int, stride: int, width_per_group: int) -> list[Link]:
+        inner = channels * width_per_group // 64
+        return [(in_channels, inner, 1, 1), (inner, inner, 3, stride), (inner, channels * Bottleneck.expansion, 1, 1)]
 
 
 class ResNetBase(nn.Module):
-    """torchvision's ResNet less its __init__ (the subclass builds the layers): _make_layer and forward."""
+    """What every ResNet shares past its stem: stages of blocks and the forward pass.
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
-        norm_layer = self._norm_layer
-        downsample = None
-        previous_dilation = self.dilation
-        if dilate:
-            self.dilation *= stride
-            stride = 1
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride),
-                norm_layer(planes * block.expansion),
-            )
+    The subclass sets `inplanes` (the stem's channels) and `base_width` (a bottleneck's width_per_group),
+    builds conv1, bn1, relu and maxpool (the stem), then layer1-layer4 with `_make_layer`, then avgpool
+    and fc.
+    """
 
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation,
-                        norm_layer)]
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                dilation=self.dilation, norm_layer=norm_layer))
+    inplanes: int
+    base_width: int = 64
 
-        return nn.Sequential(*layers)
+    def _make_layer(self, block: type[_ResidualBlock], channels: int, count: int, stride: int = 1) -> nn.Sequential:
+        """One stage: `count` blocks, the first with `stride`, all of `channels` (x the block's expansion
+        out). `inplanes` follows the channels from one stage to the next."""
+        blocks = []
+        for index in range(count):
+            blocks.append(block(self.inplanes, channels, stride if index == 0 else 1, self.base_width))
+            self.inplanes = channels * block.expansion
+        return nn.Sequential(*blocks)
 
-    def _forward_impl(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.maxpool(x)
-
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        x = self.fc(x)
-
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._forward_impl(x)
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
