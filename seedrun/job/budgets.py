@@ -7,9 +7,9 @@ the limits come from the launcher settings (config["launcher"], or the launcher 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from seedrun.store.tables import utcnow
+from seedrun.store.folders import utcnow
 
 #: Events kept in provenance["events"].
 MAX_EVENTS = 50
@@ -26,19 +26,6 @@ def as_int(value: Any, default: int) -> int:
     except (TypeError, ValueError):
         return default
 
-
-
-def reset_budgets(prov: dict[str, Any], submission: Optional[str]) -> bool:
-    """A new submission starts the counts afresh (preemptions, timeouts, failures, an attempt left open).
-
-    The launcher resets them when it records the submission; a task can start before that, and then
-    finds the previous submission's counts: it resets them itself, once per submission id. True if it did.
-    """
-    if not submission or (prov.get("submission") or {}).get("id") == submission:
-        return False
-    prov.update({"preemptions": 0, "timeouts": 0, "failures": 0, "attempt_open": False})
-    prov["submission"] = {**(prov.get("submission") or {}), "id": submission}
-    return True
 
 
 def spends_budget(kind: str, progressed: bool) -> bool:

@@ -25,6 +25,11 @@ class Stopped(Exception):
 
 
 
+class LeaseLost(Exception):
+    """Another attempt holds the run now (seedrun.job.attempt_lease): this one stops and writes nothing."""
+
+
+
 class AttemptOver(BaseException):
     """The attempt is over and already recorded: leave without being recorded again as a failure."""
 

@@ -18,7 +18,7 @@ import submitit
 
 from seedrun import __version__
 from seedrun.store.folders import hostname
-from seedrun.store.tables import utcnow
+from seedrun.store.folders import utcnow
 
 
 def add_hours(prov: dict[str, Any], seconds: float, gpus_used: Optional[int] = None) -> None:

@@ -1,13 +1,14 @@
 """The job: what runs on the worker (a Slurm node or a local subprocess) for one run.
 
-It reads its run from its folder and the database, trains in the run's fixed directory (resuming from
-its checkpoint if there is one), and records state, per-epoch metrics, final metrics, failures and
-provenance: in the run's folder first, then in the database (seedrun.job.recording). It is a submitit
-Checkpointable.
+It reads its run from its folder (the attempt its submission opened there: seedrun.store.attempts),
+trains in that folder (resuming from its checkpoint if there is one), and records state, per-epoch
+metrics, final metrics, failures and provenance in the same folder, and nowhere else: it never opens the
+database (seedrun.job.recording). It is a submitit Checkpointable.
 
-State changes are guarded transitions (seedrun.store.states): the job starts a run that is neither
-cancelled nor completed, and ends or requeues only a run it holds as `running`, so a run cancelled
-(or marked lost by `seedrun status`) while it trains keeps that state: no result, no requeue.
+One live attempt per run: the job holds the run's lease (seedrun.job.attempt_lease) while it writes; an
+attempt that loses it stops at the next step and writes nothing more. State changes follow the one table
+of transitions (seedrun.store.states): the job starts a run of its own attempt that is neither cancelled
+nor completed, and ends or requeues only the `running` it set itself.
 
 Stopping at a step boundary on USR2 or SIGTERM, then requeueing: seedrun.job.signals.
 
@@ -22,6 +23,7 @@ failure_reason `preempted`, `timeout` or the failure's own class.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -31,18 +33,16 @@ from typing import Any, Callable, Optional
 
 import submitit
 
-from seedrun.store.folders import FolderRecord, append_metrics, write_record
-from seedrun.store.tables import utcnow
+from seedrun.store.folders import FolderRecord, append_metrics, hostname, utcnow
 from seedrun.store.states import (BLOCKED, COMPLETED, FAILED, PENDING, RUNNING, STARTABLE, SUBMITTED,
                                   transition_record)
-from seedrun.job.recording import finite_or_none, load_run, pull, push
-from seedrun.job.attempt_lease import AttemptLease, describe_holder
+from seedrun.job.recording import finite_or_none, load_run, save_record
+from seedrun.job.attempt_lease import AttemptLease, describe_holder, process_start
 from seedrun.job import ranks
 from seedrun.job.interpreter import ending_process as _ending_process
 from seedrun.job.interpreter import import_stage as _import_stage
-from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, reset_budgets, spends_budget
-from seedrun.job.failures import AttemptOver, Stopped, classify_failure, traceback_tail
-from seedrun.atomic import atomic_write_text
+from seedrun.job.budgets import DEFAULT_BUDGETS, as_int, budgets_of, record_event, spends_budget
+from seedrun.job.failures import AttemptOver, LeaseLost, Stopped, classify_failure, traceback_tail
 from seedrun.job.signals import StepBoundarySignals, signal_name
 from seedrun.job.provenance import (accelerator, add_hours, gpus_used, job_environment, job_id, layout, provenance,
                                     submitit_paths, teacher_digest, teacher_file)
@@ -76,16 +76,18 @@ class _RecordingHooks:
     def should_stop(self) -> bool:
         # training.loop asks once after every step (after_step or end_epoch): the count is the attempt's steps
         self.job._steps += 1
+        if self.job._lease.lost.is_set():  # another attempt holds the run: no checkpoint, no record
+            raise LeaseLost(self.job._lease.why_lost)
         return self.job.stop_requested
 
 
 class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
-    """One run, by hash. The pickle submitit ships holds only these three strings: the run's config
-    (every sweep value) is read from the database, never passed through a shell or a command line."""
+    """One attempt of one run: its hash, its folder, the data root and the attempt number. The pickle
+    submitit ships holds only these: the run's config (every sweep value) is read from the folder,
+    never passed through a shell or a command line."""
 
-    def __init__(self, run_hash: str, db_url: str, data_root: Optional[str] = None):
-        self.run_hash, self.db_url, self.data_root = run_hash, db_url, data_root
-        self.submission: Optional[str] = None  # the launcher's submission id: a new one resets the budgets
+    def __init__(self, run_hash: str, run_dir: str, data_root: Optional[str] = None, attempt: int = 1):
+        self.run_hash, self.run_dir, self.data_root, self.attempt = run_hash, str(run_dir), data_root, int(attempt)
         self._reset()
 
     def _reset(self) -> None:
@@ -103,14 +105,13 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._grace_s = 60.0
         self._hooks: Optional[_RecordingHooks] = None
         self._record = FolderRecord()
-        self._run_dir = Path(".")
-        self._db_down_until = 0.0  # after a write that failed, the database is left alone until then
+        self._run_dir = Path(self.run_dir)
         self._lease = AttemptLease()  # one live attempt per run (seedrun.job.attempt_lease)
         self._group = ranks.Group(ranks.Place())  # several processes per run: seedrun.job.ranks
 
     def __getstate__(self) -> dict[str, Any]:  # a requeue pickles a fresh job: no handlers, no flags
-        return {"run_hash": self.run_hash, "db_url": self.db_url, "data_root": self.data_root,
-                "submission": getattr(self, "submission", None)}
+        return {"run_hash": self.run_hash, "run_dir": self.run_dir, "data_root": self.data_root,
+                "attempt": self.attempt}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -155,6 +156,9 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {job_id()}")
         try:
             results = self._train(stage, config, run_dir, hooks, teacher_dir)
+        except LeaseLost as exc:
+            hooks.log(f"stopped: {exc}; this attempt writes nothing more")
+            return {}
         except Stopped:
             self._after_stop()
             raise
@@ -165,6 +169,9 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
             raise
         if self._signal is not None:
             self._disarm_alarm()  # finished before the step boundary came: nothing to requeue
+        if self._lease.lost.is_set():
+            hooks.log(f"results not recorded: {self._lease.why_lost}")
+            return {}
         hooks.log("results " + json.dumps(results))
         self._finish(results)
         return results
@@ -192,19 +199,23 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
             raise Stopped(str(exc)) from None
 
     def _start(self) -> Optional[tuple[dict[str, Any], Path, str, Optional[Path]]]:
-        """Mark the run running (or blocked, or out of budget); None when it must not train.
+        """Mark the run running (or blocked, or out of budget) in its folder; None when it must not train.
 
-        The run's record comes from its folder and, where this job writes the database, from the
-        database too (the newer wins); the change is written to the folder first (seedrun.job.recording)."""
+        The folder must hold the attempt this job was started for, and the run's lease must be free
+        (or its holder gone): otherwise the job says why and leaves the folder as it is."""
         info = provenance()
-        loaded = load_run(self)
+        loaded, why = load_run(self.run_dir, self.run_hash, self.attempt)
         if loaded is None:
+            print(why, flush=True)
             return None
-        run, config, run_dir, upstream = loaded
-        self._record, self._run_dir = run, run_dir
+        run, config, upstream = loaded
+        run_dir = self._run_dir
+        self._record = run
         if run.state not in STARTABLE:
+            print(f"run {self.run_hash[:12]} is {run.state}: this attempt leaves it", flush=True)
             return None
-        holder = self._lease.take(str(run_dir), job_id())
+        holder = self._lease.take(str(run_dir), {"host": hostname(), "pid": os.getpid(),
+                                                 "pid_start": process_start(os.getpid()), "job_id": job_id()})
         if holder is not None:  # another attempt is alive: leave the run and its folder as they are
             print(f"run {self.run_hash[:12]} is held by {describe_holder(holder)}: this attempt leaves it", flush=True)
             return None
@@ -215,7 +226,6 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                 self._save()
             return None
         prov = dict(run.provenance or {})
-        reset_budgets(prov, getattr(self, "submission", None))  # started before its submission was recorded
         launcher = {**(config.get("launcher") or {}), **(prov.get("launcher") or {})}
         self._budgets = budgets_of(launcher)
         delay = as_int(launcher.get("signal_delay_s"), 120)
@@ -255,11 +265,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
                                  started_at=run.get("started_at") or utcnow(), job_id=job_id(), error=None,
                                  failure_reason=None, provenance=prov):
             return None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
         self._save()
-        if run.state != RUNNING:  # the database holds a newer change (cancelled meanwhile): it stands
-            return None
         return config, run_dir, stage, teacher_dir
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -267,8 +273,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         checkpoint at a step boundary (see the module doc): the requeued job is the same run, and it
         resumes from run_dir/checkpoint.pt."""
         self.stop_requested = True
-        again = type(self)(self.run_hash, self.db_url, self.data_root)
-        again.submission = getattr(self, "submission", None)  # the same submission: budgets carry on
+        again = type(self)(self.run_hash, self.run_dir, self.data_root, self.attempt)  # the same attempt
         return submitit.helpers.DelayedSubmission(again)
 
     def _after_stop(self) -> None:
@@ -405,22 +410,20 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._accounted = True
 
     def _update(self, fn: Callable[[FolderRecord, dict], None]) -> None:
-        """Change the run's record (its folder first, then the database where this job writes it)."""
+        """Change the run's record in its folder."""
         run = self._record
-        pull(self, run)
         prov = dict(run.provenance or {})
         fn(run, prov)
         run["provenance"] = prov
         self._save()
 
     def _save(self) -> None:
-        """run.json, atomically; then the database, if this job writes it (seedrun.job.recording.push:
-        retried, never raising). A newer change the database holds (a cancel) comes back into the record."""
-        run = self._record
-        run["updated"] = max(time.time(), float(run.get("updated") or 0) + 1e-6)
-        write_record(str(self._run_dir), run)
-        if push(self, run, self._run_dir):
-            write_record(str(self._run_dir), run)
+        """run.json, atomically, as the next version of this attempt's record; nothing once another
+        attempt holds the run."""
+        if self._lease.lost.is_set():
+            self._log(f"record not written: {self._lease.why_lost}")
+            return
+        save_record(str(self._run_dir), self._record)
 
     def _log(self, message: str) -> None:
         if self._hooks is not None:
@@ -433,6 +436,5 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
 
 def _move(run: FolderRecord, state: str, expect: tuple[str, ...] = (RUNNING,), **values: Any) -> bool:
     """Move the attempt's run record to `state`, only from `expect`: by default from the `running` it set
-    itself, so that a cancel, or a loss recorded by status (brought into the record by _save), is never
-    overwritten."""
+    itself."""
     return transition_record(run, state, expect=expect, **values)

@@ -1,40 +1,42 @@
 """Submission: runs -> jobs. Locally, through submitit's LocalExecutor, one job at a time, stages in
-order (teachers before the students that need them), with live progress read from the database.
+order (teachers before the students that need them), with live progress read from the run's folder.
 
-A run is submitted only if this launcher moves it to `submitted` (seedrun.store.states.transition):
-one that another process started or finished meanwhile is left to it.
+For each run the launcher opens a new attempt (seedrun.store.attempts) in one database transaction:
+the run moves to `submitted` (seedrun.store.states.transition: a run that another process took meanwhile
+is left to it) and its folder gets the attempt's record before the transaction commits. The job writes
+only that folder; while it runs the launcher brings the folder into the database once a second
+(seedrun.store.catchup), and once more when it ends. A job that ended without recording how (killed,
+OOM-killed) fails its attempt; `seedrun sweep --retry-failed` resumes it from its checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select
 
+from seedrun.store.attempts import Attempt, new_attempts, write_attempt
 from seedrun.store.catchup import catch_up
 from seedrun.store.folders import hostname, read_record
 from seedrun.store.plan import Plan, run_dir_for
-from seedrun.store.schema import Run
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
 from seedrun.sweeps.launcher_values import tasks_per_node
 from seedrun.sweeps.spec import RunSpec
-from seedrun.store.engine import session_scope
-from seedrun.store.locations import seedrun_home
+from seedrun.store.engine import write
+from seedrun.store.locations import busy_seconds, seedrun_home
 
-POLL_SECONDS = 1.0  # the run's state read from the database for the progress bar
-#: the job's process is checked this often: the next run starts within this of the last one's end, not a
-#: whole database poll later (a process poll costs nothing; the database is still read once a second)
+POLL_SECONDS = 1.0  # the folder brought into the database, and the progress bar redrawn
+#: the job's process is checked this often: the next run starts within this of the last one's end
 EXIT_POLL_SECONDS = 0.05
 #: a run recorded as ended whose processes are still alive this long after (a rank stuck in a collective) is
 #: stopped: the launcher's wait is bounded even before the process group's timeout ends that rank
 ENDED_GRACE_S = 60.0
 STAGE_ORDER = ("pretrain", "distill", "eval")
+ENDED = (COMPLETED, FAILED, BLOCKED, CANCELLED)
 
 
 def _epochs(run: RunSpec) -> int:
@@ -51,25 +53,51 @@ def _label(run: RunSpec) -> str:
     return " ".join(f"{key}={value}" for key, value in run.axes.items()) or f"{run.stage} {run.short}"
 
 
-def _state(db_url: str, run_hash: str) -> tuple[str, int, Optional[str]]:
-    with session_scope(db_url) as session:
-        run = session.scalars(select(Run).where(Run.hash == run_hash)).one()
-        return run.state, run.epoch, run.error
+def _row(db_url: str, run_hash: str) -> tuple[str, int, Optional[str], dict[str, Any]]:
+    """(state, epoch, error, summary) of the run in the database."""
+    from sqlalchemy import select
+
+    from seedrun.store.tables import runs
+
+    c = runs.c
+    return write(db_url, lambda db: tuple(db.execute(select(c.state, c.epoch, c.error, c.summary)
+                                                     .where(c.hash == run_hash)).one()), wait_s=busy_seconds())
 
 
-def _state_or_folder(db_url: str, run_hash: str) -> tuple[str, Optional[int], Optional[str]]:
-    """The run's state from the database; while the database is unreachable, from the run's own folder
-    record (seedrun.store.folders), which the job writes first."""
+def _settled(db_url: str, run_hash: str) -> tuple[str, Optional[int], dict[str, Any]]:
+    """The run's state, epoch and summary once its folder is brought in; from the folder alone while the
+    database cannot be written (the folder is the record; `status` or `sync` bring it in later)."""
     try:
-        return _state(db_url, run_hash)
+        catch_up(db_url, [run_hash], quiet=True)
+        state, epoch, _, summary = _row(db_url, run_hash)
+        return state, epoch, summary or {}
     except Exception:
         record = read_record(str(run_dir_for(run_hash))) or {}
-        return record.get("state") or "unknown", record.get("epoch"), record.get("error")
+        return record.get("state") or "unknown", record.get("epoch"), record.get("summary") or {}
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
+def _claim(db_url: str, run_hash: str) -> Optional[Attempt] | str:
+    """Open a new attempt of the run: `submitted` in the database and its record in the folder, in one
+    transaction. None when another process holds the run; COMPLETED when its folder says it completed
+    (then nothing is opened: the folder is brought in instead)."""
+    def body(db) -> Optional[Attempt] | str:
+        opened, done = new_attempts(db, [run_hash])
+        if done:
+            return COMPLETED
+        attempt = opened[run_hash]
+        if not transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
+                          provenance=attempt.provenance, job_id=None, error=None, failure_reason=None,
+                          finished_at=None):
+            return None
+        write_attempt(attempt)  # before the commit: the job finds its attempt whatever happens after
+        return attempt
+
+    return write(db_url, body, wait_s=busy_seconds())
 
 
 def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[str], console: Console) -> dict[str, int]:
@@ -88,78 +116,71 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
     if gpus:
         executor.update_parameters(gpus_per_node=len(gpus), visible_gpus=gpus)  # rank r uses cuda:r
     ordered = sorted(runs, key=lambda run: STAGE_ORDER.index(run.stage))  # stable: sweep order within a stage
-    submission = f"local-{uuid.uuid4().hex[:12]}"
     outcome = {"completed": 0, "failed": 0, "blocked": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         overall = progress.add_task(f"sweep {plan.sweep.name}", total=len(ordered), note="")
         for run in ordered:
-            upstream_state = _state_or_folder(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
+            upstream_state = _settled(db_url, run.depends_on)[0] if run.depends_on else COMPLETED
             try:
                 if upstream_state != COMPLETED:
                     if _mark(db_url, run.hash, BLOCKED, f"upstream run {run.depends_on[:12]} is {upstream_state}"):
                         outcome["blocked"] += 1
                     progress.advance(overall)
                     continue
-                taken = _mark(db_url, run.hash, SUBMITTED, None)
+                attempt = _claim(db_url, run.hash)
             except Exception as exc:  # a run is started only once the database says this launcher holds it
                 console.print(f"database unreachable ({_first_line(exc)}): {len(ordered) - ordered.index(run)} runs "
                               "not started; `seedrun sweep` again starts them")
                 outcome["not_started"] = len(ordered) - ordered.index(run)
                 break
-            if not taken:  # another process took it since the plan was read
+            if attempt == COMPLETED:  # completed before, by an attempt the database had not heard of
+                _settled(db_url, run.hash)
+                outcome["completed"] += 1
+                progress.advance(overall)
+                continue
+            if attempt is None:  # another process took it since the plan was read
                 progress.advance(overall)
                 continue
             task = progress.add_task(_label(run), total=_epochs(run), note="starting")
-            attempt = RunJob(run.hash, db_url, data_root)
-            attempt.submission = submission  # a new `seedrun sweep` starts the run's budgets afresh
-            job = executor.submit(attempt)
-            try:
-                with session_scope(db_url) as session:
-                    row = session.scalars(select(Run).where(Run.hash == run.hash)).one()
-                    row.job_id = f"local:{job.job_id}"  # a process id: `status` judges it only on this host
-                    row.provenance = {**(row.provenance or {}), "host": hostname()}
-            except Exception:  # the job records its own job id and host in its folder first
-                pass
-            ended_at = None
-            while not job.done():
-                try:
-                    state, epoch, _ = _state(db_url, run.hash)
-                except Exception:  # busy or down: the job records to its folder meanwhile (catch_up below)
-                    state, epoch = "running (database unreachable)", None
-                progress.update(task, completed=epoch, note=state)
-                if state in (COMPLETED, FAILED, CANCELLED):
-                    ended_at = ended_at or time.monotonic()
-                    if time.monotonic() - ended_at > ENDED_GRACE_S:
-                        job.cancel()  # the controller stops every rank (SIGINT, then SIGKILL)
-                        break
-                next_poll = time.monotonic() + POLL_SECONDS
-                while time.monotonic() < next_poll and not job.done():
-                    time.sleep(EXIT_POLL_SECONDS)
-            try:
-                catch_up(db_url, [run.hash])  # what the job could only write to its folder (seedrun.store.catchup)
-                state, epoch, _ = _state_or_folder(db_url, run.hash)
-            except Exception:  # the database lags behind the folder; `seedrun status` or `sync` brings it in
-                record = read_record(str(run_dir_for(run.hash))) or {}
-                state, epoch = record.get("state") or "unknown", record.get("epoch")
-            if state not in (COMPLETED, FAILED, BLOCKED, CANCELLED):  # died without recording (killed, OOM-killed)
+            job = executor.submit(RunJob(run.hash, attempt.run_dir, data_root, attempt.number))
+            _note_job(db_url, run.hash, attempt.number, f"local:{job.job_id}")
+            state, epoch, summary = _follow(job, db_url, attempt, progress, task)
+            if state not in ENDED:  # died without recording (killed, OOM-killed)
                 try:
                     _mark(db_url, run.hash, FAILED, _job_error(job) or "the job exited without recording a result",
-                          expect=(PENDING,) + IN_FLIGHT)
+                          expect=(PENDING,) + IN_FLIGHT, attempt=attempt.number)
                 except Exception:
                     pass
                 state = FAILED
             note = state
             if state == COMPLETED:
-                try:
-                    metrics = _metrics(db_url, run.hash)
-                except Exception:
-                    metrics = (read_record(str(run_dir_for(run.hash))) or {}).get("summary") or {}
-                note = f"k-NN top-1 {metrics.get('knn_top1', float('nan')):.1f}%"
+                note = f"k-NN top-1 {summary.get('knn_top1', float('nan')):.1f}%"
             progress.update(task, completed=epoch, note=note)
             outcome["completed" if state == COMPLETED else "failed"] += 1
             progress.advance(overall)
     return outcome
+
+
+def _follow(job, db_url: str, attempt: Attempt, progress: Progress, task) -> tuple[str, Optional[int], dict[str, Any]]:
+    """Wait for the job, showing its progress from its folder and bringing the folder into the database
+    once a second; the run's state, epoch and summary when the job has ended."""
+    run_hash = attempt.record["hash"]
+    ended_at = None
+    while not job.done():
+        record = read_record(attempt.run_dir) or {}
+        state = record.get("state") or "starting"
+        progress.update(task, completed=record.get("epoch"), note=state)
+        catch_up(db_url, [run_hash], quiet=True)
+        if state in (COMPLETED, FAILED, CANCELLED):
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > ENDED_GRACE_S:
+                job.cancel()  # the controller stops every rank (SIGINT, then SIGKILL)
+                break
+        next_poll = time.monotonic() + POLL_SECONDS
+        while time.monotonic() < next_poll and not job.done():
+            time.sleep(EXIT_POLL_SECONDS)
+    return _settled(db_url, run_hash)
 
 
 def local_gpus() -> tuple[int, ...]:
@@ -180,15 +201,30 @@ def _job_error(job) -> Optional[str]:
     return None
 
 
-def _mark(db_url: str, run_hash: str, state: str, error: Optional[str], expect=SUBMITTABLE) -> bool:
-    """Move the run to `state`; False if another writer moved it first (it is no longer in `expect`)."""
-    with session_scope(db_url) as session:
-        return transition(session, run_hash, state, expect=expect, **({"error": error} if error is not None else {}))
+def _note_job(db_url: str, run_hash: str, attempt: int, job_id: str) -> None:
+    """The job id (a process id: `status` judges it only on this host) and host of the attempt's job."""
+    from sqlalchemy import update
+
+    from seedrun.store.tables import runs
+
+    def body(db) -> None:
+        prov = db.execute(runs.select().with_only_columns(runs.c.provenance).where(runs.c.hash == run_hash)).scalar()
+        db.execute(update(runs).where(runs.c.hash == run_hash, runs.c.attempt == attempt)
+                   .values(job_id=job_id, provenance={**(prov or {}), "host": hostname()}))
+
+    try:
+        write(db_url, body, wait_s=busy_seconds())
+    except Exception:  # the job records its own job id and host in its folder
+        pass
 
 
-def _metrics(db_url: str, run_hash: str) -> dict[str, float]:
-    from seedrun.store.schema import Metric
+def _mark(db_url: str, run_hash: str, state: str, error: Optional[str], expect=SUBMITTABLE,
+          attempt: Optional[int] = None) -> bool:
+    """Move the run to `state` (only while it is still at `attempt`, if given); False if another command
+    moved it first (it is no longer in `expect`)."""
+    from seedrun.store.tables import runs
 
-    with session_scope(db_url) as session:
-        rows = session.execute(select(Metric.name, Metric.value).join(Run).where(Run.hash == run_hash).order_by(Metric.id))
-        return {name: value for name, value in rows}
+    where = [] if attempt is None else [runs.c.attempt == attempt]
+    return write(db_url, lambda db: transition(db, run_hash, state, expect=expect, where=where,
+                                               **({"error": error} if error is not None else {})),
+                 wait_s=busy_seconds())

@@ -2,7 +2,9 @@
 
 The scheduler is asked once per invocation (one batched sacct/squeue call for every Slurm job in
 flight, never one per run); runs whose jobs vanished are marked lost, or cancelled/failed as Slurm
-reports them. Local jobs are checked by process id.
+reports them. Local jobs are checked by process id. Before a run is called lost (or failed, or
+cancelled) its folder is read once more: a job that recorded its end in the folder after the last
+look keeps what it recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ def _hosts(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
             for run_id, prov in cursor.fetchall():
                 prov = json.loads(prov) if isinstance(prov, str) else (prov or {})
                 found[run_id] = (prov or {}).get("host")
+    return found
+
+
+def _hashes(db_url: str, run_ids: list[int]) -> list[str]:
+    from contextlib import closing
+
+    from seedrun.store.records import connect
+
+    connection, mark = connect(db_url)
+    found: list[str] = []
+    with closing(connection):
+        cursor = connection.cursor()
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start:start + 500]
+            cursor.execute(f"SELECT hash FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
+            found += [row[0] for row in cursor.fetchall()]
     return found
 
 
@@ -111,7 +129,12 @@ def reconcile(db_url: str) -> int:
                 changes.append((run_id, job_id, to, values))
     changed = 0
     if changes:
+        from seedrun.store.catchup import catch_up
         from seedrun.store.engine import session_scope
+
+        # A job that ended after status's catch-up recorded its end in its folder, not in the database:
+        # bring those folders in first, so that the guarded changes below find such runs no longer in flight.
+        catch_up(db_url, _hashes(db_url, [run_id for run_id, *_ in changes]), quiet=True)
         from seedrun.store.schema import Run
 
         job_column = Run.__table__.c.job_id

@@ -9,10 +9,11 @@ A submission is one `sbatch` per array (submitit's `executor.batch()`), never on
   array id when it needs all of that array's tasks; a teacher still in flight from an earlier
   submission is waited for by its job id). A run whose teacher failed is marked blocked, not submitted;
 - every launcher setting reaches sbatch as a submitit parameter (submitit writes them as shell-quoted
-  `#SBATCH` lines); a run's config, with every sweep value, never leaves the database: the pickle
-  each task loads holds only RunJob(run hash, database URL, data root);
-- job ids (`<array>_<task>`, or a plain id for a one-run array) and state `submitted` are recorded
-  for every run in one transaction once the arrays are queued.
+  `#SBATCH` lines); a run's config, with every sweep value, goes to the run's folder, never through a
+  shell: the pickle each task loads holds only RunJob(run hash, run folder, data root, attempt);
+- before any sbatch, each run's folder opens its new attempt (seedrun.store.attempts), so a task that
+  starts within a second finds it; job ids (`<array>_<task>`, or a plain id for a one-run array), the
+  attempt and state `submitted` are recorded for every run in one transaction once the arrays are queued.
 
 Folders: $SEEDRUN_HOME/submitit/slurm/<sweep>/<submission id>/<job id>/ holds each task's pickle and
 logs. The submission id (time + random) keeps folders apart when Slurm's job ids restart at 1 after
@@ -182,40 +183,53 @@ def _split_blocked(todo: Sequence[RunSpec], db_url: str) -> tuple[list[RunSpec],
 
 
 def _record(db_url: str, submitted: dict[str, str], blocked: dict[str, str], extra: dict[str, dict[str, Any]],
-            since) -> None:
-    """One transaction: job id + state `submitted` (budgets reset) for each submitted run; blocked ones.
+            attempts: dict[str, Any]) -> None:
+    """One transaction: job id, attempt and state `submitted` (budgets reset) for each submitted run;
+    blocked ones. A task that started before this runs wrote only its folder: `status` brings it in."""
+    from sqlalchemy import bindparam, select
 
-    A task can start within a second of sbatch, before this runs: a run that its job already marked
-    running, completed, submitted (requeued itself), or finished after `since` (the submission's start)
-    keeps what the job recorded.
-    """
-    from sqlalchemy import bindparam, or_, select
-
-    from seedrun.store.schema import Run
+    from seedrun.store.engine import write
+    from seedrun.store.locations import busy_seconds
+    from seedrun.store.tables import runs
     from seedrun.store.states import BLOCKED, SUBMITTABLE, SUBMITTED, transition_many
-    from seedrun.store.engine import session_scope
 
-    table = Run.__table__
     hashes = sorted(set(submitted) | set(blocked))
-    with session_scope(db_url) as session:
+
+    def body(db) -> None:
         rows = []
         for start in range(0, len(hashes), 500):
-            part = hashes[start:start + 500]
-            rows += session.execute(select(Run.id, Run.hash, Run.provenance).where(Run.hash.in_(part))).all()
+            rows += db.execute(select(runs.c.id, runs.c.hash).where(runs.c.hash.in_(hashes[start:start + 500]))).all()
         submitted_rows, blocked_rows = [], []
-        for run_id, run_hash, prov in rows:
-            prov = dict(prov or {})
+        for run_id, run_hash in rows:
             if run_hash in submitted:
-                prov.update({"preemptions": 0, "timeouts": 0, "failures": 0, "attempt_open": False, **extra[run_hash]})
-                submitted_rows.append({"rid": run_id, "jid": submitted[run_hash], "prov": prov})
+                prov = {**attempts[run_hash].provenance, **extra[run_hash]}
+                submitted_rows.append({"rid": run_id, "jid": submitted[run_hash], "prov": prov,
+                                       "number": attempts[run_hash].number})
             else:
                 blocked_rows.append({"rid": run_id, "err": blocked[run_hash]})
-        transition_many(session, SUBMITTED, submitted_rows, expect=SUBMITTABLE,
-                        where=[or_(table.c.finished_at.is_(None), table.c.finished_at < since)],
-                        job_id=bindparam("jid"), provenance=bindparam("prov"), error=None, failure_reason=None,
-                        finished_at=None)
-        transition_many(session, BLOCKED, blocked_rows, expect=SUBMITTABLE,
-                        failure_reason="blocked", error=bindparam("err"))
+        transition_many(db, SUBMITTED, submitted_rows, expect=SUBMITTABLE, job_id=bindparam("jid"),
+                        provenance=bindparam("prov"), attempt=bindparam("number"), seq=0, error=None,
+                        failure_reason=None, finished_at=None)
+        transition_many(db, BLOCKED, blocked_rows, expect=SUBMITTABLE, failure_reason="blocked",
+                        error=bindparam("err"))
+
+    write(db_url, body, wait_s=busy_seconds())
+
+
+def _open_attempts(db_url: str, hashes: list[str]):
+    """Each run's folder opens its new attempt, before any sbatch; runs whose folder says completed are
+    brought into the database instead (seedrun.store.catchup). ({hash: Attempt}, [completed hashes])."""
+    from seedrun.store.attempts import new_attempts, write_attempt
+    from seedrun.store.catchup import catch_up
+    from seedrun.store.engine import write
+    from seedrun.store.locations import busy_seconds
+
+    attempts, done = write(db_url, lambda db: new_attempts(db, hashes), wait_s=busy_seconds())
+    for attempt in attempts.values():
+        write_attempt(attempt)
+    if done:
+        catch_up(db_url, done)
+    return attempts, done
 
 
 def _sbatch_error(exc: BaseException) -> str:
@@ -228,7 +242,8 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
                  job_factory: Optional[Callable[..., Any]] = None) -> list[str]:
     """Submit `todo` as Slurm arrays and return at once; returns the array job ids.
 
-    `job_factory(run_hash, db_url, data_root)` makes each task's callable (default seedrun.job.run_job.RunJob).
+    `job_factory(run_hash, run_dir, data_root, attempt)` makes each task's callable (default
+    seedrun.job.run_job.RunJob).
     """
     from seedrun.errors import InputError
     from seedrun.launchers.cluster import max_array_size
@@ -243,10 +258,9 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     if job_factory is None:
         from seedrun.job.run_job import RunJob as job_factory  # no torch: the job imports it when it trains
 
-    from seedrun.store.tables import utcnow
-
-    since = utcnow()
     runs, blocked, alive = _split_blocked(todo, db_url)
+    attempts, done = _open_attempts(db_url, [run.hash for run in runs])
+    runs = [run for run in runs if run.hash in attempts]
     arrays = plan_arrays(runs, max_array_size())
     sid = submission_id()
     root = seedrun_home() / "submitit" / "slurm" / slug(sweep.name) / sid
@@ -255,9 +269,6 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     except RuntimeError as exc:  # no srun: not a Slurm machine
         raise InputError(sweep.path, "launcher.name", f"slurm: {exc}") from None
 
-    from seedrun.store.folders import prepare_folders
-
-    prepare_folders(db_url, [run.hash for run in runs])  # SQLite: jobs on other hosts read their folders
     task_ids: dict[str, str] = {}
     array_sizes: dict[str, int] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -268,14 +279,14 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
             if interrupted:
                 break
             try:
-                jobs = _submit_array(executor, array, sweep, task_ids, array_sizes, alive, job_factory, db_url,
-                                     data_root, sid)
+                jobs = _submit_array(executor, array, sweep, task_ids, array_sizes, alive, job_factory, attempts,
+                                     data_root)
             except BaseException as exc:  # sbatch refused (bad partition, ...), or anything else: record what was queued
                 failure = exc
                 break
             _note_array(array, jobs, sid, root, sweep, data_root, task_ids, array_sizes, extra, lines)
     try:
-        _record(db_url, task_ids, blocked, extra, since)
+        _record(db_url, task_ids, blocked, extra, attempts)
     except BaseException:
         # Queued but not recorded: cancel, so that no job runs that the database does not know about.
         from seedrun.launchers.cluster import SlurmError, cancel
@@ -286,6 +297,8 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
             pass
         raise
     _report(console, task_ids, lines, root, blocked)
+    if done:
+        console.print(f"{len(done)} runs had completed already (their folders say so): recorded, not submitted")
     masters = list(dict.fromkeys(job_id.partition("_")[0] for job_id in task_ids.values()))
     if interrupted or (failure is not None and not isinstance(failure, Exception)):
         console.print(f"interrupted: the {len(task_ids)} runs queued before it are recorded; `seedrun sweep` "
@@ -298,7 +311,7 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     return masters
 
 
-def _submit_array(executor, array: ArrayPlan, sweep, task_ids, array_sizes, alive, job_factory, db_url, data_root, sid):
+def _submit_array(executor, array: ArrayPlan, sweep, task_ids, array_sizes, alive, job_factory, attempts, data_root):
     """One sbatch for `array` (its tasks wait on the teachers they need); returns submitit's jobs."""
     params = executor_parameters(array.launcher, f"seedrun-{slug(sweep.name)}-{array.stage}")
     after = dependency(array, task_ids, array_sizes, alive)
@@ -309,10 +322,8 @@ def _submit_array(executor, array: ArrayPlan, sweep, task_ids, array_sizes, aliv
     with executor.batch():
         jobs = []
         for run in array.runs:
-            job = job_factory(run.hash, db_url, data_root)
-            if hasattr(job, "run_hash"):  # a RunJob: a task that starts before the submission is recorded resets its budgets
-                job.submission = sid
-            jobs.append(executor.submit(job))
+            attempt = attempts[run.hash]
+            jobs.append(executor.submit(job_factory(run.hash, attempt.run_dir, data_root, attempt.number)))
     return jobs
 
 

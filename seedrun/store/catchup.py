@@ -1,12 +1,12 @@
-"""The index brought up to date from run folders (seedrun.store.folders): what a job's own write does
-after its folder, what `status` and `table` do for the runs still in flight, and what `sync` does for
-every folder it is given.
+"""The index brought up to date from run folders (seedrun.store.folders): what the local launcher does
+while its job runs, what `status`, `table` and `logs` do for the runs still in flight, and what `sync`
+does for every folder it is given. Only seedrun's commands do this: jobs never open the database.
 
-A folder record is applied when it is newer than the row (run.json's "updated" against runs.updated_at,
-which every database write sets). Its state change goes through seedrun.store.states.transition, as
-every state change does: a record that says `completed` for a run the index holds `submitted` moves it
-through `running` (the job did), and one that the rules refuse (a run cancelled or marked lost
-meanwhile) changes nothing and is reported. Metrics rows follow the folder's metrics.jsonl (the epochs
+A folder record is applied when its version (attempt, counter) is newer than the row's
+(seedrun.store.states.folder_moves decides, with the one table of transitions); every state change goes
+through seedrun.store.states.transition, as every change of every command does. A record that says
+`completed` for a run the index holds `submitted` moves it through `running` (the job did); one that the
+rules refuse (a run cancelled meanwhile) changes nothing and is reported. Metrics rows follow the folder's metrics.jsonl (the epochs
 after the row's epoch) and the final results; an evaluation run's results also go on the run it
 evaluated, under its protocol's names (seedrun.store.protocols).
 """
@@ -14,24 +14,24 @@ evaluated, under its protocol's names (seedrun.store.protocols).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import sqlite3
 import sys
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from seedrun.store.folders import ROW_FIELDS, metric_lines, read_config, read_record
-from seedrun.store.states import COMPLETED, IN_FLIGHT, RUNNING, TRANSITIONS
+from seedrun.store.folders import ROW_FIELDS, metric_lines, read_config, read_record, version_of
+from seedrun.store.states import COMPLETED, IN_FLIGHT, folder_moves
 
 
+@dataclass
 class Applied:
-    """What applying folder records did: counts and the disagreements worth telling.
-    (A plain class: `dataclasses` imports `inspect`, a tenth of `status`'s start-up.)"""
+    """What applying folder records did: counts and the disagreements worth telling."""
 
-    def __init__(self) -> None:
-        self.added = self.updated = self.unchanged = 0
-        self.notes: list[str] = []
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def _when(value: Any) -> Optional[dt.datetime]:
@@ -54,18 +54,8 @@ def _row_values(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
     values["provenance"] = values["provenance"] or {}
     values["summary"] = summary
     values["attempts"], values["epoch"] = int(values["attempts"] or 0), int(values["epoch"] or 0)
-    values["updated_at"] = float(record.get("updated") or 0)
+    values["attempt"], values["seq"] = version_of(record)
     return values
-
-
-def _path(start: str, to: str) -> Optional[list[str]]:
-    """The states a run goes through from `start` to `to` (a job that started and finished between two
-    looks goes through running); None where the rules allow no way."""
-    if to in TRANSITIONS[start]:
-        return [to]
-    if RUNNING in TRANSITIONS[start] and to in TRANSITIONS[RUNNING]:
-        return [RUNNING, to]
-    return None
 
 
 def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -75,7 +65,8 @@ def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any
 
 
 class _Core:
-    """The few statements apply_record makes, as SQLAlchemy Core over a connection (or an ORM session)."""
+    """The few statements apply_record makes, as SQLAlchemy Core over a connection or an ORM session, on
+    SQLite and PostgreSQL alike."""
 
     def __init__(self, db):
         from sqlalchemy import insert, select, update
@@ -107,63 +98,14 @@ class _Core:
         self.db.execute(self.update(self.runs).where(self.runs.c.id == run_id).values(summary=summary))
 
 
-def _stored(value: Any) -> Any:
-    """A value as SQLAlchemy stores it in SQLite: JSON as text, datetimes in its DATETIME format."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
-
-
-class _Sqlite:
-    """The same statements as plain SQL over a sqlite3 cursor: what `status` and `table` catch up with,
-    so that bringing 100 newer folders in costs no SQLAlchemy import (a quarter of a second or more).
-    The columns are seedrun.store.tables.runs'; state changes go through seedrun.store.states."""
-
-    def __init__(self, cursor):
-        self.cursor = cursor
-
-    def row(self, run_hash: Optional[str], *columns: str) -> Optional[tuple]:
-        self.cursor.execute(f"SELECT {', '.join(columns)} FROM runs WHERE hash = ?", (run_hash,))
-        row = self.cursor.fetchone()
-        if row is None or "summary" not in columns:
-            return row
-        index = columns.index("summary")
-        return (*row[:index], json.loads(row[index]) if isinstance(row[index], str) else row[index], *row[index + 1:])
-
-    def add_run(self, values: dict[str, Any]) -> int:
-        raise NotImplementedError("runs are added through SQLAlchemy (seedrun.store.sync), which fills their defaults")
-
-    def move(self, run_id: int, to: str, expect: tuple[str, ...], values: dict[str, Any]) -> bool:
-        from seedrun.store.states import transition_sql
-
-        return transition_sql(self.cursor, run_id, to, expect=expect,
-                              **{name: _stored(value) for name, value in values.items()})
-
-    def set(self, run_id: int, state: str, values: dict[str, Any]) -> None:
-        names = list(values)
-        self.cursor.execute(f"UPDATE runs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ? AND state = ?",
-                            [_stored(values[name]) for name in names] + [run_id, state])
-
-    def add_metrics(self, rows: list[dict[str, Any]]) -> None:
-        now = _stored(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
-        self.cursor.executemany("INSERT INTO metrics (run_id, name, value, epoch, created_at) VALUES (?, ?, ?, ?, ?)",
-                                [(row["run_id"], row["name"], row["value"], row["epoch"], now) for row in rows])
-
-    def set_summary(self, run_id: int, summary: dict[str, Any]) -> None:
-        self.cursor.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps(summary), run_id))
-
-
 def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = False,
                  config: Optional[dict[str, Any]] = None, out: Optional[Applied] = None) -> Applied:
     """Apply one folder record to the database in `session` (committed by the caller): a SQLAlchemy
-    connection or ORM session (Core statements: no ORM import), or a sqlite3 cursor (plain SQL: no
-    SQLAlchemy at all; runs are not added through it)."""
-    db = _Sqlite(session) if isinstance(session, sqlite3.Cursor) else _Core(session)
+    connection or ORM session (Core statements: no ORM import). `create` adds a run the database lacks."""
+    db = _Core(session)
     out = out if out is not None else Applied()
     run_hash = record["hash"]
-    row = db.row(run_hash, "id", "state", "epoch", "updated_at", "summary")
+    row = db.row(run_hash, "id", "state", "epoch", "attempt", "seq", "summary")
     results = record.get("results") or {}
     if row is None:
         config = config if config is not None else read_config(run_dir)
@@ -183,30 +125,23 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
             _on_source(db, record, results, out)
         out.added += 1
         return out
-    run_id, state, epoch, updated_at, summary = row
-    if float(record.get("updated") or 0) <= float(updated_at or 0):
-        if record.get("state") != state:
-            out.notes.append(f"{run_hash[:12]}: folder says {record.get('state')}, the database's newer record says "
-                             f"{state}: kept")
+    run_id, state, epoch, attempt, seq, summary = row
+    to = record["state"]
+    steps = folder_moves(state, (int(attempt or 0), int(seq or 0)), to, version_of(record))
+    if steps is None:
+        if to != state and version_of(record) > (int(attempt or 0), int(seq or 0)):
+            out.notes.append(f"{run_hash[:12]}: folder says {to}, the database says {state}: kept")
         out.unchanged += 1
         return out
     summary = summary if isinstance(summary, dict) else {}
     values = _row_values(record, {**summary, **_finite_or_none(record.get("summary") or {})})
-    to = record["state"]
-    if to != state:
-        steps = _path(state, to)
-        if steps is None:
-            out.notes.append(f"{run_hash[:12]}: folder says {to}, the database says {state}: kept ({state} cannot "
-                             f"become {to})")
-            out.unchanged += 1
+    current = state
+    for step in steps:
+        if not db.move(run_id, step, (current,), values if step == to else {}):
+            out.notes.append(f"{run_hash[:12]}: changed by another command meanwhile; kept")
             return out
-        current = state
-        for step in steps:
-            if not db.move(run_id, step, (current,), values if step == to else {}):
-                out.notes.append(f"{run_hash[:12]}: changed by another writer meanwhile; kept")
-                return out
-            current = step
-    else:
+        current = step
+    if not steps:
         db.set(run_id, state, values)
     rows = _metric_rows(run_id, metric_lines(run_dir, after_epoch=epoch or 0))
     if to == COMPLETED and state != COMPLETED:
@@ -240,9 +175,9 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
     """Bring the runs the index holds in flight (or these runs) up to date from their folders.
 
     Reads only those runs' folders, so its cost grows with runs in flight, not with runs ever
-    recorded; writes only when a folder holds something newer (SQLite through the standard library's
-    sqlite3, so `status` never imports SQLAlchemy; a server database through SQLAlchemy Core). A
-    database that is locked or read-only is left as it is, with one line on stderr: reading goes on.
+    recorded; writes (through SQLAlchemy Core, seedrun.store.engine.write) only when a folder holds a
+    newer record. A database that is locked or read-only is left as it is, with one line on stderr:
+    reading goes on, and the folders keep the records for the next command.
     """
     from seedrun.store.records import connect
 
@@ -251,48 +186,45 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
         connection, mark = connect(url)
     except Exception:
         return out
+    select = "SELECT hash, run_dir, attempt, seq FROM runs "
     with closing(connection):
         cursor = connection.cursor()
         try:
             if hashes is None:
-                cursor.execute("SELECT hash, run_dir, updated_at FROM runs "
-                               f"WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
+                cursor.execute(select + f"WHERE state IN ({', '.join(repr(state) for state in IN_FLIGHT)})")
                 rows = cursor.fetchall()
             else:
                 hashes, rows = list(hashes), []
                 for start in range(0, len(hashes), 500):
                     chunk = hashes[start:start + 500]
-                    cursor.execute(f"SELECT hash, run_dir, updated_at FROM runs WHERE hash IN "
-                                   f"({', '.join(mark for _ in chunk)})", chunk)
+                    cursor.execute(select + f"WHERE hash IN ({', '.join(mark for _ in chunk)})", chunk)
                     rows += cursor.fetchall()
-        except Exception:  # a database from before runs.updated_at: its first write upgrades it
+        except Exception:  # a database from before record versions: the write below upgrades it first
+            rows = None
+    newer: Optional[list[tuple[dict[str, Any], str]]] = None
+    if rows is not None:
+        newer = []
+        for run_hash, run_dir, attempt, seq in rows:
+            record = read_record(run_dir) if run_dir else None
+            if record is not None and record.get("hash") == run_hash and \
+                    version_of(record) > (int(attempt or 0), int(seq or 0)):
+                newer.append((record, run_dir))
+        if not newer:
             return out
-    newer = []
-    for run_hash, run_dir, updated_at in rows:
-        record = read_record(run_dir) if run_dir else None
-        if record is not None and record.get("hash") == run_hash and \
-                float(record.get("updated") or 0) > float(updated_at or 0):
-            newer.append((record, run_dir))
-    if not newer:
-        return out
+    from seedrun.store.engine import write
     from seedrun.store.locations import busy_seconds
 
     def body(session) -> Applied:
         applied = Applied()
-        for record, run_dir in newer:
+        for record, run_dir in newer if newer is not None else _folders_of(session, hashes):
             apply_record(session, record, run_dir, out=applied)
         return applied
 
     try:
-        if mark == "?":  # SQLite: plain SQL, no SQLAlchemy import (a quarter of a second of `status`)
-            out = _write_sqlite(url, body, wait_s=min(10.0, busy_seconds()))
-        else:
-            from seedrun.store.engine import write
-
-            out = write(url, body, wait_s=min(10.0, busy_seconds()))
+        out = write(url, body, wait_s=min(10.0, busy_seconds()))
     except Exception as exc:  # locked for longer, read-only, gone: the folders stay the record
         if not quiet:
-            print(f"note: {len(newer)} run(s) have newer records in their folders than in the database, which "
+            print(f"note: {len(newer or ())} run(s) have newer records in their folders than in the database, which "
                   f"could not be written ({str(exc).strip().splitlines()[0][:120]})", file=sys.stderr)
         return out
     if not quiet:
@@ -301,22 +233,13 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
     return out
 
 
-def _write_sqlite(url: str, body, wait_s: float) -> Applied:
-    """`body(cursor)` in one transaction on the SQLite file, taking the write lock first (waiting up to
-    `wait_s` for it); rolled back on any error, which is raised."""
-    from seedrun.store.folders import sqlite_path
+def _folders_of(session, hashes: Optional[list[str]]) -> list[tuple[dict[str, Any], str]]:
+    """The folder records of these runs (or of the runs in flight), where the database says they are."""
+    from sqlalchemy import select
 
-    connection = sqlite3.connect(sqlite_path(url), timeout=wait_s, isolation_level=None)
-    try:
-        connection.execute("PRAGMA foreign_keys=ON")
-        cursor = connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
-        try:
-            out = body(cursor)
-            cursor.execute("COMMIT")
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        return out
-    finally:
-        connection.close()
+    from seedrun.store.tables import runs
+
+    query = select(runs.c.hash, runs.c.run_dir)
+    query = query.where(runs.c.state.in_(IN_FLIGHT) if hashes is None else runs.c.hash.in_(hashes))
+    return [(record, run_dir) for run_hash, run_dir in session.execute(query).all()
+            if (record := read_record(run_dir)) is not None and record.get("hash") == run_hash]

@@ -1,7 +1,10 @@
 """Where runs and metrics are recorded: the engine, ORM sessions, and writes that must not fail.
 
-SQLite is the default (a file under SEEDRUN_HOME, in WAL mode so that many array tasks can write
-while `seedrun status` reads); any SQLAlchemy URL works through `--db` or SEEDRUN_DB.
+Only seedrun's commands open the database (jobs write their run folders). SQLite is the default: a file
+under SEEDRUN_HOME, in WAL mode on a local disk (readers never wait on the writer). On a network
+filesystem (an NFS home shared by round-robin login nodes), where WAL's shared memory is not shared
+between hosts, it uses the rollback journal, and every write transaction holds an exclusive lock on a
+file next to it; PostgreSQL (any SQLAlchemy URL, through `--db` or SEEDRUN_DB) suits several hosts better.
 
 The ORM (sqlalchemy.orm, about 0.2 s to import) is imported by `session_scope` only: `write` hands
 its body a Core connection, so catching up from run folders (seedrun.store.catchup) costs no ORM.
@@ -9,6 +12,7 @@ its body a Core connection, so catching up from run folders (seedrun.store.catch
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seedrun.errors import InputError, database_error
-from seedrun.store.folders import creator, record_creator
+from seedrun.store.folders import on_network_filesystem
 from seedrun.store.locations import busy_seconds
 from seedrun.store.migrate import upgrade
 
@@ -27,16 +31,52 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(journal: str):
+    def pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA journal_mode={journal}")
+        cursor.execute("PRAGMA synchronous=" + ("NORMAL" if journal == "WAL" else "FULL"))
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return pragmas
 
 
 _engines: dict[str, Engine] = {}
+#: {URL: lock file} of SQLite files on a network filesystem: their write transactions take the lock file
+_network_files: dict[str, str] = {}
+_noted: set[str] = set()
+
+
+def sqlite_journal(path: str) -> str:
+    """WAL on a local disk; the rollback journal (DELETE) on a network filesystem, said once."""
+    remote, kind = on_network_filesystem(path)
+    if not remote:
+        return "WAL"
+    if path not in _noted:
+        _noted.add(path)
+        print(f"note: {path} is on a {kind} filesystem: SQLite uses its rollback journal and a lock file there; "
+              "for several login hosts, PostgreSQL suits better (--db postgresql://...)", file=sys.stderr)
+    return "DELETE"
+
+
+@contextmanager
+def _write_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on the lock file of a SQLite file on a network filesystem (fcntl: NFS's lock
+    manager serves it to every host), held for one write transaction; nothing elsewhere."""
+    path = _network_files.get(url)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def engine_for(url: str, create: bool = True) -> Engine:
@@ -51,10 +91,11 @@ def engine_for(url: str, create: bool = True) -> Engine:
     try:
         if sqlite_path is not None:
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            if not sqlite_path.exists() or creator(url) is None:
-                record_creator(url)  # jobs on other hosts then leave the file alone (seedrun.store.folders)
             engine = create_engine(url, connect_args={"timeout": busy_seconds()})
-            event.listen(engine, "connect", _sqlite_pragmas)
+            journal = sqlite_journal(str(sqlite_path))
+            if journal != "WAL":
+                _network_files[url] = f"{sqlite_path}.lock"
+            event.listen(engine, "connect", _sqlite_pragmas(journal))
         else:
             engine = create_engine(url, pool_pre_ping=True)
         with engine.connect():  # a server that is down or a URL that is wrong fails here, before any work
@@ -71,12 +112,12 @@ def session_scope(url: str, retries: int = 8) -> Iterator["Session"]:
     """A transaction that commits on success and rolls back on any error (then re-raised).
 
     A lock met in commit() is retried with backoff. A body that can meet a lock itself, and must not
-    fail (a job's writes), goes through `write` instead, which re-runs the whole transaction.
+    fail, goes through `write` instead, which re-runs the whole transaction.
     """
     from sqlalchemy.orm import sessionmaker
 
     factory = sessionmaker(engine_for(url), expire_on_commit=False)
-    with factory() as session:
+    with _write_lock(url), factory() as session:
         try:
             yield session
             for attempt in range(retries):
@@ -106,7 +147,8 @@ def write(url: str, body: Callable[[Connection], T], wait_s: float = 60.0) -> T:
     delay = 0.05
     while True:
         try:
-            with engine_for(url).begin() as connection:
+            engine = engine_for(url)
+            with _write_lock(url), engine.begin() as connection:
                 return body(connection)
         except (OperationalError, DBAPIError) as exc:
             if not _transient(exc) or time.monotonic() + delay > deadline:

@@ -4,22 +4,21 @@ Each run folder ($SEEDRUN_HOME/runs/<hash[:16]>/) holds, besides the config (con
 logs, the run's record:
 
     run.json        its state, attempts, epoch, job id, error, failure reason, provenance, the last
-                    value of each metric (summary), its final results and when it changed ("updated",
-                    unix seconds); rewritten whole and atomically (seedrun.atomic) at every change
+                    value of each metric (summary), its final results, and its version (attempt,
+                    counter: `version_of`); rewritten whole and atomically (seedrun.atomic) at every change
     metrics.jsonl   one line per epoch ({"epoch": N, metric: value, ...}), appended before run.json
 
-The job writes them before anything else, and only then the database (seedrun.store.catchup applies a
-record to it). Whether a job writes the database at all is `jobs_write_db`: yes for a server database
-(PostgreSQL), and for SQLite only on the host that created the file and only when that file lies on a
-local disk. SQLite's locking does not work across hosts over a network filesystem (its documentation
-says so of WAL mode in particular), so array tasks on compute nodes leave it alone, and the commands
-users type (`status`, `table`, `sync`) bring the index up to date from the folders.
+One writer per store: a job writes only its run's folder, wherever it runs and whatever the database;
+seedrun's commands write the database and bring the folders of runs in flight into it
+(seedrun.store.catchup). A submission writes the folder first (seedrun.store.attempts: the new attempt,
+`submitted`), so the job always finds the attempt it was started for.
 
-No SQLAlchemy, no torch, no pathlib at import: `status` and `table` read these.
+No SQLAlchemy, no torch, no pathlib at import: jobs, `status` and `table` read these.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -59,10 +58,10 @@ def read_record(run_dir: str) -> Optional[FolderRecord]:
 def write_record(run_dir: str, record: dict[str, Any]) -> None:
     from seedrun.atomic import atomic_write_json
 
-    atomic_write_json(os.path.join(run_dir, RECORD), record, default=_json_default, sort_keys=True)
+    atomic_write_json(os.path.join(run_dir, RECORD), record, default=json_default, sort_keys=True)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     raise TypeError(f"not JSON: {type(value).__name__}")
@@ -107,39 +106,30 @@ def append_metrics(run_dir: str, epoch: int, metrics: dict[str, float]) -> None:
         os.close(fd)
 
 
-# ---- who writes the database ----------------------------------------------------------------------
+# ---- versions: records ordered without clocks --------------------------------------------------------
+
+def version_of(record: Optional[dict[str, Any]]) -> tuple[int, int]:
+    """(attempt, counter): the order of a run's records. A submission opens attempt N+1 with counter 0;
+    the job of that attempt counts up with every write, across Slurm's requeues of it. A record from
+    before versions is (0, 0): older than any."""
+    version = (record or {}).get("version")
+    try:
+        attempt, seq = version
+        return int(attempt), int(seq)
+    except (TypeError, ValueError):
+        return 0, 0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
 
 def hostname() -> str:
     """This host's name as seedrun sees it: SEEDRUN_HOSTNAME if set (tests, containers), else the system's."""
     return os.environ.get("SEEDRUN_HOSTNAME") or os.uname().nodename  # socket.gethostname(), without importing socket
 
 
-def sqlite_path(url: str) -> Optional[str]:
-    return os.path.abspath(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
-def host_file(path: str) -> str:
-    """Next to a SQLite file: the host that created it (written by seedrun.store.engine when it does)."""
-    return path + ".host"
-
-
-def record_creator(url: str) -> None:
-    """Note which host created this SQLite database (called once, when the file is new)."""
-    path = sqlite_path(url)
-    if path is not None:
-        from seedrun.atomic import atomic_write_json
-
-        atomic_write_json(host_file(path), {"host": hostname()})
-
-
-def creator(url: str) -> Optional[str]:
-    path = sqlite_path(url)
-    try:
-        with open(host_file(path), "rb") as fh:
-            return json.loads(fh.read()).get("host")
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-
+# ---- where a SQLite file may use WAL --------------------------------------------------------------
 
 def filesystem_type(path: str) -> Optional[str]:
     """The type of the filesystem holding `path` (Linux: the longest mount point above it in /proc/mounts)."""
@@ -160,61 +150,8 @@ def filesystem_type(path: str) -> Optional[str]:
     return kind
 
 
-def jobs_write_db(url: str) -> tuple[bool, str]:
-    """(whether a job on this host writes the database, why). Detected, never assumed:
-
-    a server database (any URL but SQLite): yes. SQLite: only on the host that created the file (its
-    `.host` note, or SEEDRUN_HOSTNAME) and only when the file is on a local filesystem; otherwise the
-    job writes its folder only, and `status`, `table` or `sync` on the database's host bring it in.
-    """
-    path = sqlite_path(url)
-    if path is None:
-        return True, "server database"
-    made_by, here = creator(url), hostname()
-    if made_by is None:
-        return False, f"no note of the host that created {path}"
-    if made_by != here:
-        return False, f"{path} belongs to host {made_by}, this is {here}"
-    kind = filesystem_type(os.path.dirname(path))
-    if kind is None or kind.split(".")[0] in NETWORK_FS or kind.startswith("fuse"):
-        return False, f"{path} is on a {kind or 'unknown'} filesystem"
-    return True, f"local {kind} disk of {here}"
-
-
-def prepare_folders(url: str, hashes: list[str]) -> int:
-    """Before a SQLite database's runs are submitted to a cluster: each run's config.json and run.json
-    as the database holds them, so that a job on a compute node (which leaves the file alone) finds its
-    run in its folder. A server database needs none (jobs read it). Returns how many were written.
-
-    Written without fsync (tens of thousands of small files must not slow a submission down); a folder
-    whose run.json is newer (a job already wrote it) is left as it is.
-    """
-    from contextlib import closing
-
-    from seedrun.atomic import atomic_write_json
-    from seedrun.store.records import connect, parse_json
-
-    if sqlite_path(url) is None or not hashes:
-        return 0
-    columns = ("hash", "stage", "depends_on") + ROW_FIELDS + ("updated_at", "config", "run_dir")
-    connection, mark = connect(url)
-    rows = []
-    with closing(connection):
-        cursor = connection.cursor()
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start:start + 500]
-            cursor.execute(f"SELECT {', '.join(columns)} FROM runs WHERE hash IN ({', '.join(mark for _ in chunk)})", chunk)
-            rows += cursor.fetchall()
-    written = 0
-    for row in rows:
-        values = dict(zip(columns, row))
-        config, run_dir = parse_json(values.pop("config")), values.pop("run_dir")
-        values["provenance"], values["summary"] = parse_json(values["provenance"]) or {}, parse_json(values["summary"]) or {}
-        values["updated"] = float(values.pop("updated_at") or 0)
-        existing = read_record(run_dir)
-        if existing is not None and float(existing.get("updated") or 0) >= values["updated"]:
-            continue
-        atomic_write_json(os.path.join(run_dir, CONFIG), config, indent=2, sort_keys=True, fsync=False)
-        atomic_write_json(os.path.join(run_dir, RECORD), values, sort_keys=True, default=_json_default, fsync=False)
-        written += 1
-    return written
+def on_network_filesystem(path: str) -> tuple[bool, str]:
+    """(whether `path` lies on a network or cluster filesystem, its type). SQLite's WAL mode needs shared
+    memory that such filesystems do not share between hosts; its rollback journal works with their locks."""
+    kind = filesystem_type(os.path.dirname(os.path.abspath(path))) or "unknown"
+    return kind.split(".")[0] in NETWORK_FS or kind.startswith("fuse") or kind == "unknown", kind

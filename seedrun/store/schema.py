@@ -62,6 +62,8 @@ class Run(Base):
     started_at: Mapped[Optional[dt.datetime]]
     finished_at: Mapped[Optional[dt.datetime]]
     updated_at: Mapped[Optional[float]]
+    attempt: Mapped[int]
+    seq: Mapped[int]
 
     metrics: Mapped[list["Metric"]] = relationship(back_populates="run", cascade="all, delete-orphan")
     memberships: Mapped[list["SweepRun"]] = relationship(back_populates="run", cascade="all, delete-orphan")

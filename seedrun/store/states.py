@@ -3,14 +3,15 @@
 A run moves pending -> submitted -> running -> completed | failed | cancelled; "blocked" is a run whose
 upstream (its teacher, or the run it evaluates) failed; "lost" is a run whose scheduler job vanished.
 
-Several processes write a run's state: its job, the launcher that submitted it, `seedrun status`
-(reconciling runs with their jobs) and `seedrun cancel`. Each change is one guarded UPDATE (`transition`):
-it takes effect only if the run is, at that moment, in a state the change may come from, so of two
-writers racing (a job finishing while status marks its run lost, a job starting while the run is
-cancelled) exactly one wins, and the other is told it lost.
+One writer per store: a job changes only its run folder's record (run.json, through
+`transition_record`); seedrun's commands change the database, and bring a folder's changes in with
+`folder_moves` (seedrun.store.catchup). Every change of the database is one guarded UPDATE
+(`transition`): it takes effect only if the run is, at that moment, in a state the change may come from,
+so of two commands racing (a launcher and `seedrun cancel`) exactly one wins, and the other is told so.
+The same table, TRANSITIONS, rules the folder record and the database, SQLite and PostgreSQL alike.
 
-Importable without SQLAlchemy or torch (the fast commands read the state names): SQLAlchemy Core (not
-its ORM) is imported when a state is written.
+Importable without SQLAlchemy or torch (jobs and the fast commands read the state names): SQLAlchemy
+Core (not its ORM) is imported when a state is written.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ STARTABLE = (PENDING, SUBMITTED, RUNNING, FAILED, BLOCKED, LOST)
 
 #: from-state -> the states a run may move to from it. Who needs each move:
 #:   -> submitted   the launchers, submitting a new or retried run; the job, requeueing itself; status,
-#:                  requeueing a preempted job (also one whose start only its folder recorded)
-#:   -> running     the job starting, also before its launcher has recorded the submission (a task can
-#:                  start within a second of sbatch) and again after Slurm killed and requeued it
+#:                  requeueing a preempted job
+#:   -> running     the job starting, and again after Slurm killed and requeued it; in the database also
+#:                  from a lost or failed run whose folder says its job went on (status guessed wrong)
 #:   -> completed   the job, from its own `running` only: never over a cancel, a loss or a failure
 #:   -> failed      the job (a failure, a spent budget), the local launcher (a job that died without
 #:                  recording), status (Slurm says the job died)
@@ -98,22 +99,6 @@ def transition(db, run: Union[int, str], to: str, *, expect: Optional[Iterable[s
     return db.execute(statement.where(key == run)).rowcount == 1
 
 
-def transition_sql(cursor, run_id: int, to: str, *, expect: Optional[Iterable[str]] = None, **values: Any) -> bool:
-    """`transition` over a plain DB-API cursor of SQLite (qmark parameters), for writers that must not
-    import SQLAlchemy (`status` catching up from run folders: seedrun.store.catchup). The same guarded
-    UPDATE; `values` are column names (identifiers of seedrun.store.tables.runs) and values already in
-    the form the database stores (JSON as text, datetimes as SQLAlchemy writes them on SQLite).
-    """
-    if not all(name.replace("_", "").isalnum() for name in values):
-        raise ValueError(f"not column names: {sorted(values)}")
-    values.setdefault("updated_at", time.time())  # newer than any folder record written before it
-    allowed = ", ".join(f"'{state}'" for state in sources(to, expect))
-    assignments = ", ".join(f"{name} = ?" for name in values)
-    cursor.execute(f"UPDATE runs SET state = ?, {assignments} WHERE id = ? AND state IN ({allowed})",
-                   [to, *values.values(), run_id])
-    return cursor.rowcount == 1
-
-
 def transition_many(db, to: str, rows: list[dict[str, Any]], *, expect: Optional[Iterable[str]] = None,
                     where: Iterable[Any] = (), **values: Any) -> int:
     """`transition` for many runs as one statement run for each of `rows` (an executemany); returns how
@@ -144,132 +129,37 @@ def transition_record(record: MutableMapping[str, Any], to: str, *, expect: Opti
     return True
 
 
-# ---- the lease: one live attempt per run ------------------------------------------------------------
-#
-# A job moves its run to `running` only while it holds the run's lease: the file `lease.json` in the
-# run's folder, created with O_CREAT|O_EXCL (atomic, also on NFS), holding the attempt's job id, host
-# and a token, its modification time the heartbeat (the holder touches it every LEASE_BEAT_S). A second
-# attempt finds the lease live and leaves without touching the folder. A lease whose heartbeat is older
-# than LEASE_STALE_S (SEEDRUN_LEASE_STALE_S, default 300 s) is taken over: renamed away (one renamer
-# wins), then created anew. The same job id (Slurm requeues a job under its id, on any node) takes its
-# own lease back at once, and so does any attempt on the host of a local attempt whose process is gone.
-# The folder, not the database, holds it: jobs that cannot write the database
-# (seedrun.store.folders.jobs_write_db) race the same way.
-
-LEASE_FILE = "lease.json"
-LEASE_BEAT_S = 30.0
-
-
-def lease_stale_s() -> float:
-    import os
-
-    try:
-        return float(os.environ.get("SEEDRUN_LEASE_STALE_S", "300"))
-    except ValueError:
-        return 300.0
+def moves(start: str, to: str) -> Optional[list[str]]:
+    """The shortest way from `start` to `to` through TRANSITIONS, passing only through `submitted` and
+    `running` (what a job does between two looks of a command); None where the rules allow none."""
+    if to == start:
+        return []
+    paths = [[start]]
+    seen = {start}
+    while paths:
+        path = paths.pop(0)
+        for step in sorted(TRANSITIONS[path[-1]]):
+            if step == to:
+                return path[1:] + [to]
+            if step in (SUBMITTED, RUNNING) and step not in seen:
+                seen.add(step)
+                paths.append(path + [step])
+    return None
 
 
-def read_lease(run_dir: str) -> Optional[dict[str, Any]]:
-    """The lease's holder ({"job_id", "host", "token", "since", "age_s"}), or None when nobody holds it."""
-    import os
+def folder_moves(row_state: str, row_version: tuple[int, int], record_state: str,
+                 record_version: tuple[int, int]) -> Optional[list[str]]:
+    """The states the database's row goes through to take in a folder record; None when the record must
+    not be taken in (not newer, or refused by the rules). [] takes in its values with no change of state.
 
-    try:
-        return read_lease_file(os.path.join(run_dir, LEASE_FILE))
-    except FileNotFoundError:
+    A folder record is newer when its version (attempt, counter: seedrun.store.folders.version_of) is
+    greater than the row's. Two rules beside TRANSITIONS: a completed run never changes again, and a
+    cancel ends its attempt: a record of the same or an earlier attempt does not bring a cancelled run
+    back (its job may still write a requeue or a result before it is stopped). A run that a command
+    called lost or failed while its job went on takes the job's record in: the folder is the truth.
+    """
+    if record_version <= row_version or row_state == COMPLETED:
         return None
-
-
-def read_lease_file(path: str) -> dict[str, Any]:
-    import json
-    import os
-
-    try:
-        age = time.time() - os.stat(path).st_mtime
-        with open(path, encoding="utf-8") as f:
-            holder = json.load(f)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError):  # being written this very moment: a live holder
-        holder = {}
-        age = 0.0
-    return {**(holder if isinstance(holder, dict) else {}), "age_s": age}
-
-
-def take_lease(run_dir: str, job_id: str, host: str) -> tuple[Optional[str], Optional[dict[str, Any]]]:
-    """(token, None) when this attempt now holds the run's lease; (None, holder) when a live one does."""
-    import json
-    import os
-    import uuid
-
-    path = os.path.join(run_dir, LEASE_FILE)
-    token = uuid.uuid4().hex
-    os.makedirs(run_dir, exist_ok=True)
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lease(run_dir)
-            if holder is None:
-                continue  # released meanwhile: try again
-            if holder.get("job_id") != job_id and holder["age_s"] < lease_stale_s() and not _dead_here(holder, host):
-                return None, holder
-            old = f"{path}.{token}.old"
-            try:  # our own job id (requeued) or a stale holder: take it over; one renamer wins
-                os.rename(path, old)
-            except FileNotFoundError:
-                continue
-            moved = read_lease_file(old)
-            if moved.get("job_id") != job_id and moved["age_s"] < lease_stale_s():
-                try:  # a live lease created since we looked: put it back
-                    os.link(old, path)
-                except OSError:
-                    pass
-                os.remove(old)
-                return None, moved
-            os.remove(old)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"job_id": job_id, "host": host, "token": token, "since": time.time()}, f)
-        return token, None
-    return None, read_lease(run_dir) or {"job_id": "?", "host": "?", "age_s": 0.0}
-
-
-def _dead_here(holder: dict[str, Any], host: str) -> bool:
-    """A local attempt of this very host whose process is gone (killed): its lease is stale at once."""
-    import os
-
-    kind, _, pid = str(holder.get("job_id") or "").partition(":")
-    if holder.get("host") != host or kind not in ("local", "pid") or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def beat_lease(run_dir: str, token: str) -> bool:
-    """The holder's heartbeat; False when the lease is no longer this token's (taken over as stale)."""
-    import os
-
-    holder = read_lease(run_dir)
-    if holder is None or holder.get("token") != token:
-        return False
-    try:
-        os.utime(os.path.join(run_dir, LEASE_FILE))
-    except OSError:
-        return False
-    return True
-
-
-def release_lease(run_dir: str, token: Optional[str]) -> None:
-    import os
-
-    holder = read_lease(run_dir) if token else None
-    if holder is not None and holder.get("token") == token:
-        try:
-            os.remove(os.path.join(run_dir, LEASE_FILE))
-        except OSError:
-            pass
+    if row_state == CANCELLED and record_version[0] <= row_version[0]:
+        return None
+    return moves(row_state, record_state)

@@ -1,25 +1,20 @@
 """The database's tables as SQLAlchemy Core: sweeps, runs (one per stable config hash), sweep_runs and
 metrics. The ORM models (seedrun.store.schema) are mapped onto these very tables.
 
-Writers that need no ORM (catching up from run folders: seedrun.store.catchup, sync, a job's
-recording; every state change: seedrun.store.states) use these: importing sqlalchemy.orm costs about
-0.2 s, most of `seedrun status`'s budget.
+Writers that need no ORM (catching up from run folders: seedrun.store.catchup, sync; every state
+change: seedrun.store.states) use these.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from typing import Any, Optional
 
 from sqlalchemy import (JSON, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, insert, update)
 
+from seedrun.store.folders import utcnow
 from seedrun.store.states import PENDING
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _settings_of_inserted(context) -> dict[str, Any]:
@@ -75,9 +70,13 @@ runs = Table(
     Column("created_at", DateTime, nullable=False, default=utcnow),
     Column("started_at", DateTime),
     Column("finished_at", DateTime),
-    # When this row last took in a change (unix seconds): a run folder's record (run.json, written first
-    # by the job) newer than this is brought in by `status`, `table` and `sync` (seedrun.store.catchup).
+    # When this row last changed (unix seconds, for people: nothing is ordered by it).
     Column("updated_at", Float),
+    # The version of the last folder record (run.json) this row took in: the attempt a submission opened
+    # and the counter its job advances with every write. A folder record is brought in only when its
+    # version is newer (seedrun.store.catchup); no clock decides.
+    Column("attempt", Integer, nullable=False, default=0, server_default="0"),
+    Column("seq", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # Columns only SQLite databases have: made by a migration and kept by triggers, never written through

@@ -3,6 +3,7 @@
     versions/0001_runs_settings.py       the schema before folder records (what `store._upgrade` made)
     versions/0002_folder_records.py      runs.updated_at and runs.experiment; the grouping index with it
     versions/0003_runs_layout.py         SQLite: runs.layout, kept equal to provenance.layout by triggers
+    versions/0004_record_versions.py     runs.attempt and runs.seq: the version of the last folder record taken in
 
 seedrun.store.engine upgrades a database to HEAD on its first write (one line on stderr says so);
 `seedrun db upgrade` does it on request. A database from before versions (no alembic_version table)
@@ -10,4 +11,4 @@ is brought up from the start: every step checks what is already there. Reading n
 read path copes with every earlier schema.
 """
 
-HEAD = "0003"
+HEAD = "0004"
