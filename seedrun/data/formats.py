@@ -98,6 +98,9 @@ def check_layout(root: Path) -> None:
 
 LOADERS = ("auto", "memory", "stream")
 DECODERS = ("pil", "torchvision")
+# where the stream loader's training views are augmented after the crop: in the workers, or batched on
+# the run's device (seedrun.data.batched_ops)
+AUGMENT_ON = ("cpu", "gpu")
 
 
 def check_settings(data: dict) -> Optional[tuple[str, str]]:
@@ -114,6 +117,8 @@ def check_settings(data: dict) -> Optional[tuple[str, str]]:
             return f"data.{key}", f"expected an integer >= {int(key == 'prefetch')}{' or null' if key == 'workers' else ''}, got {value!r}"
     if (data.get("decoder") or "torchvision") not in DECODERS:
         return "data.decoder", f"expected one of {', '.join(DECODERS)}, got {data.get('decoder')!r}"
+    if (data.get("augment_on") or "cpu") not in AUGMENT_ON:
+        return "data.augment_on", f"expected one of {', '.join(AUGMENT_ON)}, got {data.get('augment_on')!r}"
     from seedrun.data.presets import check as check_augment  # torch-free, as this module
 
     return check_augment(data.get("augment"))

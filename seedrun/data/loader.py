@@ -148,13 +148,22 @@ class MemoryData:
 class StreamBatch:
     def __init__(self, raw: dict[str, Any], mean, std):
         self.indices, self.labels, self._views, self._mean, self._std = raw["indices"], raw["labels"], raw["views"], mean, std
+        self._params = raw.get("params") or {}
 
     def view(self, k: int, device=None) -> torch.Tensor:
         """View k normalised on `device`: the uint8 batch travels (pinned, 4x smaller than float), then
-        is normalised where the networks run."""
+        is normalised where the networks run; with data.augment_on=gpu the workers' crops are augmented
+        there first, batched, with each image's drawn parameters (seedrun.data.batched_ops)."""
         if k not in self._views:
             raise KeyError(f"view {k} was not asked of the stream loader (asked: {sorted(self._views)})")
-        return normalize(self._views[k].to(device, non_blocking=True), self._mean, self._std)
+        images = self._views[k].to(device, non_blocking=True)
+        if images.device.type == "cpu":  # the workers' channels-last batch, in the layout CPU training had
+            images = images.contiguous()
+        if k in self._params:
+            from seedrun.data.batched_ops import augment_batch
+
+            return normalize(augment_batch(images, self._params[k]), self._mean, self._std)
+        return normalize(images, self._mean, self._std)
 
 
 class BadImages:

@@ -1,21 +1,22 @@
 """The stream loader: images read and decoded one at a time by DataLoader worker processes, for sets too
 big to hold in memory (ImageNet). Nothing but the file list (seedrun.data.formats) is held.
 
-Each worker reads a file (or a TSV row), decodes it (`data.decoder`: torchvision.io's decode_image,
-the default, measured faster than PIL at 224 px in benchmarks/loader.py; or PIL with `draft`, which lets
-libjpeg decode at 1/2, 1/4 or 1/8 scale when even the smallest crop would be that much smaller than the
-image) and applies the official SEED code's per-image augmentation for the run's preset
-(seedrun.data.presets: mocov2_aug, simclr_aug or swav_aug) with torchvision.transforms.v2 on the uint8
-tensor, in the official order: RandomResizedCrop of the whole image, colour jitter and grayscale (in
-the preset's order), Gaussian blur (sigma scaled by size / 224, as in seedrun.data.augment), flip; the
-settings are the resolved `data.augment` (seedrun.data.loader.open_split), the ones the in-memory
-loader uses. Evaluation views are
-Resize(256 * s / 224) -> CenterCrop(s). Views travel as uint8 (4x less than float through the workers'
-shared memory, pinned when there is a GPU) and are normalised on the training device by `StreamBatch.view`.
+Each worker reads a file (or a TSV row) and makes each training view as the official SEED code does
+(seedrun.data.presets: mocov2_aug, simclr_aug or swav_aug), on Pillow's uint8 kernels: the view's
+parameters are drawn first (seedrun.data.draws: torchvision's own draws, in the official order), so that
+the JPEG is decoded at the smallest DCT scale that still gives every crop its output size (PIL draft);
+then crop + resize, colour jitter and grayscale (in the preset's order), Gaussian blur (Pillow's, sigma
+scaled by size / 224), flip (seedrun.data.pillow_ops). With `data.augment_on: gpu` the workers stop after
+the crop and hand each view's drawn parameters along; StreamBatch.view applies the rest batched on the
+run's device (seedrun.data.batched_ops). Evaluation views are Resize(256 * s / 224) -> CenterCrop(s),
+decoded by `data.decoder` (torchvision.io's decode_image by default, or PIL). Views travel as uint8
+(4x less than float through the workers' shared memory, pinned when there is a GPU; training views
+channels-last, as decoded) and are normalised on the training device by `StreamBatch.view`.
 
-Randomness: a sample's augmentation is drawn from torch's generator seeded by
-seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any number of views, inside `torch.random.fork_rng`, so it does not depend on the worker, the batch it lands in or
-where a run was resumed; a resumed run is bit-identical on the CPU.
+Randomness: a view's parameters are drawn from torch's generator seeded by
+seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any number of views, inside
+`torch.random.fork_rng`, so they do not depend on the worker, the batch the image lands in or where a
+run was resumed; a resumed run is bit-identical on the CPU.
 
 A file that cannot be read or decoded is reported (path and error) with its batch, and its slot is
 filled with another image of the same batch, so that batch sizes (and queue arithmetic) hold; the
@@ -25,15 +26,15 @@ caller counts and logs them (seedrun.data.loader).
 from __future__ import annotations
 
 import base64
+import functools
 import io
-import math
 import os
 from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seedrun.data.formats import DECODERS, FileList
+from seedrun.data.formats import AUGMENT_ON, DECODERS, FileList
 from seedrun.data.presets import resolve
 from seedrun.data.sampling import SAMPLE_STREAM, stream_seed
 from seedrun.data.sampler import SequentialBatchSampler, ShardedBatchSampler
@@ -41,25 +42,6 @@ from seedrun.data.sampler import SequentialBatchSampler, ShardedBatchSampler
 
 def sample_seed(seed: int, epoch: int, index: int, view: int) -> int:
     return stream_seed(SAMPLE_STREAM, seed, epoch, index, view)
-
-
-def train_transform(aug: dict[str, Any], size: int, image_size: int, crop_scale=None):
-    """The preset's per-image augmentation (official SEED tools/utils.py, in its order), on a uint8
-    (C, H, W) tensor; `aug` is a data.augment block, resolved here (MoCo-v2's when it names no preset)."""
-    from torchvision.transforms import v2
-
-    aug = resolve(aug, None)
-    jitter = v2.RandomApply([v2.ColorJitter(*aug["jitter"])], p=aug["jitter_p"])
-    gray = v2.RandomGrayscale(p=aug["grayscale_p"])
-    steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale or aug["crop_scale"]), antialias=True),
-             *([gray, jitter] if aug["grayscale_first"] else [jitter, gray])]
-    if aug["blur_p"] > 0:  # simclr_aug has none
-        sigma = [float(s) * image_size / 224 for s in aug["blur_sigma"]]
-        kernel = 2 * max(1, int(math.ceil(3 * sigma[1]))) + 1
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(sigma))], p=aug["blur_p"]))
-    if aug["flip"]:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
 
 
 def eval_transform(size: int):
@@ -71,25 +53,29 @@ def eval_transform(size: int):
 
 class ImageStream(Dataset):
     """Items are (sample index, epoch); epoch -1 gives the evaluation view. Returns a dict with the
-    index, label and {view: uint8 tensor}, or the index, path and error when the image is unreadable."""
+    index, label and {view: uint8 (H, W, bands) array} (evaluation: {0: uint8 (C, H, W) tensor}), plus
+    {view: drawn parameters} when the device augments; or the index, path and error when unreadable."""
 
     def __init__(self, files: FileList, data_cfg: dict[str, Any], seed: int = 0,
                  views: Optional[dict[int, Optional[tuple]]] = None, decoder: str = "torchvision"):
+        from seedrun.data.draws import Drawer
+
         if decoder not in DECODERS:
             raise ValueError(f"data.decoder: expected one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.augment_on = data_cfg.get("augment_on") or "cpu"
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"data.augment_on: expected one of {', '.join(AUGMENT_ON)}, got {self.augment_on!r}")
         self.files, self.seed, self.decoder = files, seed, decoder
         self.channels, size = data_cfg["channels"], data_cfg["image_size"]
+        self.mode = "L" if self.channels == 1 else "RGB"
         self.views = views or {0: None}
-        aug, self.transforms = resolve(data_cfg.get("augment"), None), {}
-        smallest, largest_out = 1.0, size
+        aug = resolve(data_cfg.get("augment"), None)
+        self.grayscale_first = bool(aug["grayscale_first"])
+        self.drawers, self.sizes = {}, {}
         for view, spec in self.views.items():
             scale, out = spec or (None, None)
-            self.transforms[view] = train_transform(aug, out or size, size, scale)
-            smallest = min(smallest, float((scale or aug["crop_scale"])[0]))
-            largest_out = max(largest_out, out or size)
+            self.drawers[view], self.sizes[view] = Drawer(aug, size, scale), out or size
         self.eval = eval_transform(size)
-        # decode no bigger than needed: the smallest training crop keeps full resolution at the output size
-        self.train_side = int(math.ceil(largest_out / math.sqrt(max(smallest, 1e-3))))
         self.eval_side = round(256 * size / 224)
         self._tsv, self._tsv_pid = None, None
 
@@ -127,24 +113,59 @@ class ImageStream(Dataset):
         tensor = torch.from_numpy(array.copy())
         return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)  # channels-last, as decoded
 
+    def train_views(self, raw: bytes, epoch: int, index: int) -> dict[str, Any]:
+        """Every asked view of one image: {"views": {view: uint8 array}} and, when the device augments,
+        {"params": {view: FIELDS' numbers}}."""
+        from seedrun.data import pillow_ops as ops
+        from seedrun.data.draws import seeded
+
+        image = ops.open_image(raw)
+        full_size, drawn = image.size, {}
+        for view, drawer in self.drawers.items():
+            with seeded(sample_seed(self.seed, epoch, index, view)):
+                drawn[view] = drawer.draw(*full_size)
+        d = ops.reduction(image, [(drawn[view], self.sizes[view]) for view in drawn])
+        decoded = ops.decode(image, self.mode, d)
+        views = {}
+        for view, params in drawn.items():
+            crop = ops.crop(decoded, params.box, self.sizes[view], full_size)
+            if self.augment_on == "cpu":
+                crop = ops.augment(crop, params, self.grayscale_first)
+            views[view] = ops.to_array(crop)
+        if self.augment_on == "cpu":
+            return {"views": views}
+        return {"views": views, "params": {view: params.row() for view, params in drawn.items()}}
+
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, epoch = item
         try:
             raw, label = self._read(index)
-            image = self._decode(raw, self.eval_side if epoch < 0 else self.train_side)
+            if epoch >= 0:
+                return {"index": index, "label": label, **self.train_views(raw, epoch, index)}
+            image = self._decode(raw, self.eval_side)
         except Exception as exc:  # corrupt, truncated, unreadable: reported by the caller, never a crash
             return {"index": index, "bad": f"{self.files.path(index)}: {type(exc).__name__}: {exc}"}
-        if epoch < 0:
-            return {"index": index, "label": label, "views": {0: self.eval(image)}}
-        views = {}
-        for view, transform in self.transforms.items():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, index, view))
-                views[view] = transform(image)
-        return {"index": index, "label": label, "views": views}
+        return {"index": index, "label": label, "views": {0: self.eval(image)}}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _stack(views: list, channels: int) -> torch.Tensor:
+    """A batch of views: evaluation tensors (C, H, W) stacked; training arrays (H, W, bands) copied into
+    one (B, H, W, C) tensor, a grey view's band spread over the channels, returned as (B, C, H, W)
+    channels-last. In a worker the batch is made in shared memory, where the main process receives it,
+    so it is written once, not copied there afterwards."""
+    if isinstance(views[0], torch.Tensor):
+        return torch.stack(views)
+    height, width = views[0].shape[:2]
+    out = torch.empty((len(views), height, width, channels), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        out.share_memory_()
+    target = out.numpy()
+    for i, view in enumerate(views):
+        target[i] = view
+    return out.permute(0, 3, 1, 2)
+
+
+def collate(items: list[dict[str, Any]], channels: int = 3) -> dict[str, Any]:
     """Stack a batch; an unreadable image's slot is filled with the next readable one of the batch."""
     good = [item for item in items if "bad" not in item]
     bad = [item["bad"] for item in items if "bad" in item]
@@ -152,10 +173,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"indices": torch.empty(0, dtype=torch.int64), "labels": torch.empty(0, dtype=torch.int64),
                 "views": {}, "bad": bad, "size": len(items)}
     filled = [item if "bad" not in item else good[i % len(good)] for i, item in enumerate(items)]
-    return {"indices": torch.tensor([item["index"] for item in filled], dtype=torch.int64),
-            "labels": torch.tensor([item["label"] for item in filled], dtype=torch.int64),
-            "views": {k: torch.stack([item["views"][k] for item in filled]) for k in filled[0]["views"]},
-            "bad": bad, "size": len(items)}
+    batch = {"indices": torch.tensor([item["index"] for item in filled], dtype=torch.int64),
+             "labels": torch.tensor([item["label"] for item in filled], dtype=torch.int64),
+             "views": {k: _stack([item["views"][k] for item in filled], channels) for k in filled[0]["views"]},
+             "bad": bad, "size": len(items)}
+    if "params" in filled[0]:  # the device augments: each view's drawn parameters, one row an image
+        batch["params"] = {k: torch.tensor([item["params"][k] for item in filled], dtype=torch.float64)
+                           for k in filled[0]["params"]}
+    return batch
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -170,7 +195,8 @@ def default_workers() -> int:
 
 def make_loader(dataset: ImageStream, batch_sampler, workers: int, prefetch: int, persistent: bool,
                 generator: Optional[torch.Generator] = None) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                      collate_fn=functools.partial(collate, channels=dataset.channels),
                       pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init,
                       persistent_workers=persistent and workers > 0,
                       prefetch_factor=prefetch if workers > 0 else None, generator=generator)
