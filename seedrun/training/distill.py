@@ -122,44 +122,51 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
 
     views = batch_views(d)
     batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
-    for epoch in range(step // steps_per_epoch, d["epochs"]):
-        student.train()
-        started, losses = time.monotonic(), []
-        for batch in batches.epoch(epoch, step % steps_per_epoch):
-            indices, view = batch.indices, kernels.as_input(batch.view(0, device), device)
-            another_view = lambda: kernels.as_input(batch.view(1, device), device)  # noqa: E731
-            loop.set_lr(optimizer, step)
-            with autocast(config, device):
-                z_teacher = F.normalize(kernels.teacher_forward(teacher, view).float(), dim=1)
-                z_student = F.normalize(model(view).float(), dim=1)
-                loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
-                if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
-                    small_losses = []
-                    for crop in range(small_patches):
-                        small = kernels.as_input(batch.view(2 + crop, device), device)
-                        z_teacher_small = F.normalize(kernels.teacher_forward(teacher, small).float(), dim=1)
-                        z_student_small = F.normalize(student(small).float(), dim=1)
-                        small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
-                                                      d["tau_student"], d["tau_teacher"]))
-                    loss = loss + torch.stack(small_losses).mean()
-            loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            ranks.average_gradients(objective.parameters())  # the student's are DDP's
-            optimizer.step()
-            objective.after_step()
-            queue.push(distributed.concat_all_gather(z_teacher))  # every rank's keys, in rank order
-            if small_patches:
-                small_queue.push(z_teacher_small)
-            losses.append(loss_value)
-            step += 1
-            loop.after_step(step, state)
-        loop.end_epoch(epoch, step, losses, started, state)
+    curves = loop.open_curves(config, step, batch_size, ranks.is_main)  # TensorBoard on global rank 0
+    try:
+        for epoch in range(step // steps_per_epoch, d["epochs"]):
+            student.train()
+            started, losses = time.monotonic(), []
+            for batch in loop.timed(batches.epoch(epoch, step % steps_per_epoch)):
+                indices, view = batch.indices, kernels.as_input(batch.view(0, device), device)
+                another_view = lambda: kernels.as_input(batch.view(1, device), device)  # noqa: E731
+                loop.set_lr(optimizer, step)
+                with autocast(config, device):
+                    z_teacher = F.normalize(kernels.teacher_forward(teacher, view).float(), dim=1)
+                    z_student = F.normalize(model(view).float(), dim=1)
+                    loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
+                    if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
+                        small_losses = []
+                        for crop in range(small_patches):
+                            small = kernels.as_input(batch.view(2 + crop, device), device)
+                            z_teacher_small = F.normalize(kernels.teacher_forward(teacher, small).float(), dim=1)
+                            z_student_small = F.normalize(student(small).float(), dim=1)
+                            small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
+                                                          d["tau_student"], d["tau_teacher"]))
+                        loss = loss + torch.stack(small_losses).mean()
+                loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                ranks.average_gradients(objective.parameters())  # the student's are DDP's
+                optimizer.step()
+                objective.after_step()
+                queue.push(distributed.concat_all_gather(z_teacher))  # every rank's keys, in rank order
+                if small_patches:
+                    small_queue.push(z_teacher_small)
+                losses.append(loss_value)
+                step += 1
+                loop.after_step(step, state, loss_value)
+            loop.end_epoch(epoch, step, losses, started, state)
 
-    if ranks.is_main:  # global rank 0 writes the model
-        save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
-                   in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]})
-    # every rank embeds its shard of both splits; rank 0 gathers, classifies and returns the metrics ({} elsewhere)
-    return evaluate_knn_sharded(backbone, train, test, config, device)
+        if ranks.is_main:  # global rank 0 writes the model
+            save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"],
+                       small_images=s["small_images"], in_chans=data_cfg["channels"], method=d["strategy"],
+                       extra={"dim": s["dim"]})
+        # every rank embeds its shard of both splits; rank 0 gathers, classifies and returns the metrics ({} elsewhere)
+        results = evaluate_knn_sharded(backbone, train, test, config, device)
+        curves.results(step, results)
+        return results
+    finally:
+        curves.close()

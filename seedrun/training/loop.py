@@ -1,6 +1,7 @@
 """What both training recipes share: torch set-up, the learning-rate schedule (`lr_schedule`: official,
 the SEED code's per-epoch warm-up + cosine, or per_step), the step bookkeeping
-(periodic checkpoints, stop requests, an epoch's end) and the k-NN evaluation at the end of training.
+(periodic checkpoints, stop requests, an epoch's end, the curves of seedrun.training.curves) and the k-NN
+evaluation at the end of training.
 
 Hooks is how a recipe talks to the job that runs it (seedrun.job records what it is told); Interrupted
 is raised between steps once a stop was requested and a checkpoint written.
@@ -20,6 +21,7 @@ from torch import nn
 from seedrun.data.augment import normalize
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.training.checkpoints import save_checkpoint
+from seedrun.training.curves import Curves, open_curves
 
 
 class Interrupted(Exception):
@@ -134,6 +136,18 @@ class Loop:
         # and save() gathers what each rank needs while global rank 0 writes
         self.agree: Callable[[bool, bool], tuple[bool, bool]] = lambda stop, due: (stop, due)
         self.save: Callable[[Callable[[], dict[str, Any]]], None] = lambda state: save_checkpoint(state(), self.run_dir)
+        self.curves = Curves([], steps_per_epoch, 0)  # times steps, writes nothing until open_curves()
+
+    def open_curves(self, config: dict[str, Any], start_step: int, images_per_step: int, is_main: bool) -> Curves:
+        """TensorBoard (and W&B) curves from `start_step` on, the step the run starts or resumes at; the
+        recipe closes them when training ends, however it ends."""
+        self.curves = open_curves(config, self.run_dir, start_step, self.steps_per_epoch, images_per_step, is_main,
+                                  self.hooks.log)
+        return self.curves
+
+    def timed(self, batches):
+        """An epoch's batches, timing the waits for data (seedrun.training.curves)."""
+        return self.curves.timed(batches)
 
     def lr(self, step: int) -> float:
         """The learning rate of step `step` (0-based, counted over the whole run) under the schedule."""
@@ -146,14 +160,18 @@ class Loop:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-    def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
-        """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
+    def after_step(self, step: int, state: Callable[[], dict[str, Any]], loss: Optional[float] = None) -> None:
+        """Record the step's loss on the curves; checkpoint when due or asked to stop; raise Interrupted in
+        the latter case."""
+        if loss is not None:
+            self.curves.step(step, loss, self.lr(step - 1))
         if step % self.steps_per_epoch == 0:
             return  # end_epoch() saves, records, then honours a stop request
         stop, due = self.agree(self.hooks.should_stop(), bool((self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)))
         if stop or due:
             self.save(state)
+            self.curves.flush()  # the curves up to the checkpoint: a resumed run purges only what follows it
             self.last_save = time.monotonic()
         if stop:
             raise Interrupted(f"stopped at step {step}")
@@ -161,11 +179,13 @@ class Loop:
     def end_epoch(self, epoch: int, step: int, losses: list[float], started: float,
                   state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint, record the epoch's metrics, then stop here if the job was asked to."""
-        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started}
+        metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started,
+                   **self.curves.epoch_rates()}  # images/s and data wait: what `status` and `plot` can show
         self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
         self.save(state)
         self.last_save = time.monotonic()
         self.hooks.epoch_end(epoch + 1, metrics)
+        self.curves.epoch(step, metrics)
         if self.agree(self.hooks.should_stop(), False)[0]:
             raise Interrupted(f"stopped at step {step}")
 

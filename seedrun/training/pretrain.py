@@ -80,28 +80,38 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
 
     # two views a batch, whichever loader; rank r takes part r of each global batch
     batches = train.batches(seed, rank_batch, {0: None, 1: None}, ranks.rank, ranks.world)
-    for epoch in range(step // steps_per_epoch, p["epochs"]):
-        encoder.train()
-        started, losses = time.monotonic(), []
-        for batch in batches.epoch(epoch, step % steps_per_epoch):
-            view_a, view_b = batch.view(0, device), batch.view(1, device)
-            loop.set_lr(optimizer, step)
-            with autocast(config, device):
-                loss = pretext(model, view_a, view_b, step)
-            loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            pretext.after_step()
-            losses.append(loss_value)
-            step += 1
-            loop.after_step(step, state)
-        loop.end_epoch(epoch, step, losses, started, state)
+    curves = loop.open_curves(config, step, batch_size, ranks.is_main)  # TensorBoard on global rank 0
+    try:
+        for epoch in range(step // steps_per_epoch, p["epochs"]):
+            encoder.train()
+            started, losses = time.monotonic(), []
+            for batch in loop.timed(batches.epoch(epoch, step % steps_per_epoch)):
+                view_a, view_b = batch.view(0, device), batch.view(1, device)
+                loop.set_lr(optimizer, step)
+                with autocast(config, device):
+                    loss = pretext(model, view_a, view_b, step)
+                loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                pretext.after_step()
+                losses.append(loss_value)
+                step += 1
+                loop.after_step(step, state, loss_value)
+            loop.end_epoch(epoch, step, losses, started, state)
+        results = finish(config, backbone, head, train, test, device, run_dir, hooks) if ranks.is_main else {}
+        curves.results(step, results)
+        return results
+    finally:
+        curves.close()
 
-    if not ranks.is_main:
-        return {}  # global rank 0 writes the model and evaluates
+
+def finish(config: dict[str, Any], backbone: nn.Module, head: nn.Module, train, test, device: torch.device,
+           run_dir: Path, hooks: Hooks) -> dict[str, float]:
+    """Global rank 0, after the last step: write the model and evaluate it."""
+    data_cfg, p = config["data"], config["pretrain"]
     save_model(run_dir / MODEL, backbone, head, arch=p["arch"], width=p["width"], small_images=p["small_images"],
                in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"]})
     if train.kind != "memory":  # it would need every image as float: computed only for in-memory sets
