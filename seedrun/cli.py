@@ -23,6 +23,13 @@ def _table_format(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def _cmd_plot(args) -> int:
+    """`seedrun plot`, imported when it runs (matplotlib and the readers stay off the other commands' path)."""
+    from seedrun.views.plot import cmd_plot
+
+    return cmd_plot(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seedrun",
@@ -72,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "only moco is compared with the paper (--paper)")
     p.add_argument("--list", action="store_true", help="name the tables")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", parents=[with_db], help="draw a sweep's training curves, one per run, to a PNG")
+    p.add_argument("--sweep", required=True, help="the sweep whose runs to draw")
+    p.add_argument("--metric", default="loss", help="a metric the runs record each epoch (default: loss; also "
+                                                    "images_per_s, data_wait_fraction, epoch_seconds)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the image to write")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("sync", parents=[with_db], help="build or repair the database from run folders "
                                                        "(a lost database, a copied runs/, two homes merged)",
