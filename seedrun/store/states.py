@@ -153,13 +153,14 @@ def folder_moves(row_state: str, row_version: tuple[int, int], record_state: str
     not be taken in (not newer, or refused by the rules). [] takes in its values with no change of state.
 
     A folder record is newer when its version (attempt, counter: seedrun.store.folders.version_of) is
-    greater than the row's. Two rules beside TRANSITIONS: a completed run never changes again, and a
-    cancel ends its attempt: a record of the same or an earlier attempt does not bring a cancelled run
-    back (its job may still write a requeue or a result before it is stopped). A run that a command
-    called lost or failed while its job went on takes the job's record in: the folder is the truth.
+    greater than the row's. Rules beside TRANSITIONS: a completed run never changes again; a cancel ends
+    its attempt: a record of the same or an earlier attempt does not bring a cancelled run back in
+    flight (its job may still write an epoch or a requeue before it is stopped), but a result it
+    recorded stands (its model is there: a retry would only train it again). A run that a command called
+    lost or failed while its job went on takes the job's record in: the folder is the truth.
     """
     if record_version <= row_version or row_state == COMPLETED:
         return None
-    if row_state == CANCELLED and record_version[0] <= row_version[0]:
+    if row_state == CANCELLED and record_version[0] <= row_version[0] and record_state != COMPLETED:
         return None
     return moves(row_state, record_state)
