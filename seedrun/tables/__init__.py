@@ -3,11 +3,12 @@
     TABLES                              name -> TableDef (definitions.py; one definition a table)
     list_tables()                       [(name, title)] in the paper's order
     build_table(name, groups, paper)    runs -> TableData (build.py)
-    render(data, fmt)                   text | markdown | latex | csv (render.py, terminal.py)
+    render(data, fmt)                   text (rich's grid, terminal.py) | markdown | latex | csv (render.py)
     plot_table(name, groups, path)      PNG (plot.py; imports matplotlib only when called)
 
-No torch, hydra, sqlalchemy or rich here: `seedrun table` must start fast. Runs come in as
-seedrun.store.groups.RunGroup objects: from the database by load_groups, from records by group_records.
+Tables read what the database recorded and never need torch, Hydra or SQLAlchemy: `seedrun table` is
+a reading command. Runs come in as seedrun.store.groups.RunGroup objects: from the database by
+load_groups, from records by group_records.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from seedrun.store.protocols import is_paper_protocol, paper_recipe, probe_family
 from seedrun.sweeps.settings import SETTING_KEYS
@@ -44,25 +45,26 @@ def _number(value: float, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
-# Named tuples and plain classes, not dataclasses: seedrun.tables.definitions says why.
+@dataclass
 class Cell:
     """One cell: its state and, when it has a value, the mean and sample std over its seeds."""
 
-    __slots__ = ("state", "values", "paper", "signed", "mean", "std")
+    state: str  # VALUE, MISSING, BLANK (does not apply) or a shown run state
+    values: tuple[float, ...] = ()  # one per completed seed
+    paper: Optional[float] = None  # the published value, when asked for
+    signed: bool = False  # a gain: printed with its sign
 
-    def __init__(self, state: str, values: tuple[float, ...] = (), paper: Optional[float] = None,
-                 signed: bool = False):
-        self.state = state  # VALUE, MISSING, BLANK (does not apply) or a shown run state
-        self.values = values  # one per completed seed
-        self.paper = paper  # the published value, when asked for
-        self.signed = signed  # a gain: printed with its sign
-        self.mean: Optional[float] = sum(values) / len(values) if values else None
-        # the sample standard deviation (n - 1) over seeds; none for a single seed
-        self.std: Optional[float] = None if len(values) < 2 else math.sqrt(
-            sum((value - self.mean) ** 2 for value in values) / (len(values) - 1))
+    @property
+    def mean(self) -> Optional[float]:
+        return sum(self.values) / len(self.values) if self.values else None
 
-    def __repr__(self) -> str:
-        return f"Cell({self.state!r}, {self.values!r}, paper={self.paper!r}, signed={self.signed!r})"
+    @property
+    def std(self) -> Optional[float]:
+        """The sample standard deviation (n - 1) over seeds; none for a single seed."""
+        if len(self.values) < 2:
+            return None
+        mean = self.mean
+        return math.sqrt(sum((value - mean) ** 2 for value in self.values) / (len(self.values) - 1))
 
     @property
     def diff(self) -> Optional[float]:
@@ -85,12 +87,14 @@ class Cell:
         return "" if self.state == BLANK else MISSING_TEXT
 
 
-class RowData(NamedTuple):
+@dataclass
+class RowData:
     row: Row
     cells: list[Cell]  # one per column of the table data
 
 
-class TableData(NamedTuple):
+@dataclass
+class TableData:
     """A built table: what every renderer and the plot read; nothing here knows about formats."""
 
     name: str
@@ -99,7 +103,7 @@ class TableData(NamedTuple):
     row_headers: tuple[str, ...]
     columns: list[Column]  # the columns shown
     rows: list[RowData]
-    notes: list[str]  # appended to by whoever prints the table
+    notes: list[str] = field(default_factory=list)  # appended to by whoever prints the table
     paper: bool = False
     paper_columns: frozenset[str] = frozenset()  # column ids followed by "paper" and "Δ" columns
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from functools import cache
-from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, Optional
 
 Filter = dict[str, Any]
 
@@ -20,38 +20,37 @@ Filter = dict[str, Any]
 # pinned (its "MoCo-v2 alone" baseline must be the same network); the teacher is not, so that
 # small-scale sweeps with small teachers still fill the tables.
 ABLATION_STUDENT = "resnet18"
-_NOTHING: Mapping[str, Any] = MappingProxyType({})  # a shared default that cannot be changed by accident
-
-# Named tuples, not dataclasses: `dataclasses` imports `inspect` and compiles each class's methods,
-# 40 ms of the 0.3 s `seedrun table` may take (benchmarks/cli_latency.py).
 
 
-class Column(NamedTuple):
+@dataclass(frozen=True)
+class Column:
     id: str  # the key of its published value in paper_values.json
     label: str
     metric: str
     group: str = ""  # a header spanning several columns (the main table's students)
-    match: Mapping[str, Any] = _NOTHING
+    match: Mapping[str, Any] = field(default_factory=dict)
     teacher: bool = False  # the teacher's own accuracy, read from its pretrain run
     always: bool = False  # shown even when no run recorded it (k-NN: every run records it)
 
 
-class Row(NamedTuple):
+@dataclass(frozen=True)
+class Row:
     id: str  # the key of its published values in paper_values.json
     labels: tuple[str, ...]
-    match: Mapping[str, Any] = _NOTHING
+    match: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "runs"  # runs: filled by runs | gain: difference of two rows | paper: published only
     gain: Optional[tuple[str, str]] = None  # (row id, baseline row id) of a gain row
     value: Optional[float] = None  # the axis value of a numeric row (x of its plot)
 
 
-class TableDef(NamedTuple):
+@dataclass(frozen=True)
+class TableDef:
     name: str
     title: str
     row_headers: tuple[str, ...]
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
-    fixed: Mapping[str, Any] = _NOTHING  # part of every cell's filter
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # part of every cell's filter
     # (table, row, column) -> the cell's filter, or None where the cell does not apply
     cell_filter: Optional[Callable[["TableDef", Row, Column], Optional[Filter]]] = None
     axis: Optional[str] = None  # numeric tables: the key whose values are the rows

@@ -7,13 +7,12 @@ matplotlib is imported inside plot_table, with the Agg backend, so that importin
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from seedrun.tables.build import VALUE, Cell, TableData, build_table
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from seedrun.store.groups import RunGroup
 
 
@@ -110,8 +109,6 @@ def plot_table(name: str, groups: Iterable["RunGroup"], path: Union[str, Path], 
         axes.set_title(data.title + probe, fontsize="medium")
         axes.grid(alpha=0.3)
         figure.tight_layout()
-        from pathlib import Path  # here: pathlib is 8 ms of `seedrun table`'s start-up
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=120)

@@ -83,7 +83,7 @@ def to_latex(data: TableData) -> str:
 RENDERERS: dict[str, Callable[[TableData], str]] = {
     "text": to_text, "markdown": to_markdown, "latex": to_latex, "csv": to_csv,
 }
-# "rich": the terminal format's name while rich drew it (seedrun.tables.terminal says why no longer).
+# "rich": the terminal format's earlier name, still accepted.
 ALIASES = {"md": "markdown", "tex": "latex", "rich": "text"}
 
 
