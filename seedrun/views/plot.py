@@ -18,6 +18,7 @@ def plot_curves(curves: list[Curve], metric: str, out: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(stage, name) for stage, name in PANELS if any(curve.stage == stage for curve in curves)]
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
@@ -27,6 +28,7 @@ def plot_curves(curves: list[Curve], metric: str, out: str, title: str) -> None:
             ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, markersize=3, label=curve.label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
