@@ -53,6 +53,50 @@ def test_gather_agree_and_queue_on_two_ranks(tmp_path):
     assert torch.equal(single.embeddings, q0["embeddings"])
 
 
+def _ddp_steps(rank, world, out):
+    """Three training steps of a small BatchNorm network under parallel_model, each rank on its own data."""
+    import warnings
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)  # every rank builds the same network, as a job does
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = distributed.parallel_model(module, distributed.current(), torch.device("cpu"),
+                                           SimpleNamespace(), out)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = torch.Generator().manual_seed(rank)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(8, 3, generator=data) + 5 * rank).square().mean().backward()
+            optimizer.step()
+    torch.save({"warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+                "state": module.state_dict()}, f"{out}/ddp{rank}.pt")
+
+
+def test_ddp_keeps_buffers_per_rank_without_a_future_warning(tmp_path):
+    """The wrap every multi-process training goes through warns of nothing (torch deprecated the
+    broadcast_buffers switch), and still leaves BatchNorm's running statistics each rank's own while the
+    gradients, and so the weights, are shared."""
+    spawn(_ddp_steps, 2, tmp_path, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"ddp{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [r["warnings"] for r in ranks] == [[], []]
+    first, second = (r["state"] for r in ranks)
+    assert torch.equal(first["0.weight"], second["0.weight"]) and torch.equal(first["1.bias"], second["1.bias"])
+    assert not torch.allclose(first["1.running_mean"], second["1.running_mean"])  # each rank's own data
+
+
+def test_the_buffer_switch_follows_the_torch_it_runs_on():
+    from torch.nn.parallel import DistributedDataParallel
+
+    class BeforeTheRename:
+        def __init__(self, module, device_ids=None, broadcast_buffers=True):
+            pass
+
+    assert distributed._buffers_stay_per_rank(DistributedDataParallel) == {"forward_sync_buffers": False}
+    assert distributed._buffers_stay_per_rank(BeforeTheRename) == {"broadcast_buffers": False}
+
+
 class _StopAfter:
     def __init__(self, calls):
         self.calls, self.stop_after = 0, calls
@@ -69,6 +113,7 @@ class _StopAfter:
 
 
 def _distill_two_ranks(rank, world, config, teacher_dir, out):
+    import warnings
     from pathlib import Path
 
     from seedrun.training.checkpoints import load_checkpoint
@@ -76,7 +121,11 @@ def _distill_two_ranks(rank, world, config, teacher_dir, out):
     from seedrun.training.loop import Interrupted
 
     out = Path(out)
-    torch.save(distill(config, out / "straight", _StopAfter(None), Path(teacher_dir)), out / f"metrics{rank}.pt")
+    with warnings.catch_warnings(record=True) as caught:  # a whole DDP run, as a job's log would show it
+        warnings.simplefilter("always")
+        torch.save(distill(config, out / "straight", _StopAfter(None), Path(teacher_dir)), out / f"metrics{rank}.pt")
+    (out / f"future_warnings{rank}.txt").write_text("".join(
+        f"{w.filename}:{w.lineno}: {w.message}\n" for w in caught if issubclass(w.category, FutureWarning)))
     try:  # a stop seen by rank 1 only (its USR2 came first): both ranks stop at the same step
         distill(config, out / "broken", _StopAfter(4 if rank == 1 else None), Path(teacher_dir))
     except Interrupted as exc:
@@ -108,6 +157,7 @@ def test_two_rank_distillation_stops_together_resumes_and_gathers_one_process_qu
         (tmp_path / name).mkdir()
     spawn(_distill_two_ranks, 2, tmp_path, config, str(teacher_dir), str(tmp_path))
 
+    assert [(tmp_path / f"future_warnings{r}.txt").read_text() for r in (0, 1)] == ["", ""]
     # one stop for the whole job: both ranks left at step 4, one checkpoint held it
     assert [(tmp_path / f"stopped{r}.txt").read_text() for r in (0, 1)] == ["stopped at step 4"] * 2
     assert [(tmp_path / f"interrupted_step{r}.txt").read_text() for r in (0, 1)] == ["4", "4"]
