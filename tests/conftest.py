@@ -77,3 +77,40 @@ TINY_SWEEP_BASE = """base:
 def write_sweep(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def open_attempts(db_url: str, hashes: list[str]) -> dict:
+    """What a launcher does before it starts a job: each run moves to `submitted` at a new attempt and its
+    folder gets that attempt's record (seedrun.store.attempts); {hash: Attempt} for the runs it took."""
+    from seedrun.store.attempts import new_attempts, write_attempt
+    from seedrun.store.engine import write
+    from seedrun.store.states import SUBMITTABLE, SUBMITTED, transition
+
+    def body(db):
+        opened, _ = new_attempts(db, hashes)
+        taken = {}
+        for run_hash, attempt in opened.items():
+            if transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
+                          provenance=attempt.provenance):
+                write_attempt(attempt)
+                taken[run_hash] = attempt
+        return taken
+
+    return write(db_url, body)
+
+
+def attempt_job(job_class, db_url: str, run_hash: str, data_root=None):
+    """A job of `job_class` for a new attempt of the run, as a launcher submits it."""
+    attempt = open_attempts(db_url, [run_hash])[run_hash]
+    return job_class(run_hash, attempt.run_dir, data_root, attempt.number)
+
+
+def edit_record(run_dir, **values) -> dict:
+    """Change a run's folder record as its job would (the next version of the same attempt)."""
+    from seedrun.job.recording import save_record
+    from seedrun.store.folders import read_record
+
+    record = read_record(str(run_dir))
+    record.update(values)
+    save_record(str(run_dir), record)
+    return record

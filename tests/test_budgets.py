@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import attempt_job
 from seedrun.job import run_job as jobmod
 from seedrun.job.budgets import spends_budget
 from seedrun.job.failures import AttemptOver, Stopped
@@ -70,8 +71,8 @@ class StepsJob(jobmod.RunJob):
         pytest.fail("the stop was not honoured")
 
 
-def _attempt(url, run_hash, steps, handler, ends=SystemExit):
-    job = StepsJob(run_hash, url)
+def _attempt(first: "StepsJob", steps, handler, ends=SystemExit):
+    job = StepsJob(first.run_hash, first.run_dir, None, first.attempt)  # the same attempt, requeued
     job.steps = steps
     usr2 = jobmod.submitit.JobEnvironment._usr_sig()
     previous = signal.getsignal(usr2)
@@ -84,6 +85,9 @@ def _attempt(url, run_hash, steps, handler, ends=SystemExit):
 
 
 def _row(url):
+    from seedrun.store.catchup import catch_up
+
+    catch_up(url, quiet=True)  # what `seedrun status` does first
     with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
         db.row_factory = sqlite3.Row
         return dict(db.execute("select * from runs").fetchone())
@@ -98,13 +102,14 @@ def test_timeouts_with_progress_requeue_free_and_one_without_spends_the_budget(t
         session.add(Run(hash="ab" * 32, stage="distill", run_dir=str(tmp_path / "run"), provenance={}, state="pending",
                         config={"launcher": {"max_timeouts": 0, "signal_delay_s": 15}}, job_id="9_1"))
     handler = TimedOutHandler()
+    first = attempt_job(StepsJob, url, "ab" * 32)
     for attempt in (1, 2):  # each advanced the run by 3 steps and wrote its checkpoint at the stop
-        _attempt(url, "ab" * 32, 3, handler)
+        _attempt(first, 3, handler)
         row, prov = _row(url), json.loads(_row(url)["provenance"])
         assert (row["state"], row["attempts"]) == ("submitted", attempt), row["error"]
         assert prov["timeouts"] == 0 and prov["progress_timeouts"] == attempt
     assert handler.calls == 2
-    _attempt(url, "ab" * 32, 0, handler, ends=AttemptOver)  # stuck before a step: no progress, the budget is spent
+    _attempt(first, 0, handler, ends=AttemptOver)  # stuck before a step: no progress, the budget is spent
     row, prov = _row(url), json.loads(_row(url)["provenance"])
     assert (row["state"], row["failure_reason"]) == ("failed", "timeout")
     assert "timeout budget spent: 1 timeouts > max_timeouts=0" in row["error"]

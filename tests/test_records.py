@@ -9,20 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from conftest import open_attempts
+
 from seedrun.job import run_job as jobmod
-from seedrun.store.attempts import new_attempts, write_attempt
 from seedrun.store.catchup import catch_up
-from seedrun.store.engine import session_scope, write
+from seedrun.store.engine import session_scope
 from seedrun.store.folders import read_record, version_of
 from seedrun.store.records import load_records
 from seedrun.store.schema import Run
-from seedrun.store.states import SUBMITTABLE, SUBMITTED, transition
+from seedrun.store.states import transition
 from seedrun.store.sync import sync
 
 
@@ -64,19 +64,7 @@ def _record_runs(url: str, home: Path, configs: list[dict]) -> list[str]:
 
 
 def submit(url: str, hashes: list[str]) -> dict[str, QuickJob]:
-    """What a launcher does: each run's folder opens a new attempt, then the database records it."""
-    def body(db):
-        opened, _ = new_attempts(db, hashes)
-        taken = {}
-        for run_hash, attempt in opened.items():
-            if transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
-                          provenance=attempt.provenance):
-                write_attempt(attempt)
-                taken[run_hash] = attempt
-        return taken
-
-    opened = write(url, body)
-    return {h: QuickJob(h, a.run_dir, None, a.number) for h, a in opened.items()}
+    return {h: QuickJob(h, a.run_dir, None, a.number) for h, a in open_attempts(url, hashes).items()}
 
 
 def _rows(url: str) -> dict[str, tuple]:

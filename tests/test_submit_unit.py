@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import write_sweep
+from conftest import attempt_job, edit_record, write_sweep
 from seedrun.job import run_job as jobmod
 from seedrun.job.failures import AttemptOver, Stopped, classify_failure
 from seedrun.store.plan import Plan, read_plan, record
@@ -166,22 +166,22 @@ def test_1002_runs_are_two_sbatch_calls_recorded_in_one_go_and_not_submitted_aga
     assert len(sbatch_calls(fake_slurm)) == 2
 
 
-def test_recording_a_submission_keeps_what_fast_jobs_recorded_themselves(home):
-    import datetime as dt
-
-    from seedrun.launchers.slurm import _record
+def test_recording_a_submission_keeps_what_status_brought_in_from_fast_jobs(home):
+    """A task can start within a second of sbatch and write its folder; a `status` that brings the folder
+    in before the submission is recorded moves the run to running: the record keeps that."""
+    from seedrun.launchers.slurm import _open_attempts, _record
 
     db_url = db_url_for(home)
-    runs = specs(4)
+    runs = specs(3)
     synthetic_plan("race", runs, db_url)
-    since = dt.datetime(2030, 1, 1)
-    with sqlite3.connect(home / "seedrun.db") as db:  # 0: retried failure; 1: failed after sbatch; 2: started
-        db.execute("update runs set state = 'failed', finished_at = '2029-12-31 00:00:00' where hash = ?", (runs[0].hash,))
-        db.execute("update runs set state = 'failed', finished_at = '2030-01-01 00:00:01' where hash = ?", (runs[1].hash,))
-        db.execute("update runs set state = 'running', job_id = '7_2' where hash = ?", (runs[2].hash,))
-    _record(db_url, {r.hash: f"7_{i}" for i, r in enumerate(runs)}, {}, {r.hash: {} for r in runs}, since)
-    got = [(run_row(db_url, r.hash)["state"], run_row(db_url, r.hash)["job_id"]) for r in runs]
-    assert got == [("submitted", "7_0"), ("failed", None), ("running", "7_2"), ("submitted", "7_3")]
+    attempts, done = _open_attempts(db_url, [r.hash for r in runs])
+    assert done == [] and {a.number for a in attempts.values()} == {1}
+    edit_record(attempts[runs[2].hash].run_dir, state="running", job_id="7_2")  # the fast task started
+    run_row(db_url, runs[2].hash)  # `seedrun status` meanwhile: brings the folder in
+    _record(db_url, {r.hash: f"7_{i}" for i, r in enumerate(runs)}, {}, {r.hash: {} for r in runs}, attempts)
+    got = [(run_row(db_url, r.hash)["state"], run_row(db_url, r.hash)["job_id"], run_row(db_url, r.hash)["attempt"])
+           for r in runs]
+    assert got == [("submitted", "7_0", 1), ("submitted", "7_1", 1), ("running", "7_2", 1)]
 
 
 def test_students_of_a_failed_teacher_are_blocked_not_submitted(home, fake_slurm):
@@ -285,7 +285,7 @@ def test_shell_metacharacters_stay_inert(cli, fake_slurm, tmp_path):
         assert b"touch" not in path.read_bytes()
         with open(path, "rb") as f:
             delayed = pickle.load(f)
-        assert vars(delayed.function).keys() >= {"run_hash", "db_url", "data_root"}
+        assert vars(delayed.function).keys() >= {"run_hash", "run_dir", "data_root", "attempt"}
 
 
 # ---- the job: stop at a step boundary, budgets, failures (in this process, no training) -------------
@@ -333,6 +333,10 @@ def one_run(home: Path, **launcher) -> tuple[str, str]:
 
 
 def run_row(db_url: str, run_hash: str) -> dict:
+    """The run's row once its folder is brought in, as `seedrun status` would show it."""
+    from seedrun.store.catchup import catch_up
+
+    catch_up(db_url, [run_hash], quiet=True)
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:
         db.row_factory = sqlite3.Row
         row = dict(db.execute("select * from runs where hash = ?", (run_hash,)).fetchone())
@@ -356,7 +360,7 @@ def test_usr2_checkpoints_at_a_step_boundary_then_hands_over_within_budget(home,
     run_hash, db_url = one_run(home, max_timeouts=limit)
     fake = FakeSubmititHandler(timed_out)
     usr2_handler(fake.checkpoint_and_try_requeue)
-    job = StepJob(run_hash, db_url)
+    job = attempt_job(StepJob, db_url, run_hash)
     job.signum = jobmod.submitit.JobEnvironment._usr_sig()
     job.saves = progress
     with pytest.raises((SystemExit, AttemptOver)):
@@ -379,23 +383,26 @@ def test_usr2_checkpoints_at_a_step_boundary_then_hands_over_within_budget(home,
 
 def test_a_rerun_after_an_unrecorded_end_counts_a_preemption_and_respects_the_budget(home):
     run_hash, db_url = one_run(home, max_preemptions=1)
-    with sqlite3.connect(home / "seedrun.db") as db:
-        db.execute("update runs set provenance = ? where hash = ?", (json.dumps({"attempt_open": True}), run_hash))
-    assert StepJob(run_hash, db_url)() == {"knn_top1": 50.0}
+    job = attempt_job(StepJob, db_url, run_hash)
+    edit_record(job.run_dir, provenance={"attempt_open": True})  # Slurm killed and requeued an earlier start
+    assert job() == {"knn_top1": 50.0}
     row = run_row(db_url, run_hash)
     assert row["state"] == "completed" and row["provenance"]["preemptions"] == 1 and row["attempts"] == 1
     assert row["provenance"]["wall_hours"] > 0 and row["provenance"]["gpu_hours"] == 0
-    with sqlite3.connect(home / "seedrun.db") as db:
-        db.execute("update runs set state = 'submitted', provenance = ? where hash = ?",
-                   (json.dumps({"attempt_open": True, "preemptions": 1}), run_hash))
-    assert StepJob(run_hash, db_url)() == {}
+
+
+def test_a_rerun_after_an_unrecorded_end_past_the_budget_fails_the_run(home):
+    run_hash, db_url = one_run(home, max_preemptions=1)
+    job = attempt_job(StepJob, db_url, run_hash)
+    edit_record(job.run_dir, provenance={"attempt_open": True, "preemptions": 1})
+    assert job() == {}
     row = run_row(db_url, run_hash)
-    assert row["state"] == "failed" and row["failure_reason"] == "preempted" and row["attempts"] == 1
+    assert row["state"] == "failed" and row["failure_reason"] == "preempted" and row["attempts"] == 0
 
 
 def test_failures_are_classified_and_retried_only_within_budget(home, monkeypatch):
     run_hash, db_url = one_run(home, max_failures=1)
-    job = StepJob(run_hash, db_url)
+    job = attempt_job(StepJob, db_url, run_hash)
     job.fail_with = FloatingPointError("loss is nan at step 1")
     with pytest.raises(FloatingPointError):
         job()
@@ -404,8 +411,7 @@ def test_failures_are_classified_and_retried_only_within_budget(home, monkeypatc
     # under submitit (here its local environment), another exception is retried once, then fails
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
-    with sqlite3.connect(home / "seedrun.db") as db:
-        db.execute("update runs set provenance = json_set(provenance, '$.failures', 0) where hash = ?", (run_hash,))
+    job = attempt_job(StepJob, db_url, run_hash)  # `seedrun retry`: a new attempt, its budgets afresh
     job.fail_with = RuntimeError("flaky file system")
     with pytest.raises(SystemExit):
         job()  # failure 1 of 1: requeued

@@ -140,6 +140,7 @@ def test_a_torchvision_teacher_is_refused_at_check_time(dry_run, cli, tmp_path):
 
 
 def test_a_job_whose_teacher_file_was_replaced_after_planning_does_not_train(home, tmp_path, seedrun_teacher):
+    from conftest import attempt_job
     from test_submit_unit import SLURM_LAUNCHER, StepJob, run_row, synthetic_plan
 
     from seedrun.sweeps.spec import RunSpec
@@ -151,7 +152,7 @@ def test_a_job_whose_teacher_file_was_replaced_after_planning_does_not_train(hom
     synthetic_plan("replaced", [spec], db_url)
     with open(seedrun_teacher, "ab") as f:  # replaced after the sweep recorded the run
         f.write(b"\0")
-    assert StepJob(spec.hash, db_url)() == {}
+    assert attempt_job(StepJob, db_url, spec.hash)() == {}
     row = run_row(db_url, spec.hash)
     assert (row["state"], row["failure_reason"]) == ("failed", "teacher_changed") and row["attempts"] == 0
     assert not (tmp_path / "home" / "runs" / spec.hash[:16] / "log.txt").exists()
