@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from seedrun.sweeps.compose import compose_config
 from seedrun.sweeps.spec import pretrain_config
 from seedrun.training.checkpoints import CHECKPOINT
-from seedrun.training.curves import open_curves, run_label
+from seedrun.training.curves import Curves, open_curves, run_label
 from seedrun.training.loop import Hooks, Interrupted
 from seedrun.training.pretrain import pretrain
 from conftest import TINY_BASE
@@ -94,3 +94,25 @@ def test_the_run_label_says_setting_and_seed(config):
     assert "seed 3" in label and "tau_T 0.05" in label and distill["student"]["arch"] in label
     assert "seed 0" in run_label(config) and "teacher" in run_label(config)
     assert run_label({**distill, "sweep": "demo"}).startswith("demo: ")
+
+
+def test_a_failing_logger_is_dropped_and_the_run_goes_on():
+    class Broken:
+        calls = 0
+
+        def scalars(self, step, values):
+            Broken.calls += 1
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    lines = []
+    curves = Curves([Broken()], steps_per_epoch=10, images_per_step=32, log=lines.append)
+    for step in range(1, 21):
+        curves.step(step, 1.0, 0.1)  # would raise into the training loop if not guarded
+    curves.close()
+    assert Broken.calls == 1 and len(lines) == 1 and "Broken stopped for this attempt" in lines[0]

@@ -92,10 +92,18 @@ class TensorBoardWriter:
 
 
 class Curves:
-    """Times the steps and sends points to the writers (none on ranks other than 0: they only time)."""
+    """Times the steps and sends points to the writers (none on ranks other than 0: they only time).
 
-    def __init__(self, writers: list[Writer], steps_per_epoch: int, images_per_step: int):
+    A writer that fails is dropped with one logged line and the run trains on: curves are for watching,
+    never worth a run. That happens: under `scontrol requeue` Slurm sends SIGTERM to every process of the
+    job, W&B's own service process included, so its connection is gone before the step boundary at which
+    the run checkpoints and stops.
+    """
+
+    def __init__(self, writers: list[Writer], steps_per_epoch: int, images_per_step: int,
+                 log: Callable[[str], None] = print):
         self.writers, self.steps_per_epoch, self.images_per_step = writers, steps_per_epoch, images_per_step
+        self.log = log
         self._interval = _Interval()
         self._epoch = _Interval()
 
@@ -139,17 +147,23 @@ class Curves:
                           if isinstance(value, (int, float))})
 
     def flush(self) -> None:
-        for writer in self.writers:
-            writer.flush()
+        self._each(lambda writer: writer.flush())
 
     def close(self) -> None:
-        writers, self.writers = self.writers, []
-        for writer in writers:
-            writer.close()
+        self._each(lambda writer: writer.close())
+        self.writers = []
 
     def _send(self, step: int, values: dict[str, float]) -> None:
-        for writer in self.writers:
-            writer.scalars(step, values)
+        self._each(lambda writer: writer.scalars(step, values))
+
+    def _each(self, call: Callable[[Writer], None]) -> None:
+        for writer in list(self.writers):
+            try:
+                call(writer)
+            except Exception as exc:  # noqa: BLE001 - any failure of a logger: see the class's docstring
+                self.writers.remove(writer)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                self.log(f"{type(writer).__name__} stopped for this attempt: {type(exc).__name__}: {first}")
 
 
 class _Interval:
@@ -192,4 +206,4 @@ def open_curves(config: dict[str, Any], run_dir: Path, start_step: int, steps_pe
         unknown = sorted(set(wanted) - {"tensorboard", "wandb"})
         if unknown:
             log(f"SEEDRUN_LOGGERS: ignored {', '.join(unknown)} (known: tensorboard, wandb)")
-    return Curves(writers, steps_per_epoch, images_per_step)
+    return Curves(writers, steps_per_epoch, images_per_step, log)
