@@ -17,9 +17,9 @@ block; conv1, bn1, layer1-layer4 in the network), so that their weights load by 
 registered in the same order as theirs, so the network's initialisation (seedrun.models.networks.ResNet)
 draws the same weights from the same seed. tests/test_networks.py holds both against torchvision.
 
-seedrun.models.networks.ResNet builds the stem, the classifier slot and the initialisation; this module
-does not import torchvision, whose package import starts torch._dynamo: about 1.5 s of a training job's
-start and 4 s of an evaluation job's on 2 cores.
+seedrun.models.networks.ResNet builds the stem, the classifier slot and the initialisation. Nothing here
+imports torchvision: its package import brings in every model it has and, through torchvision.ops,
+torch._dynamo, seconds of each job's start for networks a ResNet run never builds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _ResidualBlock(nn.Module):
             # a padding of half the kernel keeps a stride-1 convolution's output the size of its input
             setattr(self, f"conv{number}", nn.Conv2d(c_in, c_out, kernel, link_stride, padding=kernel // 2, bias=False))
             setattr(self, f"bn{number}", nn.BatchNorm2d(c_out))
-        self.length = len(chain)
+        self.length = len(chain)  # convolutions in the chain
         out_channels = channels * self.expansion
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
