@@ -16,7 +16,8 @@ from seedrun.models.registry import create_network
 from conftest import TINY_SWEEP_BASE, write_sweep
 
 
-@pytest.mark.parametrize("arch, d", [("timm/resnet10t", 512), ("timm/mobilenetv4_conv_small", 1280)])
+@pytest.mark.parametrize("arch, d", [("timm/resnet10t", 512), ("timm/mobilenetv4_conv_small", 1280),
+                                     ("timm/vit_tiny_patch16_224:img_size=16,patch_size=4", 192)])
 def test_a_timm_network_is_a_backbone_under_seeds_head(arch, d):
     torch.manual_seed(0)
     backbone, head, width = create_network(arch, 8, True, 1, 128)  # width and small_images: timm's own
@@ -37,6 +38,8 @@ def test_names_are_checked_without_importing_torch():
     assert check_arch("resnet18") is None
     assert "close: resnet10t" in check_arch("timm/resnet10")
     assert "timm/NAME" in check_arch("nosuchnet")
+    assert check_arch("timm/vit_tiny_patch16_224:img_size=16,patch_size=4") is None
+    assert "expected key=value" in check_arch("timm/vit_tiny_patch16_224:img_size")
     assert "timm/mobilenetv4_conv_small" in timm_names("mobilenetv4_*")
 
 
@@ -65,8 +68,7 @@ launcher:
   name: local
 """)
     cli("sweep", str(sweep))
-    status = json.loads(cli("status", "timmstudent", "--json").stdout)
-    runs = status["runs"] if isinstance(status, dict) else status
+    runs = json.loads(cli("status", "timmstudent", "--json").stdout)["runs"]
     assert len(runs) == 3 and all(run["state"] == "completed" for run in runs), runs
     models = list((cli.home / "runs").glob(f"*/{MODEL}"))
     timm_models = [path for path in models if torch.load(path, weights_only=True)["seedrun"]["arch"] == "timm/resnet10t"]
@@ -74,3 +76,26 @@ launcher:
     for path in timm_models:  # reloads by name, as an evaluation or a later teacher would
         backbone, head = load_own_model(path, 3)
         assert head(backbone(torch.randn(2, 3, 16, 16))).shape == (2, 128)
+
+
+def test_a_timm_vit_tiny_distils_through_the_cli(cli, tmp_path):
+    """A ViT on 16 px images: timm's keywords in the arch string (4 px patches, 16 tokens), kept in model.pt."""
+    arch = "timm/vit_tiny_patch16_224:img_size=16,patch_size=4"
+    sweep = write_sweep(tmp_path / "vit.yaml", "name: timmvit\nablation: temperature\n" + TINY_SWEEP_BASE + f"""  teacher.width: 8
+  teacher.pretrain.epochs: 1
+  student.arch: {arch}
+  distill.epochs: 1
+  distill.warmup_epochs: 0
+  threads: 1
+launcher:
+  name: local
+""")
+    cli("sweep", str(sweep))
+    runs = json.loads(cli("status", "timmvit", "--json").stdout)["runs"]
+    assert [run["state"] for run in runs] == ["completed", "completed"], runs
+    student = next(run for run in runs if run["stage"] == "distill")
+    assert 0 < student["metrics"]["knn_top1"] <= 100
+    path = cli.home / "runs" / student["hash"][:16] / MODEL
+    assert torch.load(path, weights_only=True)["seedrun"]["arch"] == arch
+    backbone, _ = load_own_model(path, 3)
+    assert backbone(torch.randn(2, 3, 16, 16)).shape == (2, 192)

@@ -126,6 +126,33 @@ def network_info(name: str) -> NetworkInfo:
 TIMM_PREFIX = "timm/"  # `student.arch: timm/NAME`: any timm architecture (seedrun.models.networks.timm_backbone)
 
 
+def parse_timm_arch(arch: str) -> tuple[str, dict[str, object]]:
+    """`timm/NAME[:key=value,...]` -> (NAME, {key: value}): the keywords go to timm.create_model, e.g.
+    `timm/vit_tiny_patch16_224:img_size=16,patch_size=4` for a ViT-Tiny on 16 px images. They live in the
+    arch string because that is what a run's model.pt keeps, so the network is rebuilt the same when it
+    is evaluated or distilled from. Values are ints, floats, true/false, or else strings.
+    Raises ValueError on text that is not key=value pairs."""
+    name, _, options = arch[len(TIMM_PREFIX):].partition(":")
+    kwargs: dict[str, object] = {}
+    for item in filter(None, options.split(",")):
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise ValueError(f"expected key=value after {name}:, got {item!r}")
+        kwargs[key.strip()] = _option_value(text.strip())
+    return name, kwargs
+
+
+def _option_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _timm_cache_file(version: str) -> str:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "seedrun", f"timm-models-{version}.json")
@@ -183,7 +210,10 @@ def check_arch(name: object) -> Optional[str]:
         return None
     if not isinstance(name, str) or not name.startswith(TIMM_PREFIX):
         return f"unknown network {name!r}; expected one of {', '.join(NETWORK_NAMES)} or timm/NAME (any timm network)"
-    base = name[len(TIMM_PREFIX):].split(".")[0]
+    try:
+        base = parse_timm_arch(name)[0].split(".")[0]
+    except ValueError as exc:
+        return str(exc)
     try:
         known = timm_model_names()
     except LookupError as exc:

@@ -158,12 +158,16 @@ _register("efficientnet_b0", _efficientnet("efficientnet_b0", depth_mult=1.0, dr
 _register("efficientnet_b1", _efficientnet("efficientnet_b1", depth_mult=1.1, dropout=0.2))
 
 
-def timm_backbone(name: str, *, in_chans: int) -> tuple[nn.Module, int]:
-    """Any timm architecture as a backbone: timm.create_model(name, pretrained=False, num_classes=0) outputs
-    its pooled pre-logits features. Never pretrained: a run starts from its seed, as the paper's students
-    do, and nothing is downloaded. d is what the forward pass returns: head_hidden_size where timm's head
-    has a layer before the classifier (MobileNetV4's 1280 after 960 channels), num_features elsewhere."""
+def timm_backbone(arch: str, *, in_chans: int) -> tuple[nn.Module, int]:
+    """Any timm architecture as a backbone, from `timm/NAME[:key=value,...]` (seedrun.models.catalog.
+    parse_timm_arch): timm.create_model(NAME, pretrained=False, num_classes=0, **keywords) outputs its pooled
+    pre-logits features. Never pretrained: a run starts from its seed, as the paper's students do, and
+    nothing is downloaded. d is what the forward pass returns: head_hidden_size where timm's head has a
+    layer before the classifier (MobileNetV4's 1280 after 960 channels), num_features elsewhere."""
     import timm  # imported only where a timm network is built: it imports torchvision and its ops
 
-    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    from seedrun.models.catalog import parse_timm_arch
+
+    name, kwargs = parse_timm_arch(arch)
+    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     return net, int(getattr(net, "head_hidden_size", None) or net.num_features)

@@ -43,7 +43,7 @@ def create_backbone(name: str, *, small_images: bool = False, in_chans: int = 3,
     if name.startswith(TIMM_PREFIX):
         # timm's own stem, widths and feature size: `width` and `small_images` are seedrun's knobs for
         # the paper's networks and mean nothing to an arbitrary timm architecture
-        return networks.timm_backbone(name[len(TIMM_PREFIX):], in_chans=in_chans)
+        return networks.timm_backbone(name, in_chans=in_chans)
     if name not in NETWORKS:
         raise KeyError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
     return NETWORKS[name].builder(small_images=small_images, in_chans=in_chans, width=width)
