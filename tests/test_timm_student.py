@@ -56,9 +56,12 @@ launcher:
     assert not cli.db.exists() and not (cli.home / "runs").exists()  # nothing recorded
 
 
-def test_a_timm_student_distils_and_trains_alone_through_the_cli(cli, tmp_path):
+def test_timm_networks_pretrain_distil_and_train_alone_through_the_cli(cli, tmp_path):
+    """A timm teacher pre-trained here and loaded back from its model.pt, a timm student distilled from it, and
+    the same student trained alone (the baseline)."""
     sweep = write_sweep(tmp_path / "timm.yaml", "name: timmstudent\nablation: temperature\n" + TINY_SWEEP_BASE + """  teacher.width: 8
   teacher.pretrain.epochs: 1
+  teacher.arch: timm/resnet10t
   student.arch: timm/resnet10t
   distill.epochs: 1
   distill.warmup_epochs: 0
@@ -72,7 +75,7 @@ launcher:
     assert len(runs) == 3 and all(run["state"] == "completed" for run in runs), runs
     models = list((cli.home / "runs").glob(f"*/{MODEL}"))
     timm_models = [path for path in models if torch.load(path, weights_only=True)["seedrun"]["arch"] == "timm/resnet10t"]
-    assert len(timm_models) == 2  # the distilled student and the student alone
+    assert len(models) == len(timm_models) == 3  # the teacher, the distilled student and the student alone
     for path in timm_models:  # reloads by name, as an evaluation or a later teacher would
         backbone, head = load_own_model(path, 3)
         assert head(backbone(torch.randn(2, 3, 16, 16))).shape == (2, 128)
