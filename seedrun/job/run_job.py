@@ -106,6 +106,7 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         self._hooks: Optional[_RecordingHooks] = None
         self._record = FolderRecord()
         self._run_dir = Path(self.run_dir)
+        self._taken_over: list[str] = []
         self._lease = AttemptLease()  # one live attempt per run (seedrun.job.attempt_lease)
         self._group = ranks.Group(ranks.Place())  # several processes per run: seedrun.job.ranks
 
@@ -154,6 +155,8 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
             self._group.alone()  # evaluation runs on rank 0 alone (seedrun.job.ranks)
         hooks = self._hooks = _RecordingHooks(self, run_dir)
         hooks.log(f"run {self.run_hash[:12]} ({stage}) attempt on {socket.gethostname()}, job {job_id()}")
+        for line in self._taken_over:  # the lease of an attempt that is gone, taken over at once
+            hooks.log(line)
         try:
             results = self._train(stage, config, run_dir, hooks, teacher_dir)
         except LeaseLost as exc:
@@ -215,7 +218,8 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
             print(f"run {self.run_hash[:12]} is {run.state}: this attempt leaves it", flush=True)
             return None
         holder = self._lease.take(str(run_dir), {"host": hostname(), "pid": os.getpid(),
-                                                 "pid_start": process_start(os.getpid()), "job_id": job_id()})
+                                                 "pid_start": process_start(os.getpid()), "job_id": job_id()},
+                                  log=self._taken_over.append)
         if holder is not None:  # another attempt is alive: leave the run and its folder as they are
             print(f"run {self.run_hash[:12]} is held by {describe_holder(holder)}: this attempt leaves it", flush=True)
             return None
