@@ -1,20 +1,23 @@
-"""Images/s of the stream loader against a plain torchvision pipeline, on ImageNet-sized JPEGs.
+"""Images/s of the stream loader against the official MoCo-v2 / SEED pipeline and a transforms.v2 one.
 
 Writes a tree of SEEDRUN_BENCH_IMAGES (default 2,000) JPEGs of 500x375 (ImageNet's typical size, smooth
-random content plus noise, quality 90: about 60 KB each) in 10 class folders, then:
+random content plus noise, quality 90) in 10 class folders, then, at 224 px, one MoCo-v2 view an image
+(SEED's distillation view):
 
-1. decoders: ms per image for torchvision.io.decode_jpeg, PIL with `draft` at the size the stream loader
-   asks for at 224 px (which is the full image: the smallest crop, scale 0.2, must keep 224 px), and PIL
-   with draft at half scale (what it gives where crops are much smaller than the image);
-2. loaders, W worker processes each (SEEDRUN_BENCH_WORKERS, default the CPUs minus one), batch 64, one
-   MoCo-v2 view a image (SEED's distillation view), 224 px, after a warm-up of 3 batches:
+1. a profile: ms per image of each stage (read, decode, crop + resize, colour jitter, grayscale, blur,
+   flip, hand-off), one thread, each pipeline's stages called one by one on the same images with the
+   same seed per image (so the official pipeline and the stream loader make the same views);
+2. loaders, W worker processes each (SEEDRUN_BENCH_WORKERS, default the CPUs minus one), batch 64, after
+   a warm-up of 3 batches, SEEDRUN_BENCH_ROUNDS rounds (default 3) interleaved, best of each kept:
+   - official: torchvision ImageFolder (PIL loader) + the official code's transforms on PIL images
+     (RandomResizedCrop(224, scale 0.2-1), RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p 0.8),
+     RandomGrayscale(0.2), RandomApply(MoCo's GaussianBlur: PIL's filter, sigma U(0.1, 2)), p 0.5),
+     RandomHorizontalFlip, ToTensor, Normalize), a shuffling DataLoader: the pipeline to beat;
+   - v2: the same on tensors with torchvision.transforms.v2 (ToImage first, GaussianBlur's sampled
+     kernel), the pipeline the stream loader used to be;
    - seedrun: `data.loader=stream` through seedrun.data.loader.open_split (sharded sampler, per-sample
-     seeded augmentation, uint8 through the workers, normalised in the training process);
-   - baseline: torchvision.datasets.ImageFolder (PIL loader) with transforms.v2 (ToImage, the same
-     RandomResizedCrop / ColorJitter / RandomGrayscale / GaussianBlur / flip, ToDtype, Normalize) and a
-     shuffling DataLoader with the same W, batch and prefetch.
-Each loader runs SEEDRUN_BENCH_ROUNDS times (default 2), interleaved, best kept. Prints images/s,
-images/s per worker, and the ratio to the baseline measured in the same run.
+     seeded draws, Pillow kernels, uint8 through the workers, normalised in the training process).
+The last line is the stream loader's ratio to the official pipeline, e.g. "... 1.40x the official ...".
 Not a timed test. Run: .venv/bin/python benchmarks/loader.py
 """
 
@@ -22,15 +25,21 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
 IMAGES = int(os.environ.get("SEEDRUN_BENCH_IMAGES", 2000))
 WORKERS = int(os.environ.get("SEEDRUN_BENCH_WORKERS", max(1, len(os.sched_getaffinity(0)) - 1)))
+ROUNDS = int(os.environ.get("SEEDRUN_BENCH_ROUNDS", 3))
+PROFILED = int(os.environ.get("SEEDRUN_BENCH_PROFILED", 200))
 BATCH, SIZE, WARMUP = 64, 224, 3
-ROUNDS = int(os.environ.get("SEEDRUN_BENCH_ROUNDS", 2))
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+STAGES = ("read", "decode", "crop+resize", "jitter", "grayscale", "blur", "flip", "hand-off")
 
 
 def write_tree(root: Path, count: int) -> None:
@@ -53,33 +62,91 @@ def write_tree(root: Path, count: int) -> None:
     (val / "img.JPEG").write_bytes((root / "train" / "n00000000" / "img_000000.JPEG").read_bytes())
 
 
-def time_decoders(files: list[Path]) -> dict[str, float]:
+class MocoBlur:
+    """MoCo's GaussianBlur (moco/loader.py), which SEED's mocov2_aug uses: PIL's filter, sigma drawn with
+    Python's random.uniform."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, image):
+        from PIL import ImageFilter
+
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+def official_stages() -> dict:
+    """The official mocov2_aug, stage by stage (torchvision transforms on PIL images)."""
+    from torchvision import transforms as T
+
+    return {"crop+resize": T.RandomResizedCrop(SIZE, scale=(0.2, 1.0)),
+            "jitter": T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            "grayscale": T.RandomGrayscale(p=0.2), "blur": T.RandomApply([MocoBlur()], p=0.5),
+            "flip": T.RandomHorizontalFlip(), "hand-off": T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])}
+
+
+def v2_stages() -> dict:
+    import torch
+    from torchvision.transforms import v2
+
+    return {"decode": v2.ToImage(), "crop+resize": v2.RandomResizedCrop(SIZE, scale=(0.2, 1.0), antialias=True),
+            "jitter": v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            "grayscale": v2.RandomGrayscale(p=0.2),
+            "blur": v2.RandomApply([v2.GaussianBlur(13, sigma=(0.1, 2.0))], p=0.5), "flip": v2.RandomHorizontalFlip(),
+            "hand-off": v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])}
+
+
+def profile(files: list[Path]) -> dict[str, dict[str, float]]:
+    """ms per image of each stage, averaged over every image (a stage drawn for half the images costs
+    half its time here), one thread. The hand-off includes copying the view into its batch."""
+    import numpy as np
     import torch
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from seedrun.data import pillow_ops as ops
+    from seedrun.data.draws import Drawer, seeded
+    from seedrun.data.presets import resolve
 
     torch.set_num_threads(1)
-    raws = [f.read_bytes() for f in files]
+    totals = {name: dict.fromkeys(STAGES, 0.0) for name in ("official", "v2", "seedrun")}
+    drawer, official, tensor = Drawer(resolve({}, "mocov2"), SIZE), official_stages(), v2_stages()
+    batch = {"official": torch.empty(3, SIZE, SIZE), "v2": torch.empty(3, SIZE, SIZE),
+             "seedrun": np.empty((SIZE, SIZE, 3), np.uint8)}
+    reduced = 0
 
-    def pil(raw, draft=None):
-        with Image.open(io.BytesIO(raw)) as image:
-            if draft:
-                image.draft("RGB", (draft, draft))
-            return image.convert("RGB").load()
+    def timed(name, stage, fn, *args):
+        started = time.perf_counter()
+        out = fn(*args)
+        totals[name][stage] += time.perf_counter() - started
+        return out
 
-    cases = {
-        "torchvision decode_jpeg": lambda raw: decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                                                           mode=ImageReadMode.RGB),
-        "PIL (draft asks >= 501 px for 224 px crops: full size)": lambda raw: pil(raw, 501),
-        "PIL draft at 1/2 scale (asks >= 187 px: 64 px crops)": lambda raw: pil(raw, 187),
-    }
-    out = {}
-    for name, decode in cases.items():
-        decode(raws[0])
-        start = time.perf_counter()
-        for raw in raws:
-            decode(raw)
-        out[name] = (time.perf_counter() - start) / len(raws) * 1e3
+    for i, path in enumerate(files):
+        for name in ("official", "v2", "seedrun"):
+            raw = timed(name, "read", path.read_bytes)
+            torch.manual_seed(i)  # the same draws for the three: the same crops, factors and coins
+            random.seed(i)
+            if name == "seedrun":
+                image = timed(name, "decode", ops.open_image, raw)
+                with seeded(i):
+                    params = timed(name, "decode", drawer.draw, *image.size)
+                d = ops.reduction(image, [(params, SIZE)])
+                reduced += d > 1
+                full = image.size
+                image = timed(name, "decode", ops.decode, image, "RGB", d)
+                image = timed(name, "crop+resize", ops.crop, image, params.box, SIZE, full)
+                image = timed(name, "jitter", ops.jitter, image, params)
+                for stage, op in (("grayscale", ops.grayscale), ("blur", ops.blur), ("flip", ops.flip)):
+                    image = timed(name, stage, op, image, params)
+                timed(name, "hand-off", np.copyto, batch[name], timed(name, "hand-off", ops.to_array, image))
+                continue
+            image = timed(name, "decode", lambda r: Image.open(io.BytesIO(r)).convert("RGB"), raw)
+            stages = official if name == "official" else tensor
+            for stage in STAGES[1:]:
+                if stage in stages:
+                    image = timed(name, stage, stages[stage], image)
+            timed(name, "hand-off", batch[name].copy_, image)
+    out = {name: {stage: t / len(files) * 1e3 for stage, t in stages.items()} for name, stages in totals.items()}
+    out["seedrun"]["reduced"] = reduced / len(files)
     return out
 
 
@@ -93,44 +160,86 @@ def measure(loader, count_of) -> float:
     return images / (time.perf_counter() - start)
 
 
+def _set_threads(_worker: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def folder_rate(root: Path, transform) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    loader = DataLoader(ImageFolder(str(root / "train"), transform=transform), batch_size=BATCH, shuffle=True,
+                        drop_last=True, num_workers=WORKERS, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=True, prefetch_factor=2, worker_init_fn=_set_threads)
+    return measure(loader, lambda batch: len(batch[0]))
+
+
+def official_rate(root: Path) -> float:
+    from torchvision import transforms as T
+
+    return folder_rate(root, T.Compose(list(official_stages().values())))
+
+
+def v2_rate(root: Path) -> float:
+    from torchvision.transforms import v2
+
+    stages = v2_stages()
+    return folder_rate(root, v2.Compose([stages[stage] for stage in STAGES if stage in stages]))
+
+
 def seedrun_rate(root: Path) -> float:
     from seedrun.data.loader import open_split
     from seedrun.sweeps.compose import compose_config
 
     data = compose_config(["data=imagenet", f"data.root={root}", f"data.image_size={SIZE}", "data.loader=stream",
                            f"data.workers={WORKERS}"])["data"]
-    train = open_split(data, "train", log=lambda _: None)
-    batches = train.batches(0, BATCH, {0: None})
-    return measure(batches.epoch(0), lambda batch: len(batch.view(0)))
+    train = open_split(data, "train", log=lambda _: None, method="mocov2")
+    return measure(train.batches(0, BATCH, {0: None}).epoch(0), lambda batch: len(batch.view(0)))
 
 
-def baseline_rate(root: Path) -> float:
+def time_decoders(files: list[Path]) -> dict[str, float]:
     import torch
-    from torch.utils.data import DataLoader
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    from seedrun.sweeps.compose import compose_config
+    raws = [f.read_bytes() for f in files]
 
-    from seedrun.data.presets import resolve
+    def pil(raw, d=1):
+        with Image.open(io.BytesIO(raw)) as image:
+            if d > 1:
+                image.draft("RGB", (image.size[0] // d, image.size[1] // d))
+            return image.convert("RGB").load()
 
-    aug = resolve(compose_config(["data=imagenet"])["data"]["augment"], "mocov2")  # the recipe names a preset
-    sigma = [s * SIZE / 224 for s in aug["blur_sigma"]]
-    transform = v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(SIZE, scale=tuple(aug["crop_scale"]), antialias=True),
-        v2.RandomApply([v2.ColorJitter(*aug["jitter"])], p=aug["jitter_p"]),
-        v2.RandomGrayscale(p=aug["grayscale_p"]),
-        v2.RandomApply([v2.GaussianBlur(2 * int(3 * sigma[1] + 0.999) + 1, sigma=tuple(sigma))], p=aug["blur_p"]),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
-    dataset = ImageFolder(str(root / "train"), transform=transform)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=WORKERS,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=True, prefetch_factor=2,
-                        worker_init_fn=lambda _: torch.set_num_threads(1))
-    return measure(loader, lambda batch: len(batch[0]))
+    cases = {"PIL (what the official code and the stream loader decode with)": pil,
+             "PIL draft 1/2 (where every crop is >= 448 px)": lambda raw: pil(raw, 2),
+             "PIL draft 1/4 (where every crop is >= 896 px)": lambda raw: pil(raw, 4),
+             "torchvision.io.decode_jpeg": lambda raw: decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                                                                   mode=ImageReadMode.RGB)}
+    out = {}
+    for name, decode in cases.items():
+        decode(raws[0])
+        start = time.perf_counter()
+        for raw in raws:
+            decode(raw)
+        out[name] = (time.perf_counter() - start) / len(raws) * 1e3
+    return out
+
+
+def print_profile(stages: dict[str, dict[str, float]]) -> None:
+    names = ("official", "v2", "seedrun")
+    print(f"per-stage profile, ms per image, one thread, {PROFILED} images (official = ImageFolder + torchvision "
+          f"transforms on PIL; v2 = transforms.v2 on tensors; seedrun = the stream loader's worker):")
+    print(f"  {'stage':12s}" + "".join(f"{name:>10s}" for name in names))
+    for stage in STAGES:
+        print(f"  {stage:12s}" + "".join(f"{stages[name][stage]:10.3f}" for name in names))
+    totals = {name: sum(stages[name][stage] for stage in STAGES) for name in names}
+    print(f"  {'total':12s}" + "".join(f"{totals[name]:10.3f}" for name in names))
+    print(f"  {'images/s':12s}" + "".join(f"{1e3 / totals[name]:10.1f}" for name in names))
+    print(f"  (the stream loader decoded {stages['seedrun']['reduced']:.0%} of these images at a reduced DCT scale: "
+          f"a 224 px crop of a 500x375 image rarely leaves room for 1/2)")
 
 
 def main() -> None:
@@ -145,17 +254,25 @@ def main() -> None:
         files = sorted((root / "train").glob("*/*.JPEG"))
         size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         print(f"{IMAGES} JPEGs of 500x375 ({size_kb:.0f} KB on average) written in {time.perf_counter() - started:.0f} s; "
-              f"{WORKERS} worker(s), batch {BATCH}, {SIZE} px, {os.cpu_count()} CPUs")
+              f"{WORKERS} worker(s), batch {BATCH}, {SIZE} px, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
         print("decode, ms per image (one thread):")
-        for name, ms in time_decoders(files[:200]).items():
-            print(f"  {name:52s} {ms:6.2f}")
-        base = ours = 0.0
+        for name, ms in time_decoders(files[:100]).items():
+            print(f"  {name:66s} {ms:6.2f}")
+        print_profile(profile(files[:PROFILED]))
+        rates = {"official": 0.0, "v2": 0.0, "seedrun": 0.0}
         for _ in range(ROUNDS):  # interleaved, best of each: the machine may be shared
-            base = max(base, baseline_rate(root))
-            ours = max(ours, seedrun_rate(root))
-        print(f"baseline (ImageFolder + PIL + transforms.v2): {base:7.1f} images/s  ({base / WORKERS:.1f} per worker)")
-        print(f"seedrun stream loader:                       {ours:7.1f} images/s  ({ours / WORKERS:.1f} per worker)")
-        print(f"ratio: {ours / base:.2f}x the baseline")
+            for name, rate in (("official", official_rate), ("v2", v2_rate), ("seedrun", seedrun_rate)):
+                rates[name] = max(rates[name], rate(root))
+        print(f"loaders, {WORKERS} worker(s), best of {ROUNDS} interleaved rounds:")
+        print(f"  official pipeline (ImageFolder + torchvision transforms on PIL + PIL's blur): "
+              f"{rates['official']:7.1f} images/s ({rates['official'] / WORKERS:.1f} per worker)")
+        print(f"  transforms.v2 on tensors (ImageFolder + PIL decode):                        "
+              f"{rates['v2']:7.1f} images/s ({rates['v2'] / WORKERS:.1f} per worker)")
+        print(f"  seedrun stream loader:                                                       "
+              f"{rates['seedrun']:7.1f} images/s ({rates['seedrun'] / WORKERS:.1f} per worker)")
+        print(f"stream loader against transforms.v2: {rates['seedrun'] / rates['v2']:.2f}x")
+        print(f"stream loader against the official MoCo-v2 PIL pipeline: {rates['seedrun'] / rates['official']:.2f}x")
     sys.stdout.flush()
 
 

@@ -41,6 +41,8 @@ def test_bad_augment_settings_name_the_key():
     assert check_settings({"augment": {"jitter_p": 1.5}})[0] == "data.augment.jitter_p"
     assert check_settings({"augment": {"crop_scale": [0.5, 2.0]}})[0] == "data.augment.crop_scale"
     assert check_settings({"augment": {"preset": "swav", "crop_scale": [0.3, 1.0]}}) is None
+    assert check_settings({"augment_on": "tpu"})[0] == "data.augment_on"
+    assert check_settings({"augment_on": "gpu"}) is None
 
 
 def _tiny(*overrides: str) -> dict:
@@ -82,26 +84,26 @@ def test_recipe_keys_are_nulls_that_a_sweep_overrides():
     assert data.data_cfg["augment"] == {**PRESETS["simclr"], "crop_scale": [0.5, 1.0], "blur_p": 0, "preset": "simclr"}
 
 
-def test_stream_transform_is_the_official_sequence():
-    from torchvision.transforms import v2
+def test_stream_draws_follow_each_presets_transforms():
+    # the stream loader draws as the official transforms do (tests/test_loader_augment.py compares whole
+    # views with the official pipelines); here each preset's own settings reach the draws
+    from seedrun.data.draws import Drawer, seeded
 
-    from seedrun.data.stream import train_transform
-
-    def steps(method):
+    def views(method, count=400):
+        drawer = Drawer(resolve({"preset": "auto"}, method), 224)
         out = []
-        for step in train_transform(resolve({"preset": "auto"}, method), 32, 32).transforms:
-            inner = step.transforms[0] if isinstance(step, v2.RandomApply) else step
-            out.append((type(inner).__name__, getattr(step, "p", None)))
+        for seed in range(count):
+            with seeded(seed):
+                out.append(drawer.draw(500, 375))
         return out
 
-    assert steps("mocov2") == [("RandomResizedCrop", None), ("ColorJitter", 0.8), ("RandomGrayscale", 0.2),
-                               ("GaussianBlur", 0.5), ("RandomHorizontalFlip", 0.5)]
-    assert steps("simclr") == [("RandomResizedCrop", None), ("RandomGrayscale", 0.2), ("ColorJitter", 1.0),
-                               ("RandomHorizontalFlip", 0.5)]
-    crop = train_transform(resolve({}, "swav"), 32, 32).transforms[0]
-    assert tuple(crop.scale) == (0.14, 1.0)
-    jitter = train_transform(resolve({}, "simclr"), 32, 32).transforms[2].transforms[0]
-    assert jitter.hue == (-0.4, 0.4)
+    mocov2, simclr, swav = views("mocov2"), views("simclr"), views("swav")
+    assert all(v.sigma is None and v.jitter and v.gray_first for v in simclr)  # no blur; ColorJitter always
+    assert max(abs(v.factors[3]) for v in simclr) > 0.3  # hue strength 0.4
+    assert not any(v.gray_first for v in mocov2) and 0 < sum(v.sigma is not None for v in mocov2) < 400
+    smallest = {name: min(v.box[2] * v.box[3] for v in draws) / (500 * 375)
+                for name, draws in (("mocov2", mocov2), ("swav", swav))}
+    assert 0.19 <= smallest["mocov2"] < 0.25 and 0.13 <= smallest["swav"] < 0.19  # crop scale 0.2 / 0.14
 
 
 class _Stop(Exception):

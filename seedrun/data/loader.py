@@ -157,13 +157,18 @@ class StreamBatch:
         if k not in self._views:
             raise KeyError(f"view {k} was not asked of the stream loader (asked: {sorted(self._views)})")
         images = self._views[k].to(device, non_blocking=True)
-        if images.device.type == "cpu":  # the workers' channels-last batch, in the layout CPU training had
-            images = images.contiguous()
         if k in self._params:
             from seedrun.data.batched_ops import augment_batch
 
             return normalize(augment_batch(images, self._params[k]), self._mean, self._std)
-        return normalize(images, self._mean, self._std)
+        # normalize's arithmetic, in place on one float copy: on the CPU that copy is also the change from
+        # the workers' channels-last layout to the contiguous one CPU training had (about 1 ms an image
+        # less than normalize's three new tensors); on a GPU channels-last is what the networks take
+        layout = torch.contiguous_format if images.device.type == "cpu" else torch.preserve_format
+        x = images.to(torch.float32, memory_format=layout).div_(255)
+        mean = torch.tensor(self._mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self._std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
 
 
 class BadImages:
