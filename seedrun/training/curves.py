@@ -55,7 +55,7 @@ def run_label(config: dict[str, Any]) -> str:
         return (f"{sweep}{p.get('role', 'pretrain')} {p.get('method')} {p.get('arch')} width {p.get('width')}, "
                 f"{p.get('epochs')} epochs, seed {p.get('seed')}")
     d, s, t = config.get("distill", {}), config.get("student", {}), config.get("teacher", {})
-    return (f"{sweep}{d.get('strategy', 'seed')} {t.get('arch')} -> {s.get('arch')} width {s.get('width')}, "
+    return (f"{sweep}distill ({d.get('strategy', 'seed')}) {t.get('arch')} -> {s.get('arch')} width {s.get('width')}, "
             f"tau_T {d.get('tau_teacher')}, {d.get('epochs')} epochs, seed {config.get('seed')}")
 
 
