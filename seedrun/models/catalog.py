@@ -180,8 +180,8 @@ def timm_model_names() -> frozenset[str]:
     import subprocess
     import sys
 
-    listing = subprocess.run([sys.executable, "-c", "import json, sys, timm; json.dump(timm.list_models(), sys.stdout)"],
-                             capture_output=True, text=True, timeout=600)
+    ask = "import json, sys, timm; json.dump(timm.list_models(), sys.stdout)"
+    listing = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=600)
     if listing.returncode != 0:
         last = (listing.stderr.strip().splitlines() or ["no output"])[-1]
         raise LookupError(f"timm could not list its networks: {last}")
