@@ -89,6 +89,52 @@ def test_sweep_status_and_table_record_in_postgres(cli, tmp_path, postgres_url):
     assert settings["distill"]["distill.strategy"] == "seed"
 
 
+RUN_COLUMNS = ("hash", "stage", "state", "attempts", "epoch", "depends_on", "error", "failure_reason", "attempt",
+               "seq", "settings", "summary")
+
+
+#: metrics of the machine's speed at that moment, not of the run: they differ between any two trainings
+TIMINGS = ("epoch_seconds", "images_per_s", "data_wait_fraction")
+
+
+def _recorded(url: str) -> tuple[list, list]:
+    """Every run's recorded columns and every metric row (timings aside), as both databases give them."""
+    from sqlalchemy import select
+
+    from seedrun.store.engine import write
+    from seedrun.store.tables import metrics, runs
+
+    def body(db):
+        rows = [tuple(json.dumps({k: v for k, v in value.items() if k not in TIMINGS}, sort_keys=True)
+                      if isinstance(value, dict) else value for value in row)
+                for row in db.execute(select(*(runs.c[name] for name in RUN_COLUMNS)).order_by(runs.c.hash))]
+        values = db.execute(select(runs.c.hash, metrics.c.name, metrics.c.epoch, metrics.c.value)
+                            .join(runs, runs.c.id == metrics.c.run_id).where(metrics.c.name.not_in(TIMINGS))).all()
+        return rows, sorted(tuple(row) for row in values)
+
+    return write(url, body)
+
+
+def test_the_same_sweep_recorded_in_sqlite_and_postgres_gives_the_same_rows(cli, tmp_path, postgres_url):
+    """One state machine, one record path: the rows do not depend on the backend (the training is the
+    same on one machine, so the values are too)."""
+    from conftest import CLI
+
+    path = write_sweep(tmp_path / "twice.yaml", "name: twice\nbase:\n"
+                       + "".join(f"  - {override}\n" for override in TINY_BASE)
+                       + "grid:\n  distill.tau_teacher: [0.1, 0.01]\n")
+    sqlite_cli = CLI(tmp_path / "sqlite-home")
+    postgres_cli = CLI(tmp_path / "postgres-home")
+    postgres_cli.env["SEEDRUN_DB"] = postgres_url
+    for each in (sqlite_cli, postgres_cli):
+        assert "completed 3  failed 0" in each("sweep", str(path)).stdout
+        each("status")
+    on_sqlite = _recorded(f"sqlite:///{sqlite_cli.db}")
+    on_postgres = _recorded(postgres_url)
+    assert len(on_sqlite[0]) == 3 and len(on_sqlite[1]) >= 3 * 3
+    assert on_sqlite == on_postgres
+
+
 def test_every_table_reads_the_same_from_postgres(postgres_url):
     records = fixture_records()
     _write(postgres_url, records)

@@ -193,6 +193,26 @@ def test_cancelled_runs_show_as_cancelled_within_30s(slurm_cluster, cli, tmp_pat
     assert [r["state"] for r in status(cli)["runs"]] == ["cancelled", "cancelled"]
 
 
+def test_a_cancelled_run_retried_trains_to_completion(slurm_cluster, cli, tmp_path, teacher_file):
+    """The retry opens a new attempt in the run's folder before it submits: the job finds that attempt,
+    not the cancel, and trains (with SQLite the folder used to carry the cancelled state to the job)."""
+    teacher, _ = teacher_file
+    base = [o for o in TINY_BASE if not o.startswith("teacher.pretrain")] + [f"teacher.checkpoint={teacher}"]
+    path = write_sweep(tmp_path / "again.yaml", sweep_text("again", base, {}))
+    cli("sweep", str(path))
+    (run,) = status(cli)["runs"]
+    assert cli("cancel", "again").returncode == 0
+    report = wait_for(lambda: status(cli), settled, 60)
+    assert [r["state"] for r in report["runs"]] == ["cancelled"], report["runs"]
+    retried = cli("retry", "--failed")
+    assert "retrying 1 runs (slurm)" in retried.stdout, retried.stdout
+    report = wait_for(lambda: status(cli), settled, 180)
+    (done,) = report["runs"]
+    assert done["state"] == "completed" and done["metrics"]["knn_top1"] > 0, done
+    record = json.loads((run_dir(cli, run["hash"]) / "run.json").read_text())
+    assert record["state"] == "completed" and record["version"][0] == 2  # the retry's attempt trained
+
+
 def test_a_failing_teacher_is_classified_and_its_student_blocked(slurm_cluster, cli, tmp_path):
     base = TINY_BASE + ["teacher.pretrain.lr=1e30", "teacher.pretrain.warmup_epochs=0"]  # NaN at the first step
     path = write_sweep(tmp_path / "nan.yaml", sweep_text("nan", base, {}))
