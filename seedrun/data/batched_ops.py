@@ -23,7 +23,8 @@ from torch import Tensor
 from seedrun.data.draws import FIELDS
 
 COLUMN = {name: k for k, name in enumerate(FIELDS)}
-LUMA = (0.299, 0.587, 0.114)  # Pillow's L = R * 299/1000 + G * 587/1000 + B * 114/1000
+# Pillow's L: (R * 19595 + G * 38470 + B * 7471 + 2^15) >> 16, ITU-R 601's 0.299, 0.587, 0.114 in 16 bits
+LUMA = (19595 / 65536, 38470 / 65536, 7471 / 65536)
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -37,41 +38,54 @@ def _per_image(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
 
+def _truncated(x: Tensor) -> Tensor:
+    """Pillow's blend result: clipped, truncated to a grey level (the small term keeps a value that is
+    a whole level in exact arithmetic from falling one below)."""
+    return torch.floor(x.clamp(0, 1) * 255 + 1e-3) / 255
+
+
+def _rounded(x: Tensor) -> Tensor:
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
 def brightness(x: Tensor, factor: Tensor) -> Tensor:
-    return (x * _per_image(factor)).clamp(0, 1)
+    return _truncated(x * _per_image(factor))
 
 
 def contrast(x: Tensor, factor: Tensor) -> Tensor:
     mean = torch.floor(_luma(x).mean(dim=(1, 2, 3)) * 255 + 0.5) / 255  # ImageEnhance.Contrast's grey level
     mean = _per_image(mean)
-    return (mean + _per_image(factor) * (x - mean)).clamp(0, 1)
+    return _truncated(mean + _per_image(factor) * (x - mean))
 
 
 def saturation(x: Tensor, factor: Tensor) -> Tensor:
     if x.shape[1] != 3:
         return x
-    grey = _luma(x)
-    return (grey + _per_image(factor) * (x - grey)).clamp(0, 1)
+    grey = _rounded(_luma(x))  # Pillow's L band
+    return _truncated(grey + _per_image(factor) * (x - grey))
 
 
 def hue(x: Tensor, factor: Tensor) -> Tensor:
-    """Rotate the hue by trunc(factor * 255) / 255 of a turn, in HSV, as torchvision does on Pillow's H band."""
+    """Shift the hue by trunc(factor * 255) steps of Pillow's H band (256 steps a turn, wrapping at 256),
+    as torchvision's adjust_hue does to a PIL image."""
     if x.shape[1] != 3:
         return x
-    shift = torch.trunc(factor * 255) / 255
+    shift = torch.trunc(factor * 255).view(-1, 1, 1)
     r, g, b = x.unbind(dim=1)
     value, _ = x.max(dim=1)
     chroma = value - x.min(dim=1).values
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h = torch.where(value == r, (g - b) / safe,
                     torch.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = torch.where(chroma > 0, h / 6, torch.zeros_like(h))
-    h = torch.remainder(h + shift.view(-1, 1, 1), 1.0)
+    h = torch.where(chroma > 0, torch.remainder(h / 6, 1.0), torch.zeros_like(h))
     s = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), torch.zeros_like(value))
+    # Pillow's HSV bands are bytes: hue and saturation truncated to 256 levels, the hue byte shifted mod 256
+    h = torch.remainder(torch.floor(h * 255 + 1e-4) + shift, 256) / 255
+    s = torch.floor(s * 255 + 1e-4) / 255
     # HSV -> RGB: each channel from its own offset on the hue circle (the closed form of the six sectors)
     k = torch.remainder(torch.stack([5 + h * 6, 3 + h * 6, 1 + h * 6], dim=1), 6)
     ramp = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-    return (value.unsqueeze(1) * (1 - s.unsqueeze(1) * ramp)).clamp(0, 1)
+    return _rounded(value.unsqueeze(1) * (1 - s.unsqueeze(1) * ramp))
 
 
 OPERATIONS = (brightness, contrast, saturation, hue)
@@ -93,7 +107,7 @@ def jitter(x: Tensor, params: Tensor) -> Tensor:
 
 def grayscale(x: Tensor, params: Tensor) -> Tensor:
     grey = _per_image(params[:, COLUMN["gray"]] > 0)
-    return torch.where(grey, _luma(x).expand_as(x), x)
+    return torch.where(grey, _rounded(_luma(x)).expand_as(x), x)
 
 
 def box_radius(sigma: Tensor, passes: int = 3) -> Tensor:
@@ -121,7 +135,7 @@ def _box_pass(x: Tensor, kernels: Tensor) -> Tensor:
     reach = kernels.shape[1] // 2
     flat = F.pad(x.reshape(1, n * c, h, w), (reach, reach, 0, 0), mode="replicate")
     weights = kernels.repeat_interleave(c, dim=0).view(n * c, 1, 1, -1)
-    return F.conv2d(flat, weights, groups=n * c).view(n, c, h, w)
+    return _rounded(F.conv2d(flat, weights, groups=n * c).view(n, c, h, w))  # Pillow rounds every pass
 
 
 def blur(x: Tensor, params: Tensor, passes: int = 3) -> Tensor:
