@@ -157,7 +157,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                     small_queue.push(z_teacher_small)
                 losses.append(loss_value)
                 step += 1
-                loop.after_step(step, state, loss_value)
+                loop.record_step(step, loss_value)
+                loop.after_step(step, state)
             loop.end_epoch(epoch, step, losses, started, state)
 
         if ranks.is_main:  # global rank 0 writes the model

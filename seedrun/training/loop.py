@@ -160,11 +160,13 @@ class Loop:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-    def after_step(self, step: int, state: Callable[[], dict[str, Any]], loss: Optional[float] = None) -> None:
-        """Record the step's loss on the curves; checkpoint when due or asked to stop; raise Interrupted in
-        the latter case."""
-        if loss is not None:
-            self.curves.step(step, loss, self.lr(step - 1))
+    def record_step(self, step: int, loss: float) -> None:
+        """Step `step` (1-based, over the whole run) ended with this loss: a point of the curves when due.
+        Called before after_step(), which may stop the run at this step."""
+        self.curves.step(step, loss, self.lr(step - 1))
+
+    def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
         if step % self.steps_per_epoch == 0:
             return  # end_epoch() saves, records, then honours a stop request
         stop, due = self.agree(self.hooks.should_stop(), bool((self.every_steps and step % self.every_steps == 0) or (

@@ -99,7 +99,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
                 pretext.after_step()
                 losses.append(loss_value)
                 step += 1
-                loop.after_step(step, state, loss_value)
+                loop.record_step(step, loss_value)
+                loop.after_step(step, state)
             loop.end_epoch(epoch, step, losses, started, state)
         results = finish(config, backbone, head, train, test, device, run_dir, hooks) if ranks.is_main else {}
         curves.results(step, results)
