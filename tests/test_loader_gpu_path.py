@@ -92,3 +92,24 @@ def test_the_stream_loader_hands_crops_and_parameters_to_the_device(tmp_path, mo
     assert torch.equal(gpu[0].indices, cpu[0].indices)
     # the same draws on both paths: the same views up to Pillow's rounding (normalised units, std ~0.22)
     assert (gpu[1] - cpu[1]).abs().mean() < 0.02 and (gpu[2] - cpu[2]).abs().mean() < 0.02
+
+
+def test_device_decoding_gives_the_workers_crops():
+    # decode_jpeg over a list, then each box cropped and resized on the device (here the CPU): the
+    # crops the workers make with Pillow, to one grey level
+    from seedrun.data.device_decode import decode_crops
+    from test_loader_augment import _jpeg
+
+    drawer = Drawer(resolve({}, "mocov2"), 224)
+    raws, boxes, workers = [], [], []
+    for seed in range(12):
+        picture = _photo(*[(300, 220), (200, 260)][seed % 2], seed=seed)
+        raws.append(_jpeg(picture))
+        with seeded(seed):
+            boxes.append(drawer.draw(*picture.size).box)
+        image = ops.open_image(raws[-1])
+        workers.append(np.asarray(ops.crop(ops.decode(image, "RGB"), boxes[-1], 64, picture.size)))
+    crops = decode_crops(raws, boxes, 64, "cpu")
+    assert crops.shape == (12, 3, 64, 64) and crops.dtype == torch.uint8
+    difference = np.abs(crops.permute(0, 2, 3, 1).numpy().astype(int) - np.stack(workers).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.05
