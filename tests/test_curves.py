@@ -116,3 +116,17 @@ def test_a_failing_logger_is_dropped_and_the_run_goes_on():
         curves.step(step, 1.0, 0.1)  # would raise into the training loop if not guarded
     curves.close()
     assert Broken.calls == 1 and len(lines) == 1 and "Broken stopped for this attempt" in lines[0]
+
+
+def test_a_logger_that_cannot_open_is_left_out(config, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError("api key rejected")
+
+    monkeypatch.setattr("seedrun.training.wandb_run.WandbWriter.open", refuse)
+    monkeypatch.setenv("SEEDRUN_LOGGERS", "tensorboard,wandb,mlflow")
+    lines = []
+    curves = open_curves(config, tmp_path, 0, steps_per_epoch=10, images_per_step=32, is_main=True, log=lines.append)
+    assert [type(writer).__name__ for writer in curves.writers] == ["TensorBoardWriter"]
+    assert any("wandb curves not written this attempt: PermissionError: api key rejected" in line for line in lines)
+    assert any("mlflow ignored" in line for line in lines)
+    curves.close()

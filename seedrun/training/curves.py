@@ -190,20 +190,32 @@ class _Interval:
 
 def open_curves(config: dict[str, Any], run_dir: Path, start_step: int, steps_per_epoch: int, images_per_step: int,
                 is_main: bool, log: Callable[[str], None] = print) -> Curves:
-    """The curves of a run that (re)starts at `start_step`: writers on global rank 0 only."""
+    """The curves of a run that (re)starts at `start_step`: writers on global rank 0 only. A writer that
+    cannot open (W&B online with a bad key, say) is left out with one logged line, as Curves drops one
+    that fails later."""
     writers: list[Writer] = []
     if is_main:
         wanted = loggers()
         label = run_label(config)
-        if "tensorboard" in wanted:
-            writers.append(TensorBoardWriter(run_dir, start_step, label, config))
-        if "wandb" in wanted:
-            from seedrun.training.wandb_run import WandbWriter
-
-            writer: Optional[Writer] = WandbWriter.open(run_dir, label, config, log)
+        for name in wanted:
+            try:
+                writer = _open_writer(name, run_dir, start_step, label, config, log)
+            except Exception as exc:  # noqa: BLE001 - whatever a logger raises, the run trains without it
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log(f"{name} curves not written this attempt: {type(exc).__name__}: {first}")
+                continue
             if writer is not None:
                 writers.append(writer)
-        unknown = sorted(set(wanted) - {"tensorboard", "wandb"})
-        if unknown:
-            log(f"SEEDRUN_LOGGERS: ignored {', '.join(unknown)} (known: tensorboard, wandb)")
     return Curves(writers, steps_per_epoch, images_per_step, log)
+
+
+def _open_writer(name: str, run_dir: Path, start_step: int, label: str, config: dict[str, Any],
+                 log: Callable[[str], None]) -> Optional[Writer]:
+    if name == "tensorboard":
+        return TensorBoardWriter(run_dir, start_step, label, config)
+    if name == "wandb":
+        from seedrun.training.wandb_run import WandbWriter
+
+        return WandbWriter.open(run_dir, label, config, log)
+    log(f"SEEDRUN_LOGGERS: {name} ignored (known: tensorboard, wandb)")
+    return None
