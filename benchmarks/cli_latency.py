@@ -3,9 +3,11 @@
 Builds a SQLite database with 10,000 runs (one sweep per table, configs and provenance shaped like real ones) and
 100,000 metrics, 100 of the runs in flight with run folders whose records (run.json) status and table
 must read, then times each command as a fresh process (best of 3). The baseline, measured in the same
-run, is a bare `python -c pass`: interpreter start-up that no command can avoid.
-Target: 0.3 s per command. Also: `status` when the 100 folders hold newer records than the database
-(it writes them first), and `seedrun sync` of 10,000 run folders into an empty database.
+run, is a bare `python -c pass`: interpreter start-up that no command can avoid. The bound is a
+ratio to it, which holds across machines where an absolute time does not: each command at most
+15x `python -c pass`. Also: `status` when the 100 folders hold newer records than the database
+(it brings them in first, through SQLAlchemy Core), and `seedrun sync` of 10,000 run folders into an
+empty database.
 Run: .venv/bin/python benchmarks/cli_latency.py
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 RUNS = int(os.environ.get("SEEDRUN_BENCH_RUNS", 10_000))  # the issue's size by default
 IN_FLIGHT = 100
 METRICS_PER_RUN = 10
-TARGET_S = 0.3
+MAX_RATIO = 15.0
 
 
 def build_database(url: str, folders: Path) -> None:
@@ -63,7 +65,8 @@ def build_database(url: str, folders: Path) -> None:
             run_dir = folders / f"{run_id:016x}"
             runs.append({"id": run_id, "hash": f"{run_id:064x}", "stage": "distill", "state": state, "attempts": 1,
                          "epoch": 200, "run_dir": str(run_dir), "config": config,
-                         "provenance": provenance(run_id, run_dir), "summary": summary, "updated_at": 1000.0})
+                         "provenance": provenance(run_id, run_dir), "summary": summary, "updated_at": 1000.0,
+                         "attempt": 1, "seq": 10})
             members.append({"sweep_id": sweep_id, "run_id": run_id, "position": position,
                             "axes": {f"distill.{key}": value, "seed": config["seed"]}})
             for i in range(METRICS_PER_RUN - 2):
@@ -114,7 +117,7 @@ def write_folders(runs: list[dict]) -> None:
     for run in runs:
         record = {key: run.get(key) for key in ("hash", "stage", "state", "attempts", "epoch", "provenance", "summary")}
         record.update(depends_on=None, job_id=None, error=None, failure_reason=None, started_at=None, finished_at=None,
-                      updated=run["updated_at"])
+                      version=[run["attempt"], run["seq"]])
         atomic_write_json(Path(run["run_dir"]) / "config.json", run["config"], fsync=False)
         atomic_write_json(Path(run["run_dir"]) / "run.json", record, fsync=False)
 
@@ -126,7 +129,7 @@ def touch_in_flight(folders: Path) -> None:
     for index in range(1, IN_FLIGHT + 1):
         run_dir = folders / f"{index * (RUNS // IN_FLIGHT):016x}"
         record = json.loads((run_dir / "run.json").read_text())
-        record.update(epoch=record["epoch"] + 1, updated=time.time())
+        record.update(epoch=record["epoch"] + 1, version=[record["version"][0], record["version"][1] + 1])
         atomic_write_json(run_dir / "run.json", record, fsync=False)
 
 
@@ -164,14 +167,15 @@ def main() -> None:
         for table in ("temperature", "queue", "lr", "wd", "distillation", "main", "teacher"):
             commands[f"table --ablation {table}"] = ["table", "--ablation", table]
         worst = 0.0
-        for label, args in commands.items():
-            seconds = best_of(seedrun + args, env)
-            worst = max(worst, seconds)
-            verdict = "ok" if seconds <= TARGET_S else "OVER TARGET"
-            print(f"seedrun {label:<28} {seconds:6.3f} s   {seconds / baseline:5.1f}x baseline   {verdict}")
-        print(f"slowest: {worst:.3f} s against a target of {TARGET_S} s ({worst / baseline:.1f}x baseline)")
-        seconds = best_of(seedrun + ["status"], env, before=lambda: touch_in_flight(folders))
-        print(f"seedrun status, {IN_FLIGHT} folders newer than the database (written first): {seconds:6.3f} s")
+        timings = {label: best_of(seedrun + args, env) for label, args in commands.items()}
+        label = f"status, {IN_FLIGHT} newer folders"  # it writes them into the database first
+        timings[label] = best_of(seedrun + ["status"], env, before=lambda: touch_in_flight(folders))
+        for label, seconds in timings.items():
+            ratio = seconds / baseline
+            worst = max(worst, ratio)
+            verdict = "ok" if ratio <= MAX_RATIO else "OVER THE BOUND"
+            print(f"seedrun {label:<28} {seconds:6.3f} s   {ratio:5.1f}x `python -c pass`   {verdict}")
+        print(f"slowest: {worst:.1f}x `python -c pass` against a bound of {MAX_RATIO:.0f}x")
         sync_env = {**env, "SEEDRUN_DB": f"sqlite:///{Path(tmp) / 'synced.db'}"}
         started = time.perf_counter()
         subprocess.run(seedrun + ["sync", str(folders)], env=sync_env, check=True, stdout=subprocess.DEVNULL)
