@@ -97,6 +97,7 @@ def _table(args) -> int:
 def cmd_logs(args) -> int:
     from seedrun.views.logs import show_logs
 
+    catch_up_first(database_url(args))  # the run's state and error as its folder says them now
     return show_logs(database_url(args), args.run)
 
 
