@@ -11,6 +11,7 @@ import pytest
 
 from seedrun.views.curves import load_curves
 from conftest import TINY_SWEEP_BASE, write_sweep
+from test_postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -65,3 +66,22 @@ def test_plot_reads_the_database_where_the_folders_are_gone(swept, tmp_path):
     after = {curve.label: curve.points for curve in load_curves(db, "curves", "loss")}
     assert after == before and len(after) == 3
 
+
+
+def test_plot_reads_a_postgresql_database(cli, tmp_path, postgres_url):
+    cli.env["SEEDRUN_DB"] = postgres_url
+    sweep = write_sweep(tmp_path / "pg.yaml", "name: pgcurves\n" + TINY_SWEEP_BASE + """  teacher.width: 8
+  teacher.pretrain.epochs: 2
+  student.width: 8
+  distill.epochs: 2
+  threads: 1
+launcher:
+  name: local
+""")
+    cli("sweep", str(sweep))
+    result = cli("plot", "--sweep", "pgcurves", "--out", str(tmp_path / "pg.png"))
+    assert "2 runs" in result.stdout and (tmp_path / "pg.png").read_bytes()[:8] == PNG
+    before = {curve.label: curve.points for curve in load_curves(postgres_url, "pgcurves", "loss")}
+    assert len(before) == 2 and all([epoch for epoch, _ in points] == [1, 2] for points in before.values())
+    shutil.rmtree(cli.home / "runs")  # the points come from the database's metric rows now
+    assert {curve.label: curve.points for curve in load_curves(postgres_url, "pgcurves", "loss")} == before
