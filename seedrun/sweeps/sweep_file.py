@@ -250,10 +250,10 @@ def _label(key: str, values: dict) -> str:
 
 
 def _check_values(config: dict, values: dict, path: str) -> None:
+    from seedrun.models.catalog import check_arch  # torch-free: timm is asked in a child process
+
     distill = config["distill"]
     for section in ("student", "teacher"):  # a network that cannot be built fails here, not in its job
-        from seedrun.models.catalog import check_arch  # torch-free: timm is asked in a child process
-
         problem = check_arch((config.get(section) or {}).get("arch"))
         if problem:
             raise InputError(path, _where(f"{section}.arch", values), problem)
