@@ -19,13 +19,13 @@ from conftest import TINY_BASE
 
 
 class StopAfter(Hooks):
-    """Asks the loop to stop after `stop_after` steps (None: never); keeps the epochs' metrics."""
+    """Asks the loop to stop after `stop_after` steps (None: never); keeps the log's lines and the epochs' metrics."""
 
     def __init__(self, stop_after=None):
-        self.calls, self.stop_after, self.metrics = 0, stop_after, []
+        self.calls, self.stop_after, self.lines, self.metrics = 0, stop_after, [], []
 
     def log(self, message: str) -> None:
-        pass
+        self.lines.append(message)
 
     def epoch_end(self, epoch, metrics):
         self.metrics.append(metrics)

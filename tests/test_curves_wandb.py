@@ -9,22 +9,11 @@ wandb = pytest.importorskip("wandb")
 
 from seedrun.sweeps.compose import compose_config  # noqa: E402
 from seedrun.sweeps.spec import pretrain_config  # noqa: E402
-from seedrun.training.loop import Hooks, Interrupted  # noqa: E402
+from seedrun.training.loop import Interrupted  # noqa: E402
 from seedrun.training.pretrain import pretrain  # noqa: E402
 from seedrun.training.wandb_run import ID_FILE, mode  # noqa: E402
 from conftest import TINY_BASE  # noqa: E402
-
-
-class StopAfter(Hooks):
-    def __init__(self, stop_after=None):
-        self.calls, self.stop_after, self.lines = 0, stop_after, []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-    def should_stop(self) -> bool:
-        self.calls += 1
-        return self.stop_after is not None and self.calls >= self.stop_after
+from test_curves import StopAfter  # noqa: E402
 
 
 def test_a_resumed_run_continues_the_same_offline_wandb_run(tmp_path, monkeypatch):

@@ -162,8 +162,11 @@ class Curves:
                 call(writer)
             except Exception as exc:  # noqa: BLE001 - any failure of a logger: see the class's docstring
                 self.writers.remove(writer)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                self.log(f"{type(writer).__name__} stopped for this attempt: {type(exc).__name__}: {first}")
+                self.log(f"{type(writer).__name__} stopped for this attempt: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 class _Interval:
@@ -201,8 +204,7 @@ def open_curves(config: dict[str, Any], run_dir: Path, start_step: int, steps_pe
             try:
                 writer = _open_writer(name, run_dir, start_step, label, config, log)
             except Exception as exc:  # noqa: BLE001 - whatever a logger raises, the run trains without it
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log(f"{name} curves not written this attempt: {type(exc).__name__}: {first}")
+                log(f"{name} curves not written this attempt: {_first_line(exc)}")
                 continue
             if writer is not None:
                 writers.append(writer)
