@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 IMAGES = int(os.environ.get("SEEDRUN_BENCH_IMAGES", 2000))
 WORKERS = int(os.environ.get("SEEDRUN_BENCH_WORKERS", max(1, len(os.sched_getaffinity(0)) - 1)))
-ROUNDS = int(os.environ.get("SEEDRUN_BENCH_ROUNDS", 3))
+ROUNDS = int(os.environ.get("SEEDRUN_BENCH_ROUNDS", 4))
 PROFILED = int(os.environ.get("SEEDRUN_BENCH_PROFILED", 200))
 BATCH, SIZE, WARMUP = 64, 224, 3
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -114,10 +114,10 @@ def profile(files: list[Path]) -> dict[str, dict[str, float]]:
              "seedrun": np.empty((SIZE, SIZE, 3), np.uint8)}
     reduced = 0
 
-    def timed(name, stage, fn, *args):
-        started = time.perf_counter()
+    def timed(name, stage, fn, *args):  # CPU time of this (single-threaded) process: a shared machine's
+        started = time.process_time()  # other work does not count
         out = fn(*args)
-        totals[name][stage] += time.perf_counter() - started
+        totals[name][stage] += time.process_time() - started
         return out
 
     for i, path in enumerate(files):
@@ -150,14 +150,39 @@ def profile(files: list[Path]) -> dict[str, dict[str, float]]:
     return out
 
 
-def measure(loader, count_of) -> float:
+def _cpu_seconds() -> tuple[float, dict[str, float]]:
+    """CPU time of this process, and of each of its children alive now (the loaders' workers), from /proc."""
+    tick, children, out = os.sysconf("SC_CLK_TCK"), [], {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:  # a thread that has just ended
+            pass
+    for child in children:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone
+            continue
+        out[child] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return time.process_time(), out
+
+
+def _cpu_since(before: tuple[float, dict[str, float]]) -> float:
+    """CPU seconds since `before` of this process and of the children alive at both ends (a loader of an
+    earlier round whose workers end meanwhile takes its time with it, and did no work here)."""
+    own, children = _cpu_seconds()
+    return own - before[0] + sum(cpu - before[1].get(pid, 0.0) for pid, cpu in children.items())
+
+
+def measure(loader, count_of) -> tuple[float, float]:
+    """images/s and CPU ms per image (the workers' and this process's: robust when the machine is shared)."""
     iterator = iter(loader)
     for _ in range(WARMUP):
         next(iterator)
-    start, images = time.perf_counter(), 0
+    start, cpu, images = time.perf_counter(), _cpu_seconds(), 0
     for batch in iterator:
         images += count_of(batch)
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), _cpu_since(cpu) / images * 1e3
 
 
 def _set_threads(_worker: int) -> None:
@@ -166,7 +191,7 @@ def _set_threads(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
-def folder_rate(root: Path, transform) -> float:
+def folder_rate(root: Path, transform) -> tuple[float, float]:
     import torch
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
@@ -177,20 +202,20 @@ def folder_rate(root: Path, transform) -> float:
     return measure(loader, lambda batch: len(batch[0]))
 
 
-def official_rate(root: Path) -> float:
+def official_rate(root: Path) -> tuple[float, float]:
     from torchvision import transforms as T
 
     return folder_rate(root, T.Compose(list(official_stages().values())))
 
 
-def v2_rate(root: Path) -> float:
+def v2_rate(root: Path) -> tuple[float, float]:
     from torchvision.transforms import v2
 
     stages = v2_stages()
     return folder_rate(root, v2.Compose([stages[stage] for stage in STAGES if stage in stages]))
 
 
-def seedrun_rate(root: Path) -> float:
+def seedrun_rate(root: Path) -> tuple[float, float]:
     from seedrun.data.loader import open_split
     from seedrun.sweeps.compose import compose_config
 
@@ -230,7 +255,7 @@ def time_decoders(files: list[Path]) -> dict[str, float]:
 
 def print_profile(stages: dict[str, dict[str, float]]) -> None:
     names = ("official", "v2", "seedrun")
-    print(f"per-stage profile, ms per image, one thread, {PROFILED} images (official = ImageFolder + torchvision "
+    print(f"per-stage profile, CPU ms per image, one thread, {PROFILED} images (official = ImageFolder + torchvision "
           f"transforms on PIL; v2 = transforms.v2 on tensors; seedrun = the stream loader's worker):")
     print(f"  {'stage':12s}" + "".join(f"{name:>10s}" for name in names))
     for stage in STAGES:
@@ -260,17 +285,19 @@ def main() -> None:
         for name, ms in time_decoders(files[:100]).items():
             print(f"  {name:66s} {ms:6.2f}")
         print_profile(profile(files[:PROFILED]))
-        rates = {"official": 0.0, "v2": 0.0, "seedrun": 0.0}
+        rates, cpu = dict.fromkeys(("official", "v2", "seedrun"), 0.0), dict.fromkeys(("official", "v2", "seedrun"), 1e9)
         for _ in range(ROUNDS):  # interleaved, best of each: the machine may be shared
             for name, rate in (("official", official_rate), ("v2", v2_rate), ("seedrun", seedrun_rate)):
-                rates[name] = max(rates[name], rate(root))
-        print(f"loaders, {WORKERS} worker(s), best of {ROUNDS} interleaved rounds:")
-        print(f"  official pipeline (ImageFolder + torchvision transforms on PIL + PIL's blur): "
-              f"{rates['official']:7.1f} images/s ({rates['official'] / WORKERS:.1f} per worker)")
-        print(f"  transforms.v2 on tensors (ImageFolder + PIL decode):                        "
-              f"{rates['v2']:7.1f} images/s ({rates['v2'] / WORKERS:.1f} per worker)")
-        print(f"  seedrun stream loader:                                                       "
-              f"{rates['seedrun']:7.1f} images/s ({rates['seedrun'] / WORKERS:.1f} per worker)")
+                images_s, cpu_ms = rate(root)
+                rates[name], cpu[name] = max(rates[name], images_s), min(cpu[name], cpu_ms)
+        labels = {"official": "official pipeline (ImageFolder + torchvision transforms on PIL + PIL's blur)",
+                  "v2": "transforms.v2 on tensors (ImageFolder + PIL decode)", "seedrun": "seedrun stream loader"}
+        print(f"loaders, {WORKERS} worker(s), best of {ROUNDS} interleaved rounds; CPU ms an image counts the "
+              f"workers and the training process (which normalises the stream loader's uint8 batches):")
+        for name, label in labels.items():
+            print(f"  {label:76s} {rates[name]:7.1f} images/s ({rates[name] / WORKERS:.1f} per worker), "
+                  f"{cpu[name]:5.2f} CPU ms an image")
+        print(f"CPU time an image, official pipeline over stream loader: {cpu['official'] / cpu['seedrun']:.2f}")
         print(f"stream loader against transforms.v2: {rates['seedrun'] / rates['v2']:.2f}x")
         print(f"stream loader against the official MoCo-v2 PIL pipeline: {rates['seedrun'] / rates['official']:.2f}x")
     sys.stdout.flush()

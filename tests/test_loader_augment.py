@@ -212,3 +212,19 @@ def test_drawn_parameters_follow_the_official_distributions():
     with seeded(1):
         view = simclr.draw(500, 375)
     assert view.jitter and view.sigma is None and view.gray_first  # simclr_aug: jitter always, no blur
+
+
+def test_crop_boxes_are_torchvisions_for_the_same_generator():
+    # seedrun draws the box with torchvision's calls in its order (not get_params itself, for speed):
+    # the same boxes, including the central fallback of images too narrow or too wide for every draw
+    from torchvision import transforms as T
+
+    for name in ("mocov2", "swav"):
+        drawer, scale = Drawer(resolve({}, name), 224), list(resolve({}, name)["crop_scale"])
+        for seed in range(300):
+            for width, height in ((500, 375), (60, 400), (400, 60), (224, 224), (17, 13)):
+                torch.manual_seed(seed)
+                ours = drawer.crop(width, height)
+                torch.manual_seed(seed)
+                theirs = T.RandomResizedCrop.get_params(torch.empty((0, height, width)), scale, [3 / 4, 4 / 3])
+                assert ours == tuple(theirs), (name, seed, width, height)

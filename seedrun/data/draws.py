@@ -17,6 +17,7 @@ run redraws the same views.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -58,6 +59,8 @@ class Drawer:
 
         self.scale = tuple(float(s) for s in (crop_scale or aug["crop_scale"]))
         self.ratio = (3.0 / 4.0, 4.0 / 3.0)
+        # torchvision draws the aspect's log between the float32 logs of the ratio bounds
+        self.log_ratio = tuple(float(v) for v in torch.log(torch.tensor(self.ratio)))
         # ColorJitter turns strengths into ranges (0.4 -> [0.6, 1.4], hue 0.1 -> [-0.1, 0.1]; 0 -> None)
         jitter = transforms.ColorJitter(*aug["jitter"])
         self.ranges = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
@@ -65,14 +68,29 @@ class Drawer:
         self.gray_first, self.flip = bool(aug["grayscale_first"]), bool(aug["flip"])
         # sigma in 224 px units (the official sizes); a smaller image is blurred as its 224 px twin
         self.sigma = tuple(float(s) * image_size / 224 for s in aug["blur_sigma"])
-        self._crop_params = transforms.RandomResizedCrop.get_params
         self._jitter_params = transforms.ColorJitter.get_params
 
     def crop(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """torchvision's RandomResizedCrop box for a width x height image (it reads only the size)."""
-        # torchvision reads the size from a tensor's shape: an empty (0, H, W) one costs no pixels
-        return tuple(self._crop_params(torch.empty((0, height, width), dtype=torch.uint8), list(self.scale),
-                                       list(self.ratio)))
+        """RandomResizedCrop's box (top, left, height, width) for a width x height image: the same torch
+        calls as torchvision's get_params, in the same order, so the same box from the same generator
+        (tests/test_loader_augment.py compares them). Not theirs called: it builds tensors and logs API
+        use on every call, half of a view's drawing time."""
+        area = height * width
+        for _ in range(10):  # draws that do not fit are drawn again, up to 10 times
+            target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
+            aspect = math.exp(torch.empty(1).uniform_(self.log_ratio[0], self.log_ratio[1]).item())
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+                return top, int(torch.randint(0, width - w + 1, size=(1,)).item()), h, w
+        ratio = width / height  # none fitted: the central crop of the nearest allowed aspect
+        if ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
     def _jitter(self) -> dict[str, Any]:
         # RandomApply runs its transforms unless p < rand; simclr_aug's ColorJitter is not wrapped (p 1)
