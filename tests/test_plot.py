@@ -55,6 +55,8 @@ def test_plot_draws_one_curve_per_run_without_torch_and_says_what_is_wrong(swept
     assert result.returncode == 2 and "no sweep named 'nosuch'" in result.stderr and "curves" in result.stderr
     result = swept("plot", "--sweep", "curves", "--metric", "nosuch", "--out", str(tmp_path / "x.png"), check=False)
     assert result.returncode == 2 and "recorded: " in result.stderr and "images_per_s" in result.stderr
+    result = swept("plot", "--sweep", "curves", "--out", str(tmp_path / "no" / "such" / "x.png"), check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr
     assert not (tmp_path / "x.png").exists()
 
 

@@ -56,6 +56,9 @@ def cmd_plot(args) -> int:
         recorded = metric_names(db_url, args.sweep)
         raise UsageError(f"plot: no run of sweep {args.sweep!r} recorded {args.metric!r} yet"
                          + (f"; recorded: {', '.join(recorded)}" if recorded else ""))
-    plot_curves(curves, args.metric, args.out, f"{args.sweep}: {args.metric} per epoch")
+    try:
+        plot_curves(curves, args.metric, args.out, f"{args.sweep}: {args.metric} per epoch")
+    except (OSError, ValueError) as exc:  # no such folder, no permission, a format matplotlib does not know
+        raise UsageError(f"plot: --out {args.out}: {exc}") from None
     print(f"wrote {args.out}: {len(curves)} runs")
     return 0
