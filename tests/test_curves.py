@@ -130,3 +130,22 @@ def test_a_logger_that_cannot_open_is_left_out(config, tmp_path, monkeypatch):
     assert any("wandb curves not written this attempt: PermissionError: api key rejected" in line for line in lines)
     assert any("mlflow ignored" in line for line in lines)
     curves.close()
+
+
+def test_long_epochs_get_at_most_100_points_each():
+    sent = []
+
+    class Recorder:
+        def scalars(self, step, values):
+            sent.append(step)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    curves = Curves([Recorder()], steps_per_epoch=5000, images_per_step=256)
+    for step in range(1, 5001):
+        curves.step(step, 1.0, 0.1)
+    assert len(sent) == 100 and sent[0] == 50 and sent[-1] == 5000

@@ -3,8 +3,9 @@ global rank 0 while the run trains.
 
 What a run's folder then shows to `tensorboard --logdir $SEEDRUN_HOME/runs`:
 
-    train/loss, train/lr                 every LOG_EVERY_STEPS steps and at each epoch's end, the loss
-                                         averaged over the steps since the last point
+    train/loss, train/lr                 every LOG_EVERY_STEPS steps (at most POINTS_PER_EPOCH an epoch)
+                                         and at each epoch's end: the loss averaged over the steps since
+                                         the last point, the learning rate
     train/images_per_s                   global images (every rank's) per second of those steps
     train/data_wait_fraction             the part of those steps' time spent waiting for the next batch
     epoch/<metric>                       what the epoch recorded (metrics.jsonl): mean loss, seconds, ...
@@ -31,9 +32,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 from seedrun.sweeps.settings import settings_of
 
-#: a point of the train/ curves every this many steps (and at every epoch's end): a 5,000-step ImageNet
-#: epoch gives 500 points, a 10-step test epoch one.
+#: a point of the train/ curves every this many steps at least (and at every epoch's end), and at most
+#: POINTS_PER_EPOCH points an epoch: a 5,000-step ImageNet epoch gives 100 (20,000 over 200 epochs, a few
+#: MB of events a tag that TensorBoard loads in seconds), a 39-step Fashion-MNIST epoch 4, a 10-step test one 1.
 LOG_EVERY_STEPS = 10
+POINTS_PER_EPOCH = 100
 
 
 class Writer(Protocol):
@@ -104,6 +107,7 @@ class Curves:
                  log: Callable[[str], None] = print):
         self.writers, self.steps_per_epoch, self.images_per_step = writers, steps_per_epoch, images_per_step
         self.log = log
+        self.every = max(LOG_EVERY_STEPS, steps_per_epoch // POINTS_PER_EPOCH)
         self._interval = _Interval()
         self._epoch = _Interval()
 
@@ -128,7 +132,7 @@ class Curves:
         """After step `step` (1-based, over the whole run) was taken with this loss and learning rate."""
         self._interval.add(loss)
         self._epoch.add(loss)
-        if step % LOG_EVERY_STEPS and step % self.steps_per_epoch:
+        if step % self.every and step % self.steps_per_epoch:
             return
         self._send(step, {"train/loss": self._interval.mean_loss(), "train/lr": lr,
                           **self._interval.rates(self.images_per_step, "train/")})
