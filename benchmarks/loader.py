@@ -151,19 +151,17 @@ def profile(files: list[Path]) -> dict[str, dict[str, float]]:
 
 
 def _cpu_seconds() -> tuple[float, dict[str, float]]:
-    """CPU time of this process, and of each of its children alive now (the loaders' workers), from /proc."""
-    tick, children, out = os.sysconf("SC_CLK_TCK"), [], {}
-    for task in Path("/proc/self/task").iterdir():
+    """CPU time of this process, and of each of its child processes alive now (the loaders' workers)."""
+    tick, me, out = os.sysconf("SC_CLK_TCK"), str(os.getpid()), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            children += (task / "children").read_text().split()
-        except OSError:  # a thread that has just ended
-            pass
-    for child in children:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone
             continue
-        out[child] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if fields[1] == me:  # the parent's pid
+            out[entry.name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return time.process_time(), out
 
 
@@ -222,7 +220,8 @@ def seedrun_rate(root: Path) -> tuple[float, float]:
     data = compose_config(["data=imagenet", f"data.root={root}", f"data.image_size={SIZE}", "data.loader=stream",
                            f"data.workers={WORKERS}"])["data"]
     train = open_split(data, "train", log=lambda _: None, method="mocov2")
-    return measure(train.batches(0, BATCH, {0: None}).epoch(0), lambda batch: len(batch.view(0)))
+    batches = train.batches(0, BATCH, {0: None})  # held: its workers must outlive the epoch to be counted
+    return measure(batches.epoch(0), lambda batch: len(batch.view(0)))
 
 
 def time_decoders(files: list[Path]) -> dict[str, float]:
