@@ -93,8 +93,8 @@ def test_the_buffer_switch_follows_the_torch_it_runs_on():
         def __init__(self, module, device_ids=None, broadcast_buffers=True):
             pass
 
-    assert distributed._buffers_stay_per_rank(DistributedDataParallel) == {"forward_sync_buffers": False}
-    assert distributed._buffers_stay_per_rank(BeforeTheRename) == {"broadcast_buffers": False}
+    assert distributed.per_rank_buffers(DistributedDataParallel) == {"forward_sync_buffers": False}
+    assert distributed.per_rank_buffers(BeforeTheRename) == {"broadcast_buffers": False}
 
 
 class _StopAfter:

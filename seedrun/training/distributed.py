@@ -186,14 +186,14 @@ def check_identical(ranks: Ranks, what: str, tensors) -> list[str]:
     return digests
 
 
-def _buffers_stay_per_rank(wrapper: type) -> dict[str, bool]:
+def per_rank_buffers(wrapper: type) -> dict[str, bool]:
     """DistributedDataParallel's switch that leaves each rank's buffers (BatchNorm's running statistics)
     its own during training, as the official SEED and MoCo code do with broadcast_buffers=False.
 
     torch 2.13 renamed it: broadcast_buffers is deprecated (a FutureWarning at every wrap) in favour of
     forward_sync_buffers, which differs in one thing: it still copies rank 0's buffers to every rank
     once, when the module is wrapped. Here that copies equal values: every rank builds the module from
-    the same seed, or loads the same checkpoint, before it is wrapped (tests/test_distributed.py)."""
+    the same seed, or loads the same checkpoint, before it is wrapped."""
     if "forward_sync_buffers" in inspect.signature(wrapper).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}  # torch before 2.13
@@ -201,7 +201,7 @@ def _buffers_stay_per_rank(wrapper: type) -> dict[str, bool]:
 
 def parallel_model(module: torch.nn.Module, ranks: Ranks, device: torch.device, loop: Any, run_dir) -> torch.nn.Module:
     """The module a training step calls. Several processes: `module` in DistributedDataParallel (averaged
-    gradients, buffers per rank: _buffers_stay_per_rank), and `loop` (training.loop.Loop) checkpointing on
+    gradients, buffers per rank: per_rank_buffers), and `loop` (training.loop.Loop) checkpointing on
     global rank 0 after every rank gathered its part of the state, stopping when the ranks agree. One
     process: `module` itself, the loop untouched."""
     if not ranks.active:
@@ -218,4 +218,4 @@ def parallel_model(module: torch.nn.Module, ranks: Ranks, device: torch.device, 
 
     loop.save, loop.agree = save_on_main, ranks.agree
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **_buffers_stay_per_rank(DistributedDataParallel))
+                                   **per_rank_buffers(DistributedDataParallel))
