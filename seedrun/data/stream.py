@@ -13,10 +13,10 @@ decoded by `data.decoder` (torchvision.io's decode_image by default, or PIL). Vi
 (4x less than float through the workers' shared memory, pinned when there is a GPU) and are normalised
 on the training device by `StreamBatch.view`.
 
-Randomness: a view's parameters are drawn from torch's generator seeded by
-seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any number of views, inside
-`torch.random.fork_rng`, so they do not depend on the worker, the batch the image lands in or where a
-run was resumed; a resumed run is bit-identical on the CPU.
+Randomness: a view's parameters are drawn from torch's CPU generator seeded by
+seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any number of views, and
+restored afterwards (seedrun.data.draws.seeded), so they do not depend on the worker, the batch the image
+lands in or where a run was resumed; a resumed run is bit-identical on the CPU.
 
 A file that cannot be read or decoded is reported (path and error) with its batch, and its slot is
 filled with another image of the same batch, so that batch sizes (and queue arithmetic) hold; the
