@@ -1,7 +1,7 @@
 """The training augmentations, one preset per self-supervised method, as the official SEED code defines
 them (jacobswan1/SEED tools/utils.py `mocov2_aug`, `simclr_aug`, `swav_aug`; main.py picks one by the
 teacher's method). Both loaders apply what `resolve` returns: seedrun.data.augment (in memory, a batch
-at a time) and seedrun.data.stream (per image, torchvision.transforms.v2).
+at a time) and seedrun.data.stream (per image, drawn as the official transforms draw: seedrun.data.draws).
 
     mocov2  RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2,
             Gaussian blur sigma 0.1-2 with p 0.5, horizontal flip
