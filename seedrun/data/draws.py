@@ -52,7 +52,7 @@ class ViewParams:
 
 class Drawer:
     """Draws ViewParams for one resolved augmentation preset (seedrun.data.presets) from torch's global
-    generator; the caller seeds it (inside torch.random.fork_rng) before each view."""
+    generator; the caller seeds it (`seeded`) before each view."""
 
     def __init__(self, aug: dict[str, Any], image_size: int, crop_scale=None):
         from torchvision import transforms
