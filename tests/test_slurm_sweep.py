@@ -60,6 +60,8 @@ def settled(report: dict[str, Any]) -> bool:
 
 
 def provenance(cli: CLI) -> dict[str, dict[str, Any]]:
+    """Each run's attempts and provenance once `seedrun status` has brought the run folders in."""
+    cli("status", "--json")
     with sqlite3.connect(cli.db) as db:
         return {h: {"attempts": a, **json.loads(p)} for h, a, p in db.execute("select hash, attempts, provenance from runs")}
 
