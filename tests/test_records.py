@@ -7,6 +7,7 @@ its reconcile stays completed, and a retry never overwrites a completed folder."
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import multiprocessing
 import sqlite3
@@ -276,9 +277,9 @@ def test_the_commands_use_sqlite_rollback_journal_on_a_network_filesystem(tmp_pa
     """WAL needs shared memory that NFS does not share between hosts: on a file the check reports as
     remote, the commands use the rollback journal with a lock file, and say once why."""
     from seedrun.cli import main
-    from seedrun.store import engine
+    from seedrun.store import sqlite_files
 
-    monkeypatch.setattr(engine, "on_network_filesystem", lambda path: (True, "nfs4"))
+    monkeypatch.setattr(sqlite_files, "on_network_filesystem", lambda path: (True, "nfs4"))
     url, home = _home(tmp_path, "nfs", monkeypatch)
     monkeypatch.setenv("SEEDRUN_DB", url)
     (run_hash,) = _record_runs(url, home, [_config(0)])
@@ -292,7 +293,40 @@ def test_the_commands_use_sqlite_rollback_journal_on_a_network_filesystem(tmp_pa
     assert _rows(url)[run_hash][0] == "completed"
 
     local_url, local_home = _home(tmp_path, "local", monkeypatch)
-    monkeypatch.setattr(engine, "on_network_filesystem", lambda path: (False, "ext4"))
+    monkeypatch.setattr(sqlite_files, "on_network_filesystem", lambda path: (False, "ext4"))
     _record_runs(local_url, local_home, [_config(1)])
     with sqlite3.connect(local_url.removeprefix("sqlite:///")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_status_brings_newer_folders_in_without_loading_sqlalchemy(tmp_path, monkeypatch):
+    """On SQLite, the catch-up `status` and `table` do first writes through the standard library's sqlite3
+    and the same state machine (seedrun.store.states.transition over a DB-API cursor): bringing 100
+    folders in costs no SQLAlchemy import, which alone is several times `python -c pass`."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from sqlalchemy import select
+
+    url, home = _home(tmp_path, "home", monkeypatch)
+    (run_hash, waiting) = _record_runs(url, home, [_config(0), _config(1)])
+    jobs = submit(url, [run_hash, waiting])
+    jobs[run_hash]()
+    probe = ("import json, sys; from seedrun.cli import main; rc = main(['status', '--json', '--no-reconcile']); "
+             "print(json.dumps({'rc': rc, 'sqlalchemy': 'sqlalchemy' in sys.modules, 'torch': 'torch' in sys.modules}), "
+             "file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SEEDRUN_DB": url})
+    seen = json.loads(result.stderr.strip().splitlines()[-1])
+    assert seen == {"rc": 0, "sqlalchemy": False, "torch": False}, result.stderr
+    runs = {run["hash"]: run for run in json.loads(result.stdout)["runs"]}
+    assert (runs[run_hash]["state"], runs[run_hash]["metrics"]["knn_top1"]) == ("completed", 50.0)
+    assert runs[waiting]["state"] == "submitted"
+    assert [row[1:] for row in _metric_rows(url)] == sorted([("loss", 1.0, 1), ("loss", 0.5, 2),
+                                                             ("knn_top1", 50.0, 2), ("knn_top5", 90.0, 2)])
+    with session_scope(url) as session:  # stored as SQLAlchemy stores them: the ORM reads them back
+        run = session.scalars(select(Run).where(Run.hash == run_hash)).one()
+        assert isinstance(run.finished_at, dt.datetime) and isinstance(run.started_at, dt.datetime)
+        assert isinstance(run.provenance, dict) and run.summary["knn_top1"] == 50.0
+        assert (run.attempt, run.seq) == (1, 4)

@@ -23,7 +23,7 @@ from seedrun.store.engine import engine_for, session_scope
 from seedrun.store.schema import Run, Sweep, SweepRun, utcnow
 from seedrun.store.states import (BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RUNNING, STARTABLE,
                                   STATES, SUBMITTABLE, SUBMITTED, TRANSITIONS, folder_moves, moves, sources,
-                                  transition, transition_many)
+                                  transition)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,14 +103,18 @@ def test_a_folder_record_is_taken_in_only_when_its_version_is_newer_and_the_tabl
 
 def test_expect_and_where_narrow_a_transition_and_a_loser_writes_nothing(tmp_path):
     url, (run_id, other) = _database(tmp_path, runs=2, state=RUNNING)
-    job = Run.__table__.c.job_id
     with session_scope(url) as session:
-        assert not transition(session, run_id, LOST, expect=IN_FLIGHT, where=[job == "9_2"], error="gone")
+        assert not transition(session, run_id, LOST, expect=IN_FLIGHT, where={"job_id": "9_2"}, error="gone")
         assert not transition(session, run_id, CANCELLED, expect=("pending",), error="gone")
     assert (_row(url, run_id)["state"], _row(url, run_id)["error"]) == (RUNNING, None)
     with session_scope(url) as session:
-        assert transition(session, run_id, LOST, expect=IN_FLIGHT, where=[job == "9_1"], error="gone")
-        assert transition_many(session, CANCELLED, [{"rid": run_id}, {"rid": other}], error="cancelled") == 1
+        assert transition(session, run_id, LOST, expect=IN_FLIGHT, where={"job_id": "9_1"}, error="gone")
+        assert [transition(session, i, CANCELLED, error="cancelled") for i in (run_id, other)] == [False, True]
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:  # the same function over a driver's own connection
+        assert not transition(db, other, RUNNING) and transition(db, run_id, SUBMITTED, error="again")
+    assert _row(url, run_id)["state"] == SUBMITTED
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute("update runs set state = 'lost', error = 'gone' where id = ?", (run_id,))
     assert [(_row(url, i)["state"], _row(url, i)["error"]) for i in (run_id, other)] == [(LOST, "gone"),
                                                                                        (CANCELLED, "cancelled")]
     with pytest.raises(ValueError):
@@ -124,13 +128,12 @@ def test_expect_and_where_narrow_a_transition_and_a_loser_writes_nothing(tmp_pat
 def _racer(url: str, run_ids: list[int], to: str, barrier, results) -> None:
     """What `seedrun status` (to lost) or the job (to completed) does, once per run, after the barrier."""
     engine = engine_for(url, create=False)
-    job = Run.__table__.c.job_id
     won = []
     for run_id in run_ids:
         barrier.wait(timeout=60)
         with engine.begin() as connection:
             if to == LOST:
-                won.append(transition(connection, run_id, LOST, expect=IN_FLIGHT, where=[job == "9_1"], error="gone"))
+                won.append(transition(connection, run_id, LOST, expect=IN_FLIGHT, where={"job_id": "9_1"}, error="gone"))
             else:
                 won.append(transition(connection, run_id, COMPLETED, expect=(RUNNING,), finished_at=utcnow()))
     results.put((to, won))

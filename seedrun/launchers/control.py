@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from seedrun.errors import InputError
 from seedrun.store.schema import Run, Sweep as SweepRow, SweepRun, utcnow
-from seedrun.store.states import BLOCKED, CANCELLED, IN_FLIGHT, PENDING, RETRYABLE, transition_many
+from seedrun.store.states import BLOCKED, CANCELLED, IN_FLIGHT, PENDING, RETRYABLE, transition
 from seedrun.store.engine import session_scope
 
 
@@ -115,10 +115,11 @@ def cancel(db_url: str, target: str) -> int:
     if not targets:
         print(f"{what}: nothing to cancel (no pending or in-flight runs)")
         return 0
-    # Record first: a job that starts or finishes after this sees `cancelled` and leaves it so.
+    # Recorded first: what the attempt's job writes after this does not bring the run back in flight.
     with session_scope(db_url) as session:
-        transition_many(session, CANCELLED, [{"rid": run_id} for run_id, _ in targets], expect=(PENDING,) + IN_FLIGHT,
-                        failure_reason="cancelled", error="cancelled with `seedrun cancel`", finished_at=utcnow())
+        for run_id, _ in targets:
+            transition(session, run_id, CANCELLED, expect=(PENDING,) + IN_FLIGHT, failure_reason="cancelled",
+                       error="cancelled with `seedrun cancel`", finished_at=utcnow())
     slurm_ids = [job_id for _, job_id in targets if job_id and not job_id.startswith(("local:", "pid:"))]
     local = [job_id.split(":", 1)[1] for _, job_id in targets if job_id and job_id.startswith(("local:", "pid:"))]
     status = 0

@@ -222,9 +222,7 @@ def _mark(db_url: str, run_hash: str, state: str, error: Optional[str], expect=S
           attempt: Optional[int] = None) -> bool:
     """Move the run to `state` (only while it is still at `attempt`, if given); False if another command
     moved it first (it is no longer in `expect`)."""
-    from seedrun.store.tables import runs
-
-    where = [] if attempt is None else [runs.c.attempt == attempt]
+    where = None if attempt is None else {"attempt": attempt}
     return write(db_url, lambda db: transition(db, run_hash, state, expect=expect, where=where,
                                                **({"error": error} if error is not None else {})),
                  wait_s=busy_seconds())

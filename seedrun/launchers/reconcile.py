@@ -135,12 +135,10 @@ def reconcile(db_url: str) -> int:
         # A job that ended after status's catch-up recorded its end in its folder, not in the database:
         # bring those folders in first, so that the guarded changes below find such runs no longer in flight.
         catch_up(db_url, _hashes(db_url, [run_id for run_id, *_ in changes]), quiet=True)
-        from seedrun.store.schema import Run
 
-        job_column = Run.__table__.c.job_id
         with session_scope(db_url) as session:
             for run_id, job_id, to, values in changes:
-                changed += transition(session, run_id, to, expect=IN_FLIGHT, where=[job_column == job_id], **values)
+                changed += transition(session, run_id, to, expect=IN_FLIGHT, where={"job_id": job_id}, **values)
     if preempted:
         from seedrun.launchers.requeue import requeue_preempted
 

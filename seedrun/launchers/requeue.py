@@ -22,7 +22,6 @@ def requeue_preempted(db_url: str, preempted: list[tuple[int, str]]) -> int:
     from seedrun.store.schema import Run, utcnow
     from seedrun.store.states import FAILED, IN_FLIGHT, PENDING, SUBMITTED, transition
 
-    job_column = Run.__table__.c.job_id
     requeued: dict[int, str] = {}
     changed = 0
     with session_scope(db_url) as session:
@@ -38,10 +37,10 @@ def requeue_preempted(db_url: str, preempted: list[tuple[int, str]]) -> int:
             if 0 <= limit < count + 1:
                 prov.update(preemptions=count + 1, attempt_open=False)
                 record_event(prov, row.attempts or 0, "preempted", f"Slurm job {job_id} preempted; budget spent")
-                changed += transition(session, run_id, FAILED, expect=IN_FLIGHT, where=[job_column == job_id],
+                changed += transition(session, run_id, FAILED, expect=IN_FLIGHT, where={"job_id": job_id},
                                       provenance=prov, failure_reason="preempted", finished_at=utcnow(),
                                       error=f"preemption budget spent: {count + 1} preemptions > max_preemptions={limit}")
-            elif transition(session, run_id, SUBMITTED, expect=IN_FLIGHT, where=[job_column == job_id],
+            elif transition(session, run_id, SUBMITTED, expect=IN_FLIGHT, where={"job_id": job_id},
                             error=f"Slurm job {job_id} was preempted; requeued"):
                 requeued[run_id] = job_id
                 changed += 1
@@ -59,7 +58,7 @@ def requeue_preempted(db_url: str, preempted: list[tuple[int, str]]) -> int:
         with session_scope(db_url) as session:
             for run_id, job_id in requeued.items():
                 if job_id in refused:
-                    transition(session, run_id, PENDING, expect=(SUBMITTED,), where=[job_column == job_id], job_id=None,
+                    transition(session, run_id, PENDING, expect=(SUBMITTED,), where={"job_id": job_id}, job_id=None,
                                error=f"Slurm job {job_id} was preempted and could not be requeued ({why}); "
                                      "`seedrun sweep` submits it again")
     return changed

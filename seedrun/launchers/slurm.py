@@ -186,32 +186,18 @@ def _record(db_url: str, submitted: dict[str, str], blocked: dict[str, str], ext
             attempts: dict[str, Any]) -> None:
     """One transaction: job id, attempt and state `submitted` (budgets reset) for each submitted run;
     blocked ones. A task that started before this runs wrote only its folder: `status` brings it in."""
-    from sqlalchemy import bindparam, select
-
     from seedrun.store.engine import write
     from seedrun.store.locations import busy_seconds
-    from seedrun.store.tables import runs
-    from seedrun.store.states import BLOCKED, SUBMITTABLE, SUBMITTED, transition_many
-
-    hashes = sorted(set(submitted) | set(blocked))
+    from seedrun.store.states import BLOCKED, SUBMITTABLE, SUBMITTED, transition
 
     def body(db) -> None:
-        rows = []
-        for start in range(0, len(hashes), 500):
-            rows += db.execute(select(runs.c.id, runs.c.hash).where(runs.c.hash.in_(hashes[start:start + 500]))).all()
-        submitted_rows, blocked_rows = [], []
-        for run_id, run_hash in rows:
-            if run_hash in submitted:
-                prov = {**attempts[run_hash].provenance, **extra[run_hash]}
-                submitted_rows.append({"rid": run_id, "jid": submitted[run_hash], "prov": prov,
-                                       "number": attempts[run_hash].number})
-            else:
-                blocked_rows.append({"rid": run_id, "err": blocked[run_hash]})
-        transition_many(db, SUBMITTED, submitted_rows, expect=SUBMITTABLE, job_id=bindparam("jid"),
-                        provenance=bindparam("prov"), attempt=bindparam("number"), seq=0, error=None,
-                        failure_reason=None, finished_at=None)
-        transition_many(db, BLOCKED, blocked_rows, expect=SUBMITTABLE, failure_reason="blocked",
-                        error=bindparam("err"))
+        for run_hash, job_id in submitted.items():
+            attempt = attempts[run_hash]
+            transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, job_id=job_id, attempt=attempt.number, seq=0,
+                       provenance={**attempt.provenance, **extra[run_hash]}, error=None, failure_reason=None,
+                       finished_at=None)
+        for run_hash, why in blocked.items():
+            transition(db, run_hash, BLOCKED, expect=SUBMITTABLE, failure_reason="blocked", error=why)
 
     write(db_url, body, wait_s=busy_seconds())
 

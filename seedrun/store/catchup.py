@@ -14,6 +14,7 @@ evaluated, under its protocol's names (seedrun.store.protocols).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import sys
 from contextlib import closing
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from seedrun.store.folders import ROW_FIELDS, metric_lines, read_config, read_record, version_of
-from seedrun.store.states import COMPLETED, IN_FLIGHT, folder_moves
+from seedrun.store.states import COMPLETED, IN_FLIGHT, Cursor, folder_moves, transition
 
 
 @dataclass
@@ -64,45 +65,57 @@ def _metric_rows(run_id: int, pairs: Iterable[tuple[Optional[int], dict[str, Any
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
 
 
-class _Core:
-    """The few statements apply_record makes, as SQLAlchemy Core over a connection or an ORM session, on
-    SQLite and PostgreSQL alike."""
+class _Rows:
+    """The few statements apply_record makes, over one DB-API cursor (seedrun.store.states.Cursor): the
+    same SQL on SQLite and PostgreSQL, from a command that loaded SQLAlchemy or from one that did not."""
 
-    def __init__(self, db):
-        from sqlalchemy import insert, select, update
-
-        from seedrun.store.tables import metrics, runs
-
-        self.db, self.insert, self.select, self.update, self.runs, self.metrics = db, insert, select, update, runs, metrics
+    def __init__(self, cursor: Cursor):
+        self.cursor = cursor
 
     def row(self, run_hash: Optional[str], *columns: str) -> Optional[tuple]:
-        c = self.runs.c
-        return self.db.execute(self.select(*(c[name] for name in columns)).where(c.hash == run_hash)).first()
+        row = self.cursor.execute(f"SELECT {', '.join(columns)} FROM runs WHERE hash = ?", [run_hash]).fetchone()
+        if row is None or "summary" not in columns:
+            return row
+        index = columns.index("summary")
+        return (*row[:index], json.loads(row[index]) if isinstance(row[index], str) else row[index], *row[index + 1:])
 
     def add_run(self, values: dict[str, Any]) -> int:
-        return self.db.execute(self.insert(self.runs).values(**values)).inserted_primary_key[0]
+        from seedrun.store.experiments import experiment_of
+        from seedrun.store.folders import utcnow
+        from seedrun.sweeps.settings import settings_of
+
+        values = {**values, "settings": settings_of(values["config"]), "experiment": experiment_of(values["config"]),
+                  "created_at": utcnow()}
+        sql = (f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})"
+               + ("" if self.cursor.sqlite else " RETURNING id"))
+        done = self.cursor.execute(sql, list(values.values()))
+        return done.lastrowid if self.cursor.sqlite else done.fetchone()[0]
 
     def move(self, run_id: int, to: str, expect: tuple[str, ...], values: dict[str, Any]) -> bool:
-        from seedrun.store.states import transition
-
-        return transition(self.db, run_id, to, expect=expect, **values)
+        return transition(self.cursor, run_id, to, expect=expect, **values)
 
     def set(self, run_id: int, state: str, values: dict[str, Any]) -> None:
-        c = self.runs.c
-        self.db.execute(self.update(self.runs).where(c.id == run_id, c.state == state).values(**values))
+        self.cursor.execute(f"UPDATE runs SET {', '.join(f'{name} = ?' for name in values)} WHERE id = ? AND state = ?",
+                            [*values.values(), run_id, state])
 
     def add_metrics(self, rows: list[dict[str, Any]]) -> None:
-        self.db.execute(self.insert(self.metrics), rows)
+        from seedrun.store.folders import utcnow
+
+        now = utcnow()
+        for row in rows:
+            self.cursor.execute("INSERT INTO metrics (run_id, name, value, epoch, created_at) VALUES (?, ?, ?, ?, ?)",
+                                [row["run_id"], row["name"], row["value"], row["epoch"], now])
 
     def set_summary(self, run_id: int, summary: dict[str, Any]) -> None:
-        self.db.execute(self.update(self.runs).where(self.runs.c.id == run_id).values(summary=summary))
+        self.cursor.execute("UPDATE runs SET summary = ? WHERE id = ?", [summary, run_id])
 
 
 def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = False,
                  config: Optional[dict[str, Any]] = None, out: Optional[Applied] = None) -> Applied:
     """Apply one folder record to the database in `session` (committed by the caller): a SQLAlchemy
-    connection or ORM session (Core statements: no ORM import). `create` adds a run the database lacks."""
-    db = _Core(session)
+    connection or session, a DB-API connection, or a seedrun.store.states.Cursor. `create` adds a run the
+    database lacks."""
+    db = _Rows(session if isinstance(session, Cursor) else Cursor(session))
     out = out if out is not None else Applied()
     run_hash = record["hash"]
     row = db.row(run_hash, "id", "state", "epoch", "attempt", "seq", "summary")
@@ -175,8 +188,9 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
     """Bring the runs the index holds in flight (or these runs) up to date from their folders.
 
     Reads only those runs' folders, so its cost grows with runs in flight, not with runs ever
-    recorded; writes (through SQLAlchemy Core, seedrun.store.engine.write) only when a folder holds a
-    newer record. A database that is locked or read-only is left as it is, with one line on stderr:
+    recorded; writes only when a folder holds a newer record (SQLite through the standard library's
+    sqlite3, so that `status` need not load SQLAlchemy; any other database through SQLAlchemy), in both
+    cases through apply_record and the one state machine. A database that is locked or read-only is left as it is, with one line on stderr:
     reading goes on, and the folders keep the records for the next command.
     """
     from seedrun.store.records import connect
@@ -211,7 +225,6 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
                 newer.append((record, run_dir))
         if not newer:
             return out
-    from seedrun.store.engine import write
     from seedrun.store.locations import busy_seconds
 
     def body(session) -> Applied:
@@ -221,7 +234,15 @@ def catch_up(url: str, hashes: Optional[Iterable[str]] = None, quiet: bool = Fal
         return applied
 
     try:
-        out = write(url, body, wait_s=min(10.0, busy_seconds()))
+        if mark == "?" and newer is not None:  # SQLite: through sqlite3, without loading SQLAlchemy
+            from seedrun.store import sqlite_files
+            from seedrun.store.folders import sqlite_path
+
+            out = sqlite_files.write(sqlite_path(url), body, wait_s=min(10.0, busy_seconds()))
+        else:  # PostgreSQL, or a database from before record versions (upgraded by its first write)
+            from seedrun.store.engine import write
+
+            out = write(url, body, wait_s=min(10.0, busy_seconds()))
     except Exception as exc:  # locked for longer, read-only, gone: the folders stay the record
         if not quiet:
             print(f"note: {len(newer or ())} run(s) have newer records in their folders than in the database, which "

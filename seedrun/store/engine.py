@@ -1,18 +1,14 @@
 """Where runs and metrics are recorded: the engine, ORM sessions, and writes that must not fail.
 
 Only seedrun's commands open the database (jobs write their run folders). SQLite is the default: a file
-under SEEDRUN_HOME, in WAL mode on a local disk (readers never wait on the writer). On a network
-filesystem (an NFS home shared by round-robin login nodes), where WAL's shared memory is not shared
-between hosts, it uses the rollback journal, and every write transaction holds an exclusive lock on a
-file next to it; PostgreSQL (any SQLAlchemy URL, through `--db` or SEEDRUN_DB) suits several hosts better.
+under SEEDRUN_HOME, in WAL mode on a local disk and with the rollback journal and a lock file on a
+network filesystem (seedrun.store.sqlite_files); any SQLAlchemy URL works through `--db` or SEEDRUN_DB.
 
-The ORM (sqlalchemy.orm, about 0.2 s to import) is imported by `session_scope` only: `write` hands
-its body a Core connection, so catching up from run folders (seedrun.store.catchup) costs no ORM.
+The ORM is imported by `session_scope` only: `write` hands its body a Core connection.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seedrun.errors import InputError, database_error
-from seedrun.store.folders import on_network_filesystem
+from seedrun.store.sqlite_files import connection_pragmas, journal_mode, write_lock
 from seedrun.store.locations import busy_seconds
 from seedrun.store.migrate import upgrade
 
@@ -31,52 +27,16 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
-def _sqlite_pragmas(journal: str):
-    def pragmas(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA journal_mode={journal}")
-        cursor.execute("PRAGMA synchronous=" + ("NORMAL" if journal == "WAL" else "FULL"))
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return pragmas
-
-
 _engines: dict[str, Engine] = {}
-#: {URL: lock file} of SQLite files on a network filesystem: their write transactions take the lock file
-_network_files: dict[str, str] = {}
-_noted: set[str] = set()
-
-
-def sqlite_journal(path: str) -> str:
-    """WAL on a local disk; the rollback journal (DELETE) on a network filesystem, said once."""
-    remote, kind = on_network_filesystem(path)
-    if not remote:
-        return "WAL"
-    if path not in _noted:
-        _noted.add(path)
-        print(f"note: {path} is on a {kind} filesystem: SQLite uses its rollback journal and a lock file there; "
-              "for several login hosts, PostgreSQL suits better (--db postgresql://...)", file=sys.stderr)
-    return "DELETE"
+#: {URL: (file, journal)} of SQLite files: their write transactions take the lock the journal needs
+_files: dict[str, tuple[str, str]] = {}
 
 
 @contextmanager
 def _write_lock(url: str) -> Iterator[None]:
-    """An exclusive lock on the lock file of a SQLite file on a network filesystem (fcntl: NFS's lock
-    manager serves it to every host), held for one write transaction; nothing elsewhere."""
-    path = _network_files.get(url)
-    if path is None:
+    path, journal = _files.get(url, ("", "WAL"))
+    with write_lock(path, journal):
         yield
-        return
-    import fcntl
-
-    with open(path, "a") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def engine_for(url: str, create: bool = True) -> Engine:
@@ -92,10 +52,9 @@ def engine_for(url: str, create: bool = True) -> Engine:
         if sqlite_path is not None:
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": busy_seconds()})
-            journal = sqlite_journal(str(sqlite_path))
-            if journal != "WAL":
-                _network_files[url] = f"{sqlite_path}.lock"
-            event.listen(engine, "connect", _sqlite_pragmas(journal))
+            journal = journal_mode(str(sqlite_path))
+            _files[url] = (str(sqlite_path), journal)
+            event.listen(engine, "connect", connection_pragmas(journal, busy_seconds()))
         else:
             engine = create_engine(url, pool_pre_ping=True)
         with engine.connect():  # a server that is down or a URL that is wrong fails here, before any work

@@ -150,6 +150,10 @@ def filesystem_type(path: str) -> Optional[str]:
     return kind
 
 
+def sqlite_path(url: str) -> Optional[str]:
+    return os.path.abspath(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 def on_network_filesystem(path: str) -> tuple[bool, str]:
     """(whether `path` lies on a network or cluster filesystem, its type). SQLite's WAL mode needs shared
     memory that such filesystems do not share between hosts; its rollback journal works with their locks."""

@@ -71,48 +71,67 @@ def sources(to: str, expect: Optional[Iterable[str]] = None) -> tuple[str, ...]:
     return found
 
 
-def _statement(to: str, expect: Optional[Iterable[str]], where: Iterable[Any], values: dict[str, Any]):
-    from sqlalchemy import literal_column, update
+class Cursor:
+    """A DB-API cursor and what writing through it needs: its parameter mark and how its database keeps
+    JSON and datetimes. Made from a SQLAlchemy Connection or Session (the cursor of the same transaction)
+    or from a driver's own connection, so that one function writes every change, SQLite and PostgreSQL
+    alike, with or without SQLAlchemy loaded."""
 
-    from seedrun.store.tables import runs as table  # Core: no ORM import for a state change
-    values.setdefault("updated_at", time.time())  # newer than any folder record written before it
-    # The allowed states inline (they are this module's constants): an executemany cannot expand an IN list.
-    allowed = [literal_column(f"'{state}'") for state in sources(to, expect)]
-    return table, update(table).where(table.c.state.in_(allowed), *where).values(state=to, **values)
+    def __init__(self, db: Any):
+        raw = _dbapi_connection(db)
+        self.cursor = raw.cursor()
+        self.sqlite = type(raw).__module__.startswith("sqlite3")
+        self.mark = "?" if self.sqlite else "%s"
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        self.cursor.execute(sql.replace("?", self.mark), [self.stored(value) for value in params])
+        return self.cursor
+
+    def stored(self, value: Any) -> Any:
+        """A value as seedrun's tables keep it (the form SQLAlchemy's JSON and DateTime types write)."""
+        import datetime as dt
+        import json
+
+        if isinstance(value, (dict, list)):
+            return json.dumps(value)
+        if isinstance(value, dt.datetime) and self.sqlite:
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
 
 
-def transition(db, run: Union[int, str], to: str, *, expect: Optional[Iterable[str]] = None,
-               where: Iterable[Any] = (), **values: Any) -> bool:
+def _dbapi_connection(db: Any) -> Any:
+    if hasattr(db, "get_bind"):  # an ORM Session: its connection in this transaction
+        db = db.connection()
+    if hasattr(db, "exec_driver_sql"):  # a SQLAlchemy Connection: the driver's connection under it
+        return db.connection.dbapi_connection
+    if isinstance(db, Cursor):
+        return db.cursor.connection
+    return db  # a driver's connection (sqlite3, psycopg2)
+
+
+def transition(db: Any, run: Union[int, str], to: str, *, expect: Optional[Iterable[str]] = None,
+               where: Optional[dict[str, Any]] = None, **values: Any) -> bool:
     """Move one run (by id, or by hash) to state `to`, setting `values` with it; True if this writer won.
 
     One UPDATE whose WHERE holds the run's allowed from-states (TRANSITIONS, narrowed to `expect`) and
-    the extra conditions `where`: it changes the row only if the run is in one of them when it runs,
-    so of two racing writers exactly one wins. A writer that lost (False) changed nothing, `values`
-    included, and must not go on as if it had won.
+    the extra conditions `where` ({column: value}): it changes the row only if the run is in one of them
+    when it runs, so of two racing writers exactly one wins. A writer that lost (False) changed nothing,
+    `values` included, and must not go on as if it had won.
 
-    `db` is a Session or a Connection; the change commits with its transaction. `where` and `values`
-    are SQLAlchemy expressions over `seedrun.store.tables.runs.c` (the same as `Run.__table__.c`; not the
-    ORM attributes, which would make this an ORM statement); `values` may also be plain values.
+    `db` is a SQLAlchemy Session or Connection, a DB-API connection or a `Cursor`; the change commits with
+    its transaction. Columns are those of seedrun.store.tables.runs; values are plain (dicts as JSON).
     """
-    table, statement = _statement(to, expect, where, values)
-    key = table.c.hash if isinstance(run, str) else table.c.id
-    return db.execute(statement.where(key == run)).rowcount == 1
-
-
-def transition_many(db, to: str, rows: list[dict[str, Any]], *, expect: Optional[Iterable[str]] = None,
-                    where: Iterable[Any] = (), **values: Any) -> int:
-    """`transition` for many runs as one statement run for each of `rows` (an executemany); returns how
-    many moved, as the driver counts them.
-
-    Each row holds the run's id under "rid" and the values of the bindparams that `values` name (a
-    bindparam may not share its name with a column: hence "rid").
-    """
-    from sqlalchemy import bindparam
-
-    if not rows:
-        return 0
-    table, statement = _statement(to, expect, where, values)
-    return db.execute(statement.where(table.c.id == bindparam("rid")), rows).rowcount
+    allowed = sources(to, expect)  # before anything is written: a change that can never happen is an error
+    values.setdefault("updated_at", time.time())
+    conditions = {"hash" if isinstance(run, str) else "id": run, **(where or {})}
+    names = list(values) + list(conditions)
+    if not all(name.replace("_", "").isalnum() for name in names):
+        raise ValueError(f"not column names: {sorted(names)}")
+    cursor = db if isinstance(db, Cursor) else Cursor(db)
+    sql = (f"UPDATE runs SET state = ?, {', '.join(f'{name} = ?' for name in values)} "
+           f"WHERE {' AND '.join(f'{name} = ?' for name in conditions)} "
+           f"AND state IN ({', '.join(repr(state) for state in allowed)})")
+    return cursor.execute(sql, [to, *values.values(), *conditions.values()]).rowcount == 1
 
 
 def transition_record(record: MutableMapping[str, Any], to: str, *, expect: Optional[Iterable[str]] = None,
