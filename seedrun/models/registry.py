@@ -10,6 +10,7 @@ the usual change for 28-32 px inputs (as in the MoCo CIFAR demo and solo-learn).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Callable
 
 from torch import nn
@@ -50,7 +51,7 @@ def create_backbone(name: str, *, small_images: bool = False, in_chans: int = 3,
 
 
 def list_networks() -> list[NetworkEntry]:
-    from seedrun.models import networks  # noqa: F401
+    import_module("seedrun.models.networks")  # its builders register themselves
 
     return sorted(NETWORKS.values(), key=lambda e: e.name)
 

@@ -24,6 +24,7 @@ is known to carry for other purposes (encoder_k, queue, prototypes, a classifier
 from __future__ import annotations
 
 import os
+from importlib import import_module
 import re
 import warnings
 from collections.abc import Mapping
@@ -284,7 +285,7 @@ def load_from_state(
     small_images = small_images if small_images is not None else source.get("small_images", False)
     in_chans = in_chans if in_chans is not None else source.get("in_chans", 3)
     if arch not in NETWORKS:
-        from seedrun.models import networks  # noqa: F401  (registers the builders)
+        import_module("seedrun.models.networks")  # its builders register themselves
     if arch not in NETWORKS:
         raise CheckpointError(f"{path}: unknown network {arch!r}")
 

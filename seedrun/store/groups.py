@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from seedrun.store.records import RunRecord, connect, load_records, names_only, parse_json, table_columns
@@ -17,31 +18,21 @@ from seedrun.sweeps.settings import settings_of
 from seedrun.store.states import COMPLETED
 
 
+@dataclass(slots=True)
 class RunGroup:
-    """Runs of one stage, state and settings: what a table cell needs of them, without the runs.
+    """Runs of one stage, state and settings: what a table cell needs of them, without the runs."""
 
-    A plain class, not a dataclass: seedrun.tables.definitions says why."""
-
-    __slots__ = ("stage", "state", "settings", "count", "metrics", "latest", "experiment")
-
-    def __init__(self, stage: str, state: str, settings: dict[str, Any], count: int = 0,
-                 metrics: Optional[dict[str, list[float]]] = None, latest: Any = None,
-                 experiment: Optional[str] = None):
-        self.stage = stage
-        self.state = state
-        self.settings = settings  # seedrun.sweeps.settings: {dotted key: value}
-        self.count = count
-        self.metrics = {} if metrics is None else metrics  # if completed: each metric's finite values
-        self.latest = latest  # the last finished_at among the runs; None when none finished
-        self.experiment = experiment  # seedrun.store.experiments: the config hash without the seed
+    stage: str
+    state: str
+    settings: dict[str, Any]  # seedrun.sweeps.settings: {dotted key: value}
+    count: int = 0
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # if completed: each metric's finite values
+    latest: Any = None  # the last finished_at among the runs; None when none finished
+    experiment: Optional[str] = None  # seedrun.store.experiments: the config hash without the seed
 
     @property
     def completed(self) -> int:
         return self.count if self.state == COMPLETED else 0
-
-    def __repr__(self) -> str:
-        return (f"RunGroup({self.stage!r}, {self.state!r}, {self.settings!r}, count={self.count}, "
-                f"metrics={self.metrics!r}, latest={self.latest!r}, experiment={self.experiment!r})")
 
 
 def _finished(run: RunRecord) -> tuple:

@@ -1,11 +1,11 @@
 """Reading runs one record per run, for `status`, `eval` and the sweep's references: plain SQL over
 a DB-API connection, no ORM.
 
-Importing SQLAlchemy's ORM costs more than these commands' whole latency budget (0.3 s at 10,000
-runs), so the read path talks SQL directly: through the standard library's sqlite3 (read-only) for
-SQLite, and through SQLAlchemy Core's raw connection for any other URL. Writes go through the ORM
-models in seedrun.store.schema; the column names used here are theirs. Tables read runs grouped instead
-(seedrun.store.groups). Nothing here imports dataclasses or pathlib: `seedrun status` starts faster.
+Loading SQLAlchemy (its ORM especially) would take several times `python -c pass`, more than these
+commands' whole budget (benchmarks/cli_latency.py), so the read path talks SQL directly: through the
+standard library's sqlite3 (read-only) for SQLite, and through SQLAlchemy's raw connection for any other
+URL. The column names used here are seedrun.store.tables'. Tables read runs grouped instead
+(seedrun.store.groups).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def show_logs(db_url: str, run_prefix: str) -> int:
             print(f"  {event.get('at', '')} attempt {event.get('attempt')}: {event.get('event')} ({event.get('detail', '')})")
         if run.error:
             print("error:")
-            print("\n".join("  " + line for line in run.error.splitlines()))
+            print("\n".join(f"  {text}" for text in run.error.splitlines()))
         run_dir = Path(run.run_dir)
     log = run_dir / "log.txt"
     print(f"\n== {log}")
