@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from conftest import CLI, TINY_BASE
 from gloo_ranks import spawn
+from seedrun.training import distributed
 from test_distributed import _StopAfter
 
 SETTINGS = {"method": "mocov2", "encoder_momentum": 0.9, "tau": 0.2, "queue_size": 64, "dim": 16,
@@ -39,7 +40,8 @@ def _moco_steps(rank: int, world: int, out: str) -> None:
 
     encoder = _encoder()
     pretext = create_pretext(SETTINGS, encoder, seed=0)
-    model = DistributedDataParallel(encoder, broadcast_buffers=False) if world > 1 else encoder
+    per_rank = distributed.per_rank_buffers(DistributedDataParallel)
+    model = DistributedDataParallel(encoder, **per_rank) if world > 1 else encoder
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.5, momentum=0.9)
     part = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     for step in range(STEPS):
@@ -65,7 +67,7 @@ def test_every_ranks_queue_is_identical_and_equals_one_process_with_as_many_bn_g
     # (rank r's query BN = group r of the batch; the permuted key batch split over the ranks = the 2 key groups)
     assert torch.allclose(single["queue"]["embeddings"], rank0["queue"]["embeddings"], atol=1e-4)
     for name, value in rank0["key_encoder"].items():
-        if "running" not in name and "num_batches" not in name:  # BN buffers stay per rank (broadcast_buffers=False)
+        if "running" not in name and "num_batches" not in name:  # BN buffers stay per rank (distributed.per_rank_buffers)
             assert torch.equal(value, rank1["key_encoder"][name]), name
 
 

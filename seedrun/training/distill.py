@@ -109,7 +109,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 "queue": queue.state_dict(), "small_queue": small_queue.state_dict(), "rng": rng_state(),
                 "step": step, "epoch": step // steps_per_epoch,
                 **({"rng_ranks": ranks.gather_object(rng_state()), "world": ranks.world,
-                    # parameters; BN buffers only under sync_bn: else they stay per rank (broadcast_buffers=False,
+                    # parameters; BN buffers only under sync_bn: else they stay per rank (distributed.per_rank_buffers,
                     # each rank's own half of the batch) and rank 0's are saved
                     "rank_digests": distributed.check_identical(ranks, "the student and the queue", [
                         *student.parameters(), *(student.buffers() if d.get("sync_bn") else ()),

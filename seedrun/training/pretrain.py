@@ -3,7 +3,7 @@
 can read top to bottom. Checkpoints atomically every N steps and resumes bit-identically.
 
 Several processes (seedrun.training.distributed, seedrun.job.ranks): `pretrain.batch_size` is the global
-batch, split evenly over the ranks; the encoder trains under DistributedDataParallel (broadcast_buffers=False,
+batch, split evenly over the ranks; the encoder trains under DistributedDataParallel (BN buffers per rank,
 as the official MoCo: each rank's BN running statistics are its own, rank 0's are saved), the momentum key
 encoder is replicated (every rank applies the same update to the same averaged weights), and MoCo-v2 gathers
 the keys of every rank into each rank's queue in rank order with shuffle BN across ranks (seedrun.training.
@@ -71,7 +71,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         return {"encoder": encoder.state_dict(), "pretext": pretext.state_dict(), "pretext_extra": pretext.extra_state(),
                 "optimizer": optimizer.state_dict(), "rng": rng_state(), "step": step, "epoch": step // steps_per_epoch,
                 **({"rng_ranks": ranks.gather_object(rng_state()), "world": ranks.world,
-                    # parameters and the queue, not BN buffers: those stay per rank (broadcast_buffers=False)
+                    # parameters and the queue, not BN buffers: those stay per rank (distributed.per_rank_buffers)
                     "rank_digests": distributed.check_identical(ranks, "the encoders and the queue", [
                         *encoder.parameters(), *pretext.parameters(), *pretext.replicated()])}
                    if ranks.active else {})}
