@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	# compat: a plain path in a .pth file; the default editable finder costs every start 20 ms of imports
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,wandb]' --config-settings editable_mode=compat
 	touch $@
 
 setup: $(VENV)/.installed
