@@ -234,14 +234,19 @@ def test_a_retry_never_overwrites_a_completed_folder(tmp_path, monkeypatch):
     assert _rows(url)[run_hash][0] == "completed"
 
 
-def test_a_cancel_ends_its_attempt_and_a_retry_opens_the_next(tmp_path, monkeypatch):
-    from seedrun.store.folders import write_record
-
+def _cancelled_after_submission(tmp_path, monkeypatch) -> tuple[str, str, QuickJob]:
     url, home = _home(tmp_path, "home", monkeypatch)
     (run_hash,) = _record_runs(url, home, [_config(0)])
     job = submit(url, [run_hash])[run_hash]
-    with session_scope(url) as session:
+    with session_scope(url) as session:  # `seedrun cancel` after the submission
         transition(session, run_hash, "cancelled", expect=("submitted",))
+    return url, run_hash, job
+
+
+def test_a_cancel_ends_its_attempt_and_a_retry_opens_the_next(tmp_path, monkeypatch):
+    from seedrun.store.folders import write_record
+
+    url, run_hash, job = _cancelled_after_submission(tmp_path, monkeypatch)
     record = read_record(job.run_dir)  # its job started anyway (scancel came too late) and wrote an epoch
     write_record(job.run_dir, {**record, "state": "running", "epoch": 1, "version": [1, 2]})
     catch_up(url, [run_hash])
@@ -254,11 +259,7 @@ def test_a_cancel_ends_its_attempt_and_a_retry_opens_the_next(tmp_path, monkeypa
 
 
 def test_a_result_recorded_after_a_cancel_stands(tmp_path, monkeypatch):
-    url, home = _home(tmp_path, "home", monkeypatch)
-    (run_hash,) = _record_runs(url, home, [_config(0)])
-    job = submit(url, [run_hash])[run_hash]
-    with session_scope(url) as session:
-        transition(session, run_hash, "cancelled", expect=("submitted",))
+    url, run_hash, job = _cancelled_after_submission(tmp_path, monkeypatch)
     job()  # finished before it could be stopped: its model and results are there
     catch_up(url, [run_hash])
     assert _rows(url)[run_hash][0] == "completed"
