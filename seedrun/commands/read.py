@@ -1,6 +1,6 @@
 """The reading commands: `status`, `table`, `logs`, `list`, `teacher inspect`. They train nothing and
 never import torch; each imports what it needs when it runs (`status` and `table` answer within
-0.3 s at 10,000 runs: benchmarks/cli_latency.py).
+15x `python -c pass` at 10,000 runs: benchmarks/cli_latency.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Optional
 
 from seedrun.commands import EXIT_BAD_INPUT, UsageError, database_url, db_exists
-from seedrun.job.interpreter import collector_paused
 
 
 def catch_up_first(db_url: str) -> None:
@@ -22,11 +21,8 @@ def catch_up_first(db_url: str) -> None:
 def cmd_status(args) -> int:
     from seedrun.views.status import show_status
 
-    # No cycle collections: 10,000 runs' records make the collector run dozens of times for nothing
-    # (they hold no cycles; reference counting frees them), a tenth of `status`'s time.
-    with collector_paused():
-        catch_up_first(database_url(args))
-        return show_status(database_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
+    catch_up_first(database_url(args))
+    return show_status(database_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
 
 
 def table_groups(ablation: str, db_url: str, sweep: Optional[str], protocol: Optional[str] = None) -> list:
@@ -60,11 +56,6 @@ def print_table(ablation: str, db_url: Optional[str], sweep: Optional[str], fmt:
 
 
 def cmd_table(args) -> int:
-    with collector_paused():  # as status
-        return _table(args)
-
-
-def _table(args) -> int:
     from seedrun.tables import list_tables
 
     if args.list:

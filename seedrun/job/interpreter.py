@@ -1,7 +1,8 @@
 """A job's process and the Python interpreter: what a job's start and end cost with torch loaded, less.
 
-Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks),
-and collector_paused by the reading commands (seedrun.commands.read).
+Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks).
+Measured per job, not per command: a second or two of every job's start and end on 2 cores, which a
+sweep of many short runs (and the test suite) pays each time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import os
 def collector_paused():
     """The cyclic garbage collector paused, then left as it was found. For torch's import, which allocates
     some million long-lived objects: collections triggered by the allocations walk the growing heap again
-    and again, about 1 s of every training job's start on 2 cores, and nothing the import makes is garbage.
-    For the reading commands too (seedrun.commands.read): 10,000 runs' rows hold no cycles."""
+    and again, about 1 s of every training job's start on 2 cores, and nothing the import makes is garbage."""
     enabled = gc.isenabled()
     gc.disable()
     try:

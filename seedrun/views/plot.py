@@ -41,17 +41,15 @@ def plot_curves(curves: list[Curve], metric: str, out: str, title: str) -> None:
 def cmd_plot(args) -> int:
     from seedrun.commands import UsageError, database_url, db_exists
     from seedrun.commands.read import catch_up_first
-    from seedrun.job.interpreter import collector_paused
 
     db_url = database_url(args)
     if not db_exists(db_url):
         raise UsageError(f"plot: no run database at {db_url}: run a sweep first")
-    with collector_paused():  # as status and table: many small records, no cycles
-        catch_up_first(db_url)  # runs that ended since the last command: their records in the database
-        try:
-            curves = load_curves(db_url, args.sweep, args.metric)
-        except UnknownSweep as exc:
-            raise UsageError(f"plot: --sweep: {exc}") from None
+    catch_up_first(db_url)  # runs that ended since the last command: their records in the database
+    try:
+        curves = load_curves(db_url, args.sweep, args.metric)
+    except UnknownSweep as exc:
+        raise UsageError(f"plot: --sweep: {exc}") from None
     if not curves:
         recorded = metric_names(db_url, args.sweep)
         raise UsageError(f"plot: no run of sweep {args.sweep!r} recorded {args.metric!r} yet"
