@@ -7,6 +7,10 @@
     formats      ImageFolder trees and the official SEED TSV files: cached file lists, layout checks (torch-free)
     sampler      the stream loader's sharded, resumable batch sampler
     stream       the stream loader: DataLoader workers decoding and augmenting one image at a time
+    draws        a view's augmentation parameters, drawn as the official transforms draw them
+    pillow_ops   those parameters applied with Pillow's operations on uint8 (the stream loader's CPU path)
+    batched_ops  the same augmentations batched on the run's device (data.augment_on: gpu)
+    device_decode  a list of JPEGs decoded and cropped on the device in one call
 
 Submodules import torch; this package itself imports nothing heavy.
 """
