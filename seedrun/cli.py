@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", nargs="?", help="only this sweep")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-reconcile", action="store_true", help="do not ask Slurm about in-flight jobs")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) until no run is pending or in flight, or Ctrl-C")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("table", parents=[with_db], help="rebuild one of the paper's tables from the recorded runs")

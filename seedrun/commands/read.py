@@ -21,6 +21,12 @@ def catch_up_first(db_url: str) -> None:
 def cmd_status(args) -> int:
     from seedrun.views.status import show_status
 
+    if getattr(args, "watch", None) is not None:
+        from seedrun.views.status import watch
+
+        if args.watch <= 0 or args.json:
+            raise UsageError("status: --watch: expected a positive number of seconds, without --json")
+        return watch(database_url(args), args.sweep, args.watch)
     catch_up_first(database_url(args))
     return show_status(database_url(args), args.sweep, as_json=args.json, check_jobs=not args.no_reconcile)
 

@@ -178,4 +178,43 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
     # A row's ninth field, its bare state, has no place in the line: format() leaves it out.
     print("\n".join([line.format(*header)] + [line.format(*row) if row[-2] else line.format(*row).rstrip()
                                            for row in rows]))
+    if counts.get("running"):
+        from seedrun.views.progress import running_progress
+
+        progress = running_progress(db_url, {row[1] for row in rows if row[-1] == "running"})
+        if progress:
+            print("\ntraining  epoch, pace of the last epoch, time left at that pace")
+            widths = [max(len(cell) for cell in column) for column in zip(*progress)]
+            for cells in progress:
+                print("  " + "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
     return 0
+
+
+def watch(db_url: str, sweep: Optional[str], every_s: float = 5.0) -> int:
+    """`status --watch`: the listing again every `every_s` seconds, in place on a terminal, until no run is
+    pending or in flight (or Ctrl-C). Each round brings the folders in and reconciles, as status does."""
+    import sys
+    import time
+
+    from seedrun.commands import db_exists
+    from seedrun.commands.read import catch_up_first
+    from seedrun.store.states import IN_FLIGHT, PENDING
+
+    if not db_exists(db_url):
+        return show_status(db_url, sweep)
+    try:
+        while True:
+            catch_up_first(db_url)
+            if sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # home and clear: the listing redrawn in place
+            show_status(db_url, sweep)
+            print(f"(every {every_s:g} s; Ctrl-C to stop)", flush=True)
+            if not any(state in (PENDING,) + IN_FLIGHT for state in _states(db_url, sweep)):
+                return 0
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _states(db_url: str, sweep: Optional[str]) -> list[str]:
+    return [row[-1] for row in _status_rows(db_url, sweep)]
