@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_teacher_inspect)
 
     p = sub.add_parser("list", help="the registered networks, methods, strategies and recipes")
+    p.add_argument("--timm", nargs="?", const="*", metavar="PATTERN",
+                   help="timm's networks usable as student.arch / teacher.arch (timm/NAME), those matching PATTERN")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -109,6 +109,13 @@ def cmd_teacher_inspect(args) -> int:
 def cmd_list(args) -> int:
     from seedrun.models.catalog import METHODS, NETWORKS
 
+    if getattr(args, "timm", None) is not None:
+        from seedrun.models.catalog import timm_names
+
+        names = timm_names(args.timm)
+        print("\n".join(names) if names else f"no timm network matches {args.timm!r}")
+        return 0 if names else EXIT_BAD_INPUT
+
     print("networks (teachers and students):")
     for entry in NETWORKS:
         print(f"  {entry.name:<18} {entry.role:<8} d={entry.dim:<5} {entry.description}")
