@@ -104,7 +104,7 @@ def provenance(run_id: int, run_dir: Path) -> dict:
         "heartbeat": 1796020708.2625582, "teacher_path": f"{run_dir.parent}/7cad5ad528bd0d65/model.pt",
         "teacher_sha256": "1a9980118e10b9f68b28cab00ababe5a4b69afc6c3697a0818e2b10112b0154e",
         "wall_hours": 31.2, "gpu_hours": 249.6, "gpus": 8, "gpu_name": "NVIDIA H100 80GB HBM3", "cuda": "13.0",
-        "layout": "8x1 gpu", "end": "2026-12-01T13:50:11.262653",
+        "layout": "8x1 gpu", "gpus_used": 8, "training_ranks": 8, "end": "2026-12-01T13:50:11.262653",
     }
     return record
 

@@ -55,3 +55,25 @@ def test_status_watch_redraws_until_every_run_has_ended(cli):
     bad = subprocess.run([sys.executable, "-m", "seedrun", "status", "--watch", "0"], cwd=ROOT, env=cli.env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--watch" in bad.stderr
+
+
+def test_status_totals_the_device_hours_each_sweep_used(cli):
+    from seedrun.store.engine import session_scope
+    from seedrun.store.schema import Run, Sweep, SweepRun
+    from seedrun.views.progress import _used
+
+    url = f"sqlite:///{cli.db}"
+    with session_scope(url) as session:
+        sweep = Sweep(name="paper", path="paper.yaml", axes=[])
+        runs = [Run(hash=f"{i:064x}", stage="distill", run_dir=str(cli.home / f"r{i}"), config={"i": i}, state="completed",
+                    provenance=provenance) for i, provenance in enumerate([
+                        {"gpus_used": 8, "gpu_hours": 2.5, "wall_hours": 0.3125, "training_ranks": 8},
+                        {"gpus_used": 0, "wall_hours": 1.0, "training_ranks": 2}, {}])]
+        session.add_all([sweep, *runs])
+        session.flush()
+        session.add_all(SweepRun(sweep_id=sweep.id, run_id=run.id, position=i) for i, run in enumerate(runs[:2]))
+        runs[2].provenance = {"gpus_used": 1, "gpu_hours": 0.5}  # in no sweep; written by an update (the trigger)
+    out = cli("status").stdout
+    assert "  paper: 2.0 CPU-hours, 2.5 GPU-hours" in out and "  (no sweep): 0.5 GPU-hours" in out, out
+    assert _used({"gpus_used": 8, "gpu_hours": 2.5}) == ("gpu", 2.5)  # what PostgreSQL's status sums
+    assert _used({"wall_hours": 1.0, "training_ranks": 2}) == ("cpu", 2.0) and _used({}) == ("cpu", None)

@@ -80,9 +80,9 @@ runs = Table(
 )
 
 # Columns only SQLite databases have: made by a migration and kept by triggers, never written through
-# these tables (seedrun/store/migrations/versions/0003_runs_layout.py); the read path's SQL names them
+# these tables (seedrun/store/migrations/versions/0003_runs_layout.py, 0005_device_hours.py); the read path's SQL names them
 # only where the database has them (seedrun.store.records.table_columns).
-SQLITE_ONLY_COLUMNS = {"runs": frozenset({"layout"})}
+SQLITE_ONLY_COLUMNS = {"runs": frozenset({"layout", "device_kind", "device_hours"})}
 
 # A run as one sweep sees it: the values of the sweep's axes that produced it. Status lists a sweep's
 # runs in the sweep's order: the index hands them over sorted.

@@ -49,3 +49,39 @@ def running_progress(db_url: str, shown: Optional[set[str]] = None) -> list[tupl
                       f"{speed:.0f} images/s" if speed else "-",
                       duration(eta_seconds(epoch or 0, epochs, summary.get("epoch_seconds")))))
     return lines
+
+
+def hours_by_sweep(db_url: str, sweep: Optional[str] = None) -> dict[str, dict[str, float]]:
+    """{sweep: {"gpu" | "cpu": device-hours its runs used}} (runs in no sweep under ""): GPU-hours of the
+    GPUs a run trained on, or its processes' wall hours on CPUs, as its jobs recorded them."""
+    from seedrun.store.records import table_columns
+
+    connection, mark = connect(db_url)
+    totals: dict[str, dict[str, float]] = {}
+    with closing(connection):
+        cursor = connection.cursor()
+        narrow = mark == "?" and "device_hours" in table_columns(cursor)
+        select = "r.device_kind, r.device_hours" if narrow else "r.provenance"
+        sql = (f"SELECT coalesce(s.name, ''), {select} FROM runs r LEFT JOIN sweep_runs sr ON sr.run_id = r.id "
+               "LEFT JOIN sweeps s ON s.id = sr.sweep_id")
+        cursor.execute(sql + (f" WHERE s.name = {mark}" if sweep else ""), (sweep,) if sweep else ())
+        for row in cursor.fetchall():
+            kind, hours = row[1:] if narrow else _used(parse_json(row[1]) or {})
+            if hours:
+                per_kind = totals.setdefault(row[0], {})
+                per_kind[kind] = per_kind.get(kind, 0.0) + float(hours)
+    return totals
+
+
+def _used(provenance: dict[str, Any]) -> tuple[str, Optional[float]]:
+    """What the SQLite columns hold (migration 0004), from a provenance read in Python."""
+    if (provenance.get("gpus_used") or 0) > 0:
+        return "gpu", provenance.get("gpu_hours")
+    wall = provenance.get("wall_hours")
+    return "cpu", None if wall is None else wall * (provenance.get("training_ranks") or 1)
+
+
+def hours_text(totals: dict[str, dict[str, float]]) -> list[str]:
+    units = {"gpu": "GPU-hours", "cpu": "CPU-hours"}
+    return [f"  {name or '(no sweep)'}: " + ", ".join(f"{hours:,.1f} {units[kind]}" for kind, hours in sorted(per.items()))
+            for name, per in sorted(totals.items())]

@@ -178,6 +178,11 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
     # A row's ninth field, its bare state, has no place in the line: format() leaves it out.
     print("\n".join([line.format(*header)] + [line.format(*row) if row[-2] else line.format(*row).rstrip()
                                            for row in rows]))
+    from seedrun.views.progress import hours_by_sweep, hours_text
+
+    used = hours_text(hours_by_sweep(db_url, sweep))
+    if used:
+        print("\ndevice-hours used, per sweep:\n" + "\n".join(used))
     if counts.get("running"):
         from seedrun.views.progress import running_progress
 
