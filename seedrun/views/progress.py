@@ -61,15 +61,19 @@ def hours_by_sweep(db_url: str, sweep: Optional[str] = None) -> dict[str, dict[s
     with closing(connection):
         cursor = connection.cursor()
         narrow = mark == "?" and "device_hours" in table_columns(cursor)
-        select = "r.device_kind, r.device_hours" if narrow else "r.provenance"
-        sql = (f"SELECT coalesce(s.name, ''), {select} FROM runs r LEFT JOIN sweep_runs sr ON sr.run_id = r.id "
-               "LEFT JOIN sweeps s ON s.id = sr.sweep_id")
-        cursor.execute(sql + (f" WHERE s.name = {mark}" if sweep else ""), (sweep,) if sweep else ())
-        for row in cursor.fetchall():
-            kind, hours = row[1:] if narrow else _used(parse_json(row[1]) or {})
-            if hours:
-                per_kind = totals.setdefault(row[0], {})
-                per_kind[kind] = per_kind.get(kind, 0.0) + float(hours)
+        joined = ("FROM runs r LEFT JOIN sweep_runs sr ON sr.run_id = r.id LEFT JOIN sweeps s ON s.id = sr.sweep_id"
+                  + (f" WHERE s.name = {mark}" if sweep else ""))
+        if narrow:  # SQLite sums its narrow columns itself (migration 0005)
+            cursor.execute(f"SELECT coalesce(s.name, ''), r.device_kind, sum(r.device_hours) {joined} "
+                           "GROUP BY 1, 2", (sweep,) if sweep else ())
+            rows = cursor.fetchall()
+        else:
+            cursor.execute(f"SELECT coalesce(s.name, ''), r.provenance {joined}", (sweep,) if sweep else ())
+            rows = [(name, *_used(parse_json(provenance) or {})) for name, provenance in cursor.fetchall()]
+    for name, kind, hours in rows:
+        if hours:
+            per_kind = totals.setdefault(name, {})
+            per_kind[kind] = per_kind.get(kind, 0.0) + float(hours)
     return totals
 
 
