@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from seedrun.store.protocols import is_paper_protocol, paper_recipe, probe_family
 from seedrun.sweeps.settings import SETTING_KEYS
 from seedrun.tables.definitions import Column, Filter, Row, TableDef, get_table, paper_entry, paper_citation
+from seedrun.tables.references import EXTRA_METRICS, Reference, find_references
 
 if TYPE_CHECKING:
     from seedrun.store.groups import RunGroup
@@ -106,6 +107,14 @@ class TableData:
     notes: list[str] = field(default_factory=list)  # appended to by whoever prints the table
     paper: bool = False
     paper_columns: frozenset[str] = frozenset()  # column ids followed by "paper" and "Δ" columns
+    references: list[Reference] = field(default_factory=list)  # student alone, teacher, ... (references.py)
+    data_names: tuple[str, ...] = ()  # the data sets (data.name) of the runs in the cells
+
+    def published_only(self) -> list[Column]:
+        """The columns that hold published values and none of ours: no run of ours measured them (a CPU
+        sweep has k-NN only), so their own cells say nothing that the row's other cells do not."""
+        return [column for index, column in enumerate(self.columns) if column.id in self.paper_columns
+                and not any(row.cells[index].state == VALUE for row in self.rows)]
 
     def header(self) -> list[tuple[str, str]]:
         """(group, label) of every printed column, the row labels first."""
@@ -282,15 +291,16 @@ def config_keys(table: TableDef) -> set[str]:
 
 
 def metric_names(table: TableDef) -> set[str]:
-    """Every metric the table's cells read."""
-    return {column.metric for column in table.columns}
+    """Every metric the table's cells read, and its references' (seedrun.tables.references)."""
+    return {column.metric for column in table.columns} | EXTRA_METRICS
 
 
 def stages(table: TableDef) -> Optional[set[str]]:
-    """The stages of the runs that can fill the table's cells; None when a cell does not name its stage."""
+    """The stages of the runs that can fill the table's cells, and pre-training (the references: the
+    student alone and the teacher); None when a cell does not name its stage."""
     named = {flt.get("stage") for row in table.rows if row.kind == "runs" for column in table.columns
              for flt in [table.filter_for(row, column)] if flt is not None}
-    return None if None in named else named
+    return None if None in named else named | {"pretrain"}
 
 
 def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
@@ -301,7 +311,8 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
     comparable = is_paper_protocol(protocol)
     withheld: set[str] = set()  # probe families whose published values are left out
     wanted = stages(table)
-    index = _Index(_group_by_setting(group for group in groups if wanted is None or group.stage in wanted))
+    groups = [group for group in groups if wanted is None or group.stage in wanted]
+    index = _Index(_group_by_setting(groups))
 
     rows = table.rows
     if table.axis:
@@ -351,7 +362,10 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
     shown_kinds = {(column.teacher, column.metric) for column in table.columns
                    if column.always or recorded(column) or has_paper(column)}
     columns = [column for column in table.columns if (column.teacher, column.metric) in shown_kinds]
+    in_cells = [group for members in chosen.values() for group in members]
     data = TableData(
+        references=find_references(table, in_cells, groups),
+        data_names=tuple(sorted({str(group.settings["data.name"]) for group in in_cells if "data.name" in group.settings})),
         name=table.name, title=table.title, definition=table, row_headers=table.row_headers, columns=columns,
         rows=[RowData(row, [cells[row.id, column.id] for column in columns]) for row in rows],
         paper=paper, paper_columns=frozenset(column.id for column in columns if has_paper(column)), notes=[],
