@@ -3,8 +3,11 @@
 The header says how many runs, in which states, and per axis how many values and a few of them (a
 2,500-run sweep is not 2,500 values on one line). With the Slurm launcher a dry run also lists the
 arrays `seedrun sweep` would submit, as seedrun.launchers.slurm plans them: stage, tasks, `%throttle`,
-which array each waits for, partition, GPUs, CPUs, memory and time limit. `--all` adds a line per run;
-`--json` prints the whole plan (arrays with their runs, every run's state) for scripts.
+which array each waits for, partition, nodes x tasks, GPUs and memory a node, CPUs a task and a node, and
+time limit; then what each stage asks (teacher pre-training, distillation, evaluation, also those without
+runs in this sweep) and whether it fits the partition's nodes (seedrun.launchers.requests: one `sinfo`;
+a request that fits no node is one error line and exit 2). `--all` adds a line per run; `--json` prints
+the whole plan (arrays with their runs, every run's state, the stages' requests) for scripts.
 
 Neither SQLAlchemy nor torch is imported unless a database exists to read the runs' states from.
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from seedrun.launchers.requests import Request
 from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, LOST, PENDING, RETRYABLE
+from seedrun.sweeps.launcher_values import tasks_per_node
 
 #: An axis with more values than this shows its count, its first and its last few values.
 SHOW_VALUES = 8
@@ -130,6 +135,7 @@ def build_plan(sweep, states: dict[str, str], stale: int = 0, retry_failed: bool
             "after_arrays": after, "after_runs_in_flight": in_flight,
             "partition": launcher_settings.get("partition"), "account": launcher_settings.get("account"),
             "qos": launcher_settings.get("qos"), "nodes": launcher_settings.get("nodes") or 1,
+            "tasks_per_node": tasks_per_node(launcher_settings),
             "gpus_per_node": launcher_settings.get("gpus_per_node") or 0,
             "cpus_per_task": launcher_settings.get("cpus_per_task"), "mem_gb": launcher_settings.get("mem_gb"),
             "timeout_min": int(launcher_settings.get("timeout_min") or 60),
@@ -137,6 +143,9 @@ def build_plan(sweep, states: dict[str, str], stale: int = 0, retry_failed: bool
         })
     plan["blocked"] = blocked
     plan["max_array_size"] = limit
+    plan["stages"] = {stage: Request.of(settings).describe() + f", {_time(int(settings.get('timeout_min') or 60))}"
+                      for stage, settings in (getattr(sweep, "stage_launchers", None) or {}).items()}
+    plan["_arrays"] = arrays  # for the request check; not printed
     return plan
 
 
@@ -149,13 +158,16 @@ def array_lines(plan: dict[str, Any]) -> list[str]:
     arrays = plan["arrays"]
     lines = [f"Slurm: {len(arrays)} array{'s' * (len(arrays) != 1)} to submit, one sbatch each "
              f"(MaxArraySize {plan.get('max_array_size')}); {plan['to_run']} of {plan['runs_total']} runs to run"]
-    header = ("array", "stage", "tasks", "throttle", "after", "partition", "GPUs/node", "CPUs/task", "memory", "time limit")
+    header = ("array", "stage", "tasks", "throttle", "after", "partition", "nodes x tasks", "GPUs/node", "CPUs/task",
+              "CPUs/node", "memory/node", "time limit")
     rows = [header]
     for array in arrays:
         after = [f"#{i}" for i in array["after_arrays"]] + [f"run {h}" for h in array["after_runs_in_flight"]]
+        cpus = array["cpus_per_task"]
         rows.append((f"#{array['array']}", array["stage"], str(array["tasks"]), f"%{array['throttle']}",
-                     ",".join(after) or "-", array["partition"] or "(default)", str(array["gpus_per_node"]),
-                     str(array["cpus_per_task"] or "(default)"),
+                     ",".join(after) or "-", array["partition"] or "(default)",
+                     f"{array['nodes']}x{array['tasks_per_node']}", str(array["gpus_per_node"]),
+                     str(cpus or "(default)"), str(cpus * array["tasks_per_node"]) if cpus else "(default)",
                      f"{array['mem_gb']:g} GB" if array["mem_gb"] else "(default)", _time(array["timeout_min"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -164,15 +176,47 @@ def array_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stage_lines(plan: dict[str, Any], sweep) -> list[str]:
+    """What each stage asks, per task and per node, stages without runs in this sweep included."""
+    if not plan.get("stages"):
+        return []
+    names = {"pretrain": "teacher pre-training", "distill": "distillation", "eval": "evaluation"}
+    lines = ["Requests per stage (memory and GPUs a node; CPUs a task and a node):"]
+    for stage, text in plan["stages"].items():
+        none = "" if sweep.stage(stage) else " (no runs in this sweep)"
+        lines.append(f"  {stage:<8} {names[stage]}{none}: {text}")
+    return lines
+
+
+def check_plan(plan: dict[str, Any], sweep) -> list[str]:
+    """The arrays' requests against the cluster's nodes: lines to print; InputError when one fits no node."""
+    from seedrun.launchers.requests import check_arrays
+
+    fits, skipped = check_arrays(plan.pop("_arrays", []), sweep.path, getattr(sweep, "stage_blocks", {}) or {},
+                                 plan.get("max_array_size") or 1001)
+    plan["requests_checked"] = not skipped
+    if skipped:
+        plan["requests_not_checked"] = skipped
+        return [f"requests not checked against the cluster: {skipped}"]
+    plan["requests_fit"] = fits
+    return [f"request {line}" for line in fits]
+
+
 def show_dry_run(console, sweep, states: dict[str, str], stale: int, retry_failed: bool = False,
                  all_runs: bool = False, as_json: bool = False) -> int:
     plan = build_plan(sweep, states, stale, retry_failed)
     if as_json:
+        if plan["launcher"] == "slurm" and plan["to_run"]:
+            check_plan(plan, sweep)
         print(json.dumps(plan, default=str))
         return 0
     print_header(console, sweep, states, stale)
     if plan["launcher"] == "slurm":
         lines = array_lines(plan) if plan["to_run"] else ["Slurm: nothing to submit: every run is done or in flight"]
+        lines += stage_lines(plan, sweep)
+        for line in lines:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        lines = check_plan(plan, sweep) if plan["to_run"] else []
     else:
         lines = [f"{plan['launcher']}: {plan['to_run']} of {plan['runs_total']} runs to run, one after another on this machine"]
     for line in lines:

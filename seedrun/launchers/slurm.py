@@ -36,6 +36,10 @@ from seedrun.sweeps.launcher_values import tasks_per_node
 #: submitit's own count of timeouts is switched off (it would refuse requeues after 3); RunJob
 #: enforces max_timeouts and max_preemptions itself and records them.
 SUBMITIT_MAX_TIMEOUTS = 1_000_000
+#: srun options of every array, whatever its launcher settings: a task that dies (SIGKILL, the OOM killer, a
+#: crash) ends the whole step at once; without it the other ranks wait in their next collective until the
+#: process group's timeout, holding every GPU, and the run's failure is never recorded.
+SRUN_ARGS = ("--kill-on-bad-exit=1",)
 STAGE_ORDER = {"pretrain": 0, "distill": 1, "eval": 2}  # an array is submitted after those it waits for
 
 
@@ -218,6 +222,16 @@ def _open_attempts(db_url: str, hashes: list[str]):
     return attempts, done
 
 
+def _check_requests(arrays: list[ArrayPlan], sweep, console, limit: int) -> None:
+    """Every array's request against the partition's nodes (seedrun.launchers.requests); InputError if one fits
+    no node. Skipped, with one line, where sinfo cannot be reached."""
+    from seedrun.launchers.requests import check_arrays
+
+    fits, skipped = check_arrays(arrays, sweep.path, getattr(sweep, "stage_blocks", {}) or {}, limit)
+    if skipped:
+        console.print(f"requests not checked against the cluster: {skipped}", highlight=False, soft_wrap=True)
+
+
 def _sbatch_error(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if "error" in line.lower()]
@@ -244,10 +258,12 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     if job_factory is None:
         from seedrun.job.run_job import RunJob as job_factory  # no torch: the job imports it when it trains
 
+    limit = max_array_size()
+    _check_requests(plan_arrays(todo, limit), sweep, console, limit)  # before any folder or sbatch
     runs, blocked, alive = _split_blocked(todo, db_url)
     attempts, done = _open_attempts(db_url, [run.hash for run in runs])
     runs = [run for run in runs if run.hash in attempts]
-    arrays = plan_arrays(runs, max_array_size())
+    arrays = plan_arrays(runs, limit)
     sid = submission_id()
     root = seedrun_home() / "submitit" / "slurm" / slug(sweep.name) / sid
     try:
@@ -300,6 +316,7 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
 def _submit_array(executor, array: ArrayPlan, sweep, task_ids, array_sizes, alive, job_factory, attempts, data_root):
     """One sbatch for `array` (its tasks wait on the teachers they need); returns submitit's jobs."""
     params = executor_parameters(array.launcher, f"seedrun-{slug(sweep.name)}-{array.stage}")
+    params["slurm_srun_args"] = list(SRUN_ARGS)
     after = dependency(array, task_ids, array_sizes, alive)
     if after:
         params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"], "dependency": after}

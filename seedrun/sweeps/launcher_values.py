@@ -6,6 +6,10 @@ after it becomes a shell command while the `#SBATCH` directives below it are sil
 every setting has a type (an integer, a number, or a string of the characters Slurm accepts for it),
 `additional_parameters` keys must be sbatch long options, and no key or value may hold a control
 character. A violation is one InputError naming the file and `launcher.<key>`: exit 2, nothing run.
+
+Each stage may have its own block inside `launcher:` (`pretrain:`, `distill:`, `eval:`), over the
+settings the stages share; evaluation, which runs on rank 0 alone, defaults to one GPU on one node
+(`stage_settings`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ _NAMES = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
 _CONSTRAINT = re.compile(r"[A-Za-z0-9_.,&|*\[\]()!:=+-]+")
 # sbatch's long options: letters, digits, '-' (submitit turns '_' into '-').
 _OPTION = re.compile(r"[a-z][a-z0-9_-]*")
+#: The stages a sweep's runs belong to (seedrun.sweeps.spec.RunSpec.stage), each with its optional launcher block.
+STAGES = ("pretrain", "distill", "eval")
 #: sbatch options seedrun sets itself; a sweep setting them would break requeueing, logs or dependencies.
 RESERVED_OPTIONS = frozenset({"array", "dependency", "output", "error", "open-mode", "signal", "parsable",
                               "wrap", "chdir", "job-name", "export", "no-requeue", "requeue", "wckey"})
+#: sbatch options that a typed setting asks for: through additional_parameters they would escape the request
+#: check (seedrun.launchers.requests) and, for GPUs, start one task that uses one GPU of many.
+TYPED_OPTIONS = {"gres": "gpus_per_node", "gpus": "gpus_per_node", "gpus-per-node": "gpus_per_node",
+                 "gpus-per-task": "gpus_per_node", "gpus-per-socket": "gpus_per_node", "nodes": "nodes",
+                 "ntasks": "tasks_per_node", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task",
+                 "mem": "mem_gb", "time": "timeout_min", "partition": "partition", "account": "account",
+                 "qos": "qos", "constraint": "constraint"}
 
 
 def control_character(text: str) -> Optional[str]:
@@ -115,28 +128,29 @@ def _describe(value: Any) -> str:
 _CHECKED: set[tuple[str, str]] = set()
 
 
-def check_launcher(launcher: dict[str, Any], path: str) -> None:
-    """Raise InputError for the first launcher setting that is not of its type or holds a control character."""
-    key = (path, repr(launcher))  # every run of a sweep has the same few launchers: check each once
+def check_launcher(launcher: dict[str, Any], path: str, prefix: str = "launcher") -> None:
+    """Raise InputError for the first launcher setting that is not of its type or holds a control character;
+    `prefix` is where the settings were written (`launcher`, or a stage's block `launcher.eval`)."""
+    key = (path, prefix, repr(launcher))  # every run of a sweep has the same few launchers: check each once
     if key in _CHECKED:
         return
-    _check_launcher(launcher, path)
+    _check_launcher(launcher, path, prefix)
     _CHECKED.add(key)
 
 
-def _check_launcher(launcher: dict[str, Any], path: str) -> None:
+def _check_launcher(launcher: dict[str, Any], path: str, prefix: str) -> None:
     name = launcher.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise InputError(path, "launcher.name", f"expected a launcher name (local, slurm), got {_describe(name)}")
     typed = SETTINGS.get(name, {})
     for key, value in launcher.items():
-        where = f"launcher.{key}"
+        where = f"{prefix}.{key}"
         if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
-            raise InputError(path, f"launcher.{key!r}", "expected a setting name (lower-case letters, digits, _)")
+            raise InputError(path, f"{prefix}.{key!r}", "expected a setting name (lower-case letters, digits, _)")
         if key == "name":
             continue
         if key == "additional_parameters":
-            _check_additional(value, path)
+            _check_additional(value, path, prefix)
             continue
         if isinstance(value, str) and control_character(value):
             raise InputError(path, where, f"control character {control_character(value)} in {_describe(value)}")
@@ -155,18 +169,23 @@ def _scalar(value: Any) -> Optional[str]:
     return "expected a plain value (a string, a number, true/false or null)"
 
 
-def _check_additional(value: Any, path: str) -> None:
+def _check_additional(value: Any, path: str, prefix: str = "launcher") -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        raise InputError(path, "launcher.additional_parameters", "expected a mapping of sbatch option -> value")
+        raise InputError(path, f"{prefix}.additional_parameters", "expected a mapping of sbatch option -> value")
     for key, item in value.items():
-        where = f"launcher.additional_parameters.{key}"
+        where = f"{prefix}.additional_parameters.{key}"
         if not isinstance(key, str) or not _OPTION.fullmatch(key):
-            raise InputError(path, f"launcher.additional_parameters[{_describe(key)}]",
+            raise InputError(path, f"{prefix}.additional_parameters[{_describe(key)}]",
                              "expected an sbatch long option name (lower-case letters, digits, - or _)")
-        if key.replace("_", "-") in RESERVED_OPTIONS:
-            raise InputError(path, where, f"--{key.replace('_', '-')} is set by seedrun itself; remove it")
+        option = key.replace("_", "-")
+        if option in RESERVED_OPTIONS:
+            raise InputError(path, where, f"--{option} is set by seedrun itself; remove it")
+        if option in TYPED_OPTIONS and not (option == "gres" and "gpu" not in str(item).lower()):
+            typed = TYPED_OPTIONS[option]
+            why = "one task per GPU, checked against the nodes" if typed == "gpus_per_node" else "checked against the nodes"
+            raise InputError(path, where, f"--{option} is asked with launcher.{typed} ({why}); use that instead")
         if isinstance(item, bool):
             if item is not True:
                 raise InputError(path, where, "expected true (a flag) or a value; false is not an sbatch option")
@@ -177,3 +196,42 @@ def _check_additional(value: Any, path: str) -> None:
             raise InputError(path, where, f"expected a non-empty string, a number or true, got {_describe(item)}")
         if control_character(item):
             raise InputError(path, where, f"control character {control_character(item)} in {_describe(item)}")
+
+
+def split_stages(block: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A sweep's `launcher:` block as (the settings every stage shares, {stage: its own block})."""
+    shared = {key: value for key, value in block.items() if key not in STAGES}
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if stage not in block:
+            continue
+        own = block[stage]
+        if not isinstance(own, dict):
+            raise InputError(path, f"launcher.{stage}", f"expected a mapping of launcher settings for the {stage} stage")
+        if "name" in own:
+            raise InputError(path, f"launcher.{stage}.name", "expected no name: every stage runs under launcher.name")
+        if own and shared.get("name") == "local":
+            raise InputError(path, f"launcher.{stage}", "expected no stage block under the local launcher: it runs "
+                             "every stage with the same settings, one run after another")
+        stages[stage] = own
+    return shared, stages
+
+
+def stage_settings(settings: dict[str, Any], stage: str, own: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The launcher a run of `stage` is submitted with: the shared `settings`, then the stage's own block.
+
+    Evaluation runs on global rank 0 alone (seedrun.job.ranks): unless its block says otherwise it asks one
+    node, one task and, where the others ask GPUs, one GPU with that GPU's share of the node's memory,
+    instead of holding a whole node to use one GPU of it.
+    """
+    resolved = dict(settings)
+    if stage == "eval":
+        if resolved.get("name") == "local":
+            resolved["procs"] = 1
+        else:
+            gpus = int(resolved.get("gpus_per_node") or 0)
+            resolved.update(nodes=1, tasks_per_node=0, gpus_per_node=min(gpus, 1))
+            if gpus > 1 and resolved.get("mem_gb"):
+                resolved["mem_gb"] = round(float(resolved["mem_gb"]) / gpus, 1)
+    resolved.update(own or {})
+    return resolved

@@ -94,8 +94,10 @@ def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[
 
 def evaluation_config(trained: "RunSpec", protocol: str) -> dict[str, Any]:
     """The config of evaluating `trained` with `protocol`: its own run, keyed by the trained run and the settings."""
+    from seedrun.sweeps.launcher_values import stage_settings
+
     config = trained.config
-    return {
+    evaluation = {
         "protocol": protocol,
         "settings": config["eval"]["protocols"][protocol],
         "source": trained.hash,
@@ -103,3 +105,6 @@ def evaluation_config(trained: "RunSpec", protocol: str) -> dict[str, Any]:
         "seed": config.get("seed", 0),
         **{key: config[key] for key in EXECUTION_KEYS if key in config},
     }
+    if isinstance(evaluation.get("launcher"), dict):  # one GPU, not the trained run's whole node (a sweep's eval block wins)
+        evaluation["launcher"] = stage_settings(evaluation["launcher"], "eval")
+    return evaluation

@@ -14,6 +14,15 @@ A sweep file:
     baselines: true                  # also train each student alone with MoCo-v2 (the paper's baseline)
     launcher: {name: local}          # or slurm: partition, timeout_min, ... (seedrun/recipes/launcher/)
 
+With Slurm each stage may ask for its own resources: settings at the top of `launcher:` are shared,
+and a block per stage (`pretrain:` teachers and baselines, `distill:`, `eval:`) sets what differs:
+
+    launcher:
+      name: slurm
+      timeout_min: 1440
+      distill: {gpus_per_node: 8, cpus_per_task: 10, mem_gb: 320}   # per task: CPUs; per node: GPUs, memory
+      eval: {gpus_per_node: 1, cpus_per_task: 10, mem_gb: 40}       # default: one GPU of the shared request
+
 Keys and values are Hydra overrides: `teacher: resnet50_mocov2` picks a recipe, `distill.K: ...` sets a
 value. A teacher whose `checkpoint` is null becomes a pre-training run of its own that the
 distillation runs depend on; two runs that name the same teacher share it.
@@ -29,7 +38,7 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import check_launcher, control_character, processes
+from seedrun.sweeps.launcher_values import check_launcher, control_character, processes, split_stages, stage_settings
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -42,8 +51,10 @@ class Sweep:
     ablation: Optional[str]
     runs: list[RunSpec]  # pre-training runs first, then distillation runs, each in sweep order
     axes: list[str]
-    launcher: dict[str, Any]
+    launcher: dict[str, Any]  # the settings every stage shares, as the file wrote them
     warnings: list[str] = field(default_factory=list)
+    stage_blocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # launcher.<stage> blocks as written
+    stage_launchers: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's resolved launcher
 
     def stage(self, stage: str) -> list[RunSpec]:
         return [run for run in self.runs if run.stage == stage]
@@ -163,6 +174,8 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
     launcher = data.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
+    launcher, stage_blocks = split_stages(launcher, path)
+    cli_launcher_keys = _cli_launcher_keys(cli_overrides)
 
     # Every value of every axis must be a valid override on its own before any combination is composed.
     axis_overrides = [(f"grid.{key}", f"{key}={_override_value(value)}") for key, values in grid.items() for value in values]
@@ -183,6 +196,8 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
 
     pretrain_runs: dict[str, RunSpec] = {}
     distill_runs: list[RunSpec] = []
+    eval_launchers: dict[str, dict] = {}  # the evaluations of a run are submitted with its point's eval launcher
+    first_stages: dict[str, dict] = {}  # what each stage asks, for the plan (stages without runs included)
     warnings: list[str] = []
     for grid_point in points:
         for zip_point in zip_points:
@@ -194,11 +209,15 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
                     overrides.append(f"seed={seed}")
                     values["seed"] = seed
                 config = compose_config(overrides, path)
-                config["launcher"] = _launcher_settings(config.get("launcher", {}), launcher, path)
-                _check_values(config, values, path)
+                shared = _launcher_settings(config.get("launcher", {}), launcher, path, cli_launcher_keys)
+                stages = _stage_launchers(shared, stage_blocks, path)
+                first_stages = first_stages or stages
+                config["launcher"] = stages["distill"]
+                _check_values(config, values, path, stages["pretrain"])
                 teacher_run = None
                 if config["teacher"].get("checkpoint") is None:
-                    teacher_run = RunSpec("pretrain", pretrain_config(config, "teacher"), axes={})
+                    teacher_run = RunSpec("pretrain", {**pretrain_config(config, "teacher"), "launcher": stages["pretrain"]},
+                                          axes={})
                     pretrain_runs.setdefault(teacher_run.hash, teacher_run)
                 else:
                     _check_teacher(config["teacher"], path, _label("teacher.checkpoint", values), dry_run, warnings)
@@ -208,11 +227,13 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
                         raise InputError(path, "baselines", f"the student-alone MoCo-v2 baseline borrows the teacher "
                                          f"recipe's MoCo-v2 settings, and teacher {config['teacher']['name']!r} lacks "
                                          f"{', '.join(sorted(missing))}; set baselines: false")
-                    baseline = RunSpec("pretrain", pretrain_config(config, "student"), axes={})
+                    baseline = RunSpec("pretrain", {**pretrain_config(config, "student"), "launcher": stages["pretrain"]},
+                                       axes={})
                     pretrain_runs.setdefault(baseline.hash, baseline)
                 config.pop("stage", None)
                 distill_runs.append(RunSpec("distill", config, axes=values,
                                             depends_on=teacher_run.hash if teacher_run else None))
+                eval_launchers[distill_runs[-1].hash] = stages["eval"]
     checked_data: set[str] = set()
     for run in list(pretrain_runs.values()) + distill_runs:
         if repr(run.config["data"]) not in checked_data:  # most sweeps have one data set: look for it once
@@ -220,11 +241,14 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
             checked_data.add(repr(run.config["data"]))
     trained = [run for run in pretrain_runs.values() if run.config["pretrain"].get("role") == "baseline"] + distill_runs
     evaluation_runs = [evaluation_run(run, protocol, path) for run in trained for protocol in run.config["eval"].get("after", [])]
+    for run in evaluation_runs:  # a baseline's evaluations take the eval launcher of the first point that named it
+        run.config["launcher"] = eval_launchers.get(run.depends_on) or next(iter(eval_launchers.values()), run.config["launcher"])
     unique: dict[str, RunSpec] = {}
     for run in list(pretrain_runs.values()) + distill_runs + evaluation_runs:
         unique.setdefault(run.hash, run)
     return Sweep(name=data["name"], path=path, ablation=data.get("ablation"), runs=list(unique.values()),
-                 axes=axes, launcher=launcher, warnings=sorted(set(warnings)))
+                 axes=axes, launcher=launcher, warnings=sorted(set(warnings)), stage_blocks=stage_blocks,
+                 stage_launchers=first_stages)
 
 
 def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") -> RunSpec:
@@ -235,21 +259,45 @@ def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") ->
                    depends_on=trained.hash)
 
 
-def _launcher_settings(recipe: dict, block: dict, path: str) -> dict:
+def _cli_launcher_keys(cli_overrides) -> set[str]:
+    """The launcher settings the command line sets (`launcher.cpus_per_task=12`): they win over the file."""
+    keys = set()
+    for override in cli_overrides:
+        key = override.partition("=")[0].strip().lstrip("+~")
+        if key.startswith("launcher.") and key.count(".") == 1:
+            keys.add(key.split(".", 1)[1])
+    return keys
+
+
+def _launcher_settings(recipe: dict, block: dict, path: str, from_cli: set[str] = frozenset(), prefix: str = "launcher") -> dict:
     for key in block:
         if key != "name" and key not in recipe:
-            raise InputError(path, f"launcher.{key}",
+            raise InputError(path, f"{prefix}.{key}",
                              f"unknown setting of launcher {recipe.get('name')!r}; known: {', '.join(sorted(recipe))}")
-    settings = {**recipe, **block}
-    check_launcher(settings, path)
+    settings = {**recipe, **block, **{key: recipe[key] for key in from_cli if key in recipe}}
+    check_launcher(settings, path, prefix)
     return settings
+
+
+def _stage_launchers(shared: dict, stage_blocks: dict, path: str) -> dict[str, dict]:
+    """{stage: the launcher its runs are submitted with}: the shared settings, then the stage's own block."""
+    stages = {}
+    for stage in ("pretrain", "distill", "eval"):
+        block = stage_blocks.get(stage) or {}
+        for key in block:
+            if key not in shared:
+                raise InputError(path, f"launcher.{stage}.{key}", f"unknown setting of launcher "
+                                 f"{shared.get('name')!r}; known: {', '.join(sorted(k for k in shared if k != 'name'))}")
+        stages[stage] = stage_settings(shared, stage, block)
+        check_launcher(stages[stage], path, f"launcher.{stage}" if block else "launcher")
+    return stages
 
 
 def _label(key: str, values: dict) -> str:
     return key if key not in values else f"grid.{key}"
 
 
-def _check_values(config: dict, values: dict, path: str) -> None:
+def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict) -> None:
     from seedrun.models.catalog import check_arch  # torch-free: timm is asked in a child process
 
     distill = config["distill"]
@@ -282,7 +330,7 @@ def _check_values(config: dict, values: dict, path: str) -> None:
     for key in ("sync_bn", "deterministic", "compile"):  # seedrun.training.kernels
         if key in distill and not isinstance(distill[key], bool):
             raise InputError(path, _where(f"distill.{key}", values), f"expected true or false, got {distill[key]!r}")
-    _check_pretrain_ranks(config, values, path, world)
+    _check_pretrain_ranks(config, values, path, processes(pretrain_launcher))  # the teacher's own launcher
     for key in ("lr", "weight_decay"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] < 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a number >= 0, got {distill.get(key)!r}")

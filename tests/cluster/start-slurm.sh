@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start a one-node Slurm test cluster on this machine (node "localhost",
-# partition "debug"), with accounting (slurmdbd + MariaDB) so that `sacct`
+# Start a two-node Slurm test cluster on this machine (nodes "localhost" and
+# "seedrun-n2", both slurmd on this host; partition "debug" has both), with accounting (slurmdbd + MariaDB) so that `sacct`
 # works. Idempotent: installs what is missing, starts what is not running, and
 # when everything is already up with the same configuration it does nothing.
 # Ends by printing ONE line ("slurm ready: ..."); progress goes to stderr only
@@ -13,20 +13,34 @@
 #     instead of ~121 s (only read at slurmctld start, hence the restart when
 #     the config changes).
 #   - slurmd -N localhost: the container's hostname is not "localhost".
+#   - a second node on the same host (multi-node runs are tested): its own
+#     NodeName with NodeHostname=localhost, NodeAddr=127.0.0.1 and a Port of
+#     its own; spool, pid and log files named with %n; `slurmd -N NAME` each.
+#     Its name is added to /etc/hosts (once): a job takes MASTER_ADDR from its
+#     node list, so every node name must resolve.
+#   - nodes shaped like an 8-GPU node (SLURM_NODE_CPUS, SLURM_NODE_MEM_MB,
+#     SLURM_NODE_GPUS; config_overrides lets slurmd advertise more than the
+#     machine has): seedrun checks requests against the nodes sinfo reports,
+#     and the paper sweeps' requests must fit here as on a GPU cluster. The
+#     GPUs are gres without device files: they can be scheduled, none exists.
 #   - many advertised CPUs (SlurmdParameters=config_overrides): all tasks of a
 #     small array run at once; `scancel --signal` on an array task fails while
 #     its siblings are still pending.
 #   - JobRequeue=1: batch jobs may be requeued (tests simulate preemption with
 #     `scontrol requeue`; submitit requeues itself on timeout).
-#   - partitions "preemptible" and "urgent" (PreemptMode=CANCEL): a job of urgent
-#     really preempts one of preemptible, which ends PREEMPTED (tests/test_slurm_preempt.py).
+#   - partitions "preemptible" and "urgent" (PreemptMode=CANCEL), node localhost
+#     only: a job of urgent that asks every CPU of that node really preempts one of
+#     preemptible, which ends PREEMPTED (tests/test_slurm_preempt.py).
 #   - no systemd in the container: daemons are started directly and tracked by
 #     pid files in $DIR (stop-slurm.sh kills by those pids, never by name).
 #
 # Environment:
 #   SLURM_TEST_DIR        state, spool, logs, pid files, database
 #                         (default /var/lib/seedrun-slurm)
-#   SLURM_NODE_CPUS       CPUs advertised for the node (default 64)
+#   SLURM_NODE_CPUS       CPUs advertised for each node (default 128)
+#   SLURM_NODE_MEM_MB     memory advertised for each node, MB (default 1000000)
+#   SLURM_NODE_GPUS       GPUs (gres, no devices) advertised for each node (default 8)
+#   SLURM_NODE2           the second node's name (default seedrun-n2)
 #   SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 1001, Slurm's own default)
 #   SLURM_DB_PORT         MariaDB's TCP port on 127.0.0.1 (default 13306)
 #   SLURM_WAIT_S          how long to wait for the node to be idle (default 60)
@@ -36,7 +50,11 @@
 set -euo pipefail
 
 DIR=${SLURM_TEST_DIR:-/var/lib/seedrun-slurm}
-NODE_CPUS=${SLURM_NODE_CPUS:-64}
+NODE_CPUS=${SLURM_NODE_CPUS:-128}
+MEM=${SLURM_NODE_MEM_MB:-1000000}
+GPUS=${SLURM_NODE_GPUS:-8}
+NODE2=${SLURM_NODE2:-seedrun-n2}
+NODES=(localhost "$NODE2")
 MAX_ARRAY=${SLURM_MAX_ARRAY_SIZE:-1001}
 DB_PORT=${SLURM_DB_PORT:-13306}
 WAIT_S=${SLURM_WAIT_S:-60}
@@ -115,13 +133,18 @@ log "packages present"
 
 mkdir -p "$DIR"/{state,spool,log}
 chmod 755 "$DIR"
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || die "SLURM_NODE_GPUS must be 1 or more, got '$GPUS'"
+[[ "$NODE2" =~ ^[a-z][a-z0-9-]*$ ]] || die "SLURM_NODE2 must be a host name, got '$NODE2'"
+
+# ---------------------------------------------------------------- node names resolve
+# Once: the line is added only when the name does not resolve yet.
+if ! getent hosts "$NODE2" >/dev/null; then
+  printf '127.0.0.1 %s\n' "$NODE2" >> /etc/hosts
+  log "added $NODE2 to /etc/hosts"
+fi
+getent hosts "$NODE2" >/dev/null || die "$NODE2 does not resolve after adding it to /etc/hosts"
 
 # ---------------------------------------------------------------- config
-# Memory from slurmd -C (e.g. "NodeName=x CPUs=2 ... RealMemory=24105"); 90%
-# of it so slurmd never reports less than configured and drains the node.
-hw=$(slurmd -C 2>/dev/null | head -1)
-real_mem=$(grep -oP '(?<=RealMemory=)[0-9]+' <<<"$hw" || echo 1024)
-MEM=$(( real_mem * 9 / 10 ))
 
 mkdir -p /etc/slurm
 SLURM_CONF_NEW=$(cat <<CONF
@@ -136,11 +159,12 @@ CredType=cred/munge
 # requeued jobs may start again after cred_expire+1 s (default 120 s)
 AuthInfo=cred_expire=10
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+# one slurmd per node on this host: %n (the node's name) keeps their files apart
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MailProg=/bin/true
@@ -163,18 +187,26 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 KillWait=5
-# advertise $NODE_CPUS CPUs whatever the hardware has (lets whole arrays run at once)
+# advertise $NODE_CPUS CPUs, $MEM MB and $GPUS GPUs whatever the hardware has (whole arrays run at once;
+# requests are checked against nodes shaped like a GPU cluster's)
 SlurmdParameters=config_overrides
-NodeName=localhost CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
+GresTypes=gpu
+NodeName=$NODE2 NodeHostname=$NODE2 NodeAddr=127.0.0.1 Port=6820 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM Gres=gpu:$GPUS State=UNKNOWN
+NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 Port=6818 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM Gres=gpu:$GPUS State=UNKNOWN
 # preemption as a shared cluster has it (PreemptMode=CANCEL): a job of "urgent" cancels jobs of
 # "preemptible" that hold what it needs, and they end PREEMPTED; jobs of the default partition are never preempted
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
-PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=$PARTITION Nodes=localhost,$NODE2 Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
 PartitionName=preemptible Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL
 PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 CONF
 )
+# GPUs whose "devices" are empty files (none exist here; slurmd counts a GPU only with a File): Slurm
+# schedules them for jobs that ask; such jobs find no GPU and train on the CPU
+mkdir -p "$DIR/gpu"
+for i in $(seq 0 $((GPUS - 1))); do : >> "$DIR/gpu/nvidia$i"; done
+GRES_CONF_NEW="NodeName=localhost,$NODE2 Name=gpu File=$DIR/gpu/nvidia[0-$((GPUS - 1))]"
 SLURMDBD_CONF_NEW=$(cat <<CONF
 AuthType=auth/munge
 DbdHost=localhost
@@ -193,6 +225,10 @@ StorageLoc=slurm_acct_db
 CONF
 )
 conf_changed=0
+if [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" != "$GRES_CONF_NEW" ]; then
+  printf '%s\n' "$GRES_CONF_NEW" > /etc/slurm/gres.conf
+  conf_changed=1
+fi
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$SLURM_CONF_NEW" ]; then
   printf '%s\n' "$SLURM_CONF_NEW" > /etc/slurm/slurm.conf.new
   mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
@@ -206,7 +242,9 @@ if [ "$(cat /etc/slurm/slurmdbd.conf 2>/dev/null)" != "$SLURMDBD_CONF_NEW" ]; th
 fi
 chmod 600 /etc/slurm/slurmdbd.conf
 
-node_ok() { case "$(sinfo -h -n localhost -o %T 2>/dev/null)" in idle|mixed|allocated|completing) return 0;; esac; return 1; }
+node_ok() { case "$(sinfo -h -n "$1" -o %T 2>/dev/null)" in idle|mixed|allocated|completing) return 0;; esac; return 1; }
+nodes_ok() { local n; for n in "${NODES[@]}"; do node_ok "$n" || return 1; done; }
+slurmds_alive() { local n; for n in "${NODES[@]}"; do alive "$DIR/slurmd-$n.pid" slurmd || return 1; done; }
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 DBRUN="$DIR/mysqlrun"
 sqlroot() { mariadb --no-defaults -S "$DBRUN/mysql.sock" -uroot "$@"; }
@@ -214,8 +252,8 @@ sqlroot() { mariadb --no-defaults -S "$DBRUN/mysql.sock" -uroot "$@"; }
 # Fast path: everything already up with this very configuration -> do nothing.
 if [ "$conf_changed$dbd_conf_changed" = 00 ] && munge_ok \
    && alive "$DBRUN/mariadb.pid" mariadbd && alive "$DIR/slurmdbd.pid" slurmdbd \
-   && alive "$DIR/slurmctld.pid" slurmctld && alive "$DIR/slurmd.pid" slurmd && node_ok; then
-  echo "slurm ready: already running, partition=$PARTITION node=localhost cpus=$NODE_CPUS accounting=slurmdbd state=$DIR ($(elapsed))"
+   && alive "$DIR/slurmctld.pid" slurmctld && slurmds_alive && nodes_ok; then
+  echo "slurm ready: already running, partition=$PARTITION nodes=localhost,$NODE2 cpus=$NODE_CPUS gpus=$GPUS accounting=slurmdbd state=$DIR ($(elapsed))"
   exit 0
 fi
 
@@ -278,28 +316,34 @@ log "slurmdbd up"
 # count are not picked up by `scontrol reconfigure`). Jobs survive: state is
 # saved in $DIR/state.
 if [ "$conf_changed" = 1 ]; then
-  stop_pidfile "$DIR/slurmd.pid" slurmd
+  stop_pidfile "$DIR/slurmd.pid" slurmd   # a one-node cluster's slurmd, from before the second node
+  for n in "${NODES[@]}"; do stop_pidfile "$DIR/slurmd-$n.pid" slurmd; done
   stop_pidfile "$DIR/slurmctld.pid" slurmctld
 fi
 alive "$DIR/slurmctld.pid" slurmctld || detached /usr/sbin/slurmctld
 for _ in $(seq 150); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.1; done
 scontrol ping 2>/dev/null | grep -q 'is UP' || { tail -20 "$DIR/log/slurmctld.log" >&2; die "slurmctld is not up"; }
 log "slurmctld up"
-alive "$DIR/slurmd.pid" slurmd || detached /usr/sbin/slurmd -N localhost
-log "slurmd started"
+for n in "${NODES[@]}"; do
+  mkdir -p "$DIR/spool/$n"
+  alive "$DIR/slurmd-$n.pid" slurmd || detached /usr/sbin/slurmd -N "$n"
+done
+log "slurmd started for ${NODES[*]}"
 
 # ---------------------------------------------------------------- wait for idle
 deadline=$(( $(date +%s) + WAIT_S ))
-until node_ok; do
-  case "$(sinfo -h -n localhost -o %T 2>/dev/null || true)" in
-    # e.g. left down by an earlier unclean stop
-    down*|drain*) scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
-  esac
+until nodes_ok; do
+  for n in "${NODES[@]}"; do
+    case "$(sinfo -h -n "$n" -o %T 2>/dev/null || true)" in
+      # e.g. left down by an earlier unclean stop
+      down*|drain*) scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+    esac
+  done
   if [ "$(date +%s)" -ge "$deadline" ]; then
-    echo "start-slurm: node not idle after ${WAIT_S}s: $(sinfo -h -n localhost -o '%T %E' 2>&1)" >&2
-    tail -20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2
+    echo "start-slurm: nodes not idle after ${WAIT_S}s: $(sinfo -h -N -o '%N %T %E' 2>&1 | tr '\n' ';')" >&2
+    tail -n 20 "$DIR/log/slurmctld.log" "$DIR"/log/slurmd-*.log >&2
     exit 1
   fi
   sleep 0.2
 done
-echo "slurm ready: partition=$PARTITION node=localhost cpus=$NODE_CPUS accounting=slurmdbd state=$DIR ($(elapsed))"
+echo "slurm ready: partition=$PARTITION nodes=localhost,$NODE2 cpus=$NODE_CPUS gpus=$GPUS accounting=slurmdbd state=$DIR ($(elapsed))"

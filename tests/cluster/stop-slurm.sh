@@ -38,7 +38,10 @@ if alive "$DIR/slurmctld.pid" slurmctld; then
   scancel --full --quiet --user=root 2>/dev/null || true
   sleep 0.5
 fi
-stop_pidfile "$DIR/slurmd.pid"          slurmd
+stop_pidfile "$DIR/slurmd.pid"          slurmd   # a one-node cluster's, from before the second node
+for f in "$DIR"/slurmd-*.pid; do           # one slurmd per node (SlurmdPidFile=.../slurmd-%n.pid)
+  [ -e "$f" ] && stop_pidfile "$f" slurmd
+done
 stop_pidfile "$DIR/slurmctld.pid"       slurmctld
 stop_pidfile "$DIR/slurmdbd.pid"        slurmdbd
 stop_pidfile "$DIR/mysqlrun/mariadb.pid" mariadbd

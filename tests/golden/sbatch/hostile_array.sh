@@ -23,4 +23,4 @@
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%A_%a/%A_%a_%t_log.out --error $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%A_%a/%A_%a_%t_log.err $PYTHON -u -m submitit.core._submit $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%j
+srun --unbuffered --output $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%A_%a/%A_%a_%t_log.out --error $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%A_%a/%A_%a_%t_log.err --kill-on-bad-exit=1 $PYTHON -u -m submitit.core._submit $SEEDRUN_HOME/submitit/slurm/x-y-touch-PWNED-touch-PWNED-touch-PWNED-sq-dq/$SUBMISSION/%j
