@@ -18,7 +18,8 @@ def test_one_process_helpers_change_nothing():
     assert ranks == distributed.SINGLE and ranks.is_main and not ranks.active
     t = torch.randn(4, 3)
     assert distributed.concat_all_gather(t) is t
-    assert ranks.agree(True, False) == (True, False) and ranks.agree(False, True) == (False, True)
+    assert ranks.sync(torch.tensor(2.5), True, False) == (2.5, True, False, False)
+    assert ranks.sync(torch.tensor(2.5), False, True, True) == (2.5, False, True, True)
     assert ranks.mean(torch.tensor(2.5)) == 2.5
     assert distributed.split_batch(32, ranks) == 32
     with pytest.raises(ValueError, match="does not split evenly over 3"):
@@ -31,9 +32,14 @@ def _helpers(rank, world, out):
     keys = torch.full((2, 3), float(rank))
     gathered = distributed.concat_all_gather(keys)
     assert gathered[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]  # rank order
-    assert ranks.agree(rank == 1, False) == (True, False)  # a stop seen on one rank stops every rank
-    assert ranks.agree(False, rank == 0) == (False, True)
-    assert ranks.agree(False, False) == (False, False)
+    # the step's one all-reduce: the loss averaged, and a stop, a checkpoint due or a failure seen on one
+    # rank is seen by every rank
+    assert ranks.sync(torch.tensor(float(rank)), rank == 1, False) == (0.5, True, False, False)
+    assert ranks.sync(torch.tensor(1.0), False, rank == 0) == (1.0, False, True, False)
+    assert ranks.sync(torch.tensor(1.0), False, False, rank == 1) == (1.0, False, False, True)
+    assert ranks.sync(torch.tensor(1.0), False, False) == (1.0, False, False, False)
+    nan = ranks.sync(torch.tensor(float("nan") if rank == 1 else 1.0), False, False)[0]
+    assert nan != nan  # a NaN on one rank is a NaN on every rank
     assert ranks.mean(torch.tensor(float(rank))) == 0.5
     assert ranks.gather_object({"r": rank}) == [{"r": 0}, {"r": 1}]
     # each rank enqueues the gathered keys: the copies stay identical, and equal one process's queue

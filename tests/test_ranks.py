@@ -54,13 +54,26 @@ if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == os.environ.get("FAULT_RANK") and
 
     def faulty(self, step, state):
         distilling = json.loads((self.run_dir / "run.json").read_text())["stage"] == "distill"
-        if step == 5 and distilling and not marker.exists():
+        if step == 5 and distilling and not marker.exists() and os.environ["FAULT"] in ("raise", "usr2", "kill"):
             marker.write_text(str(os.getpid()))
             if os.environ["FAULT"] == "raise":
                 raise ValueError("injected on this rank")
-            os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm or a preemption would: the job stops at this step
+            if os.environ["FAULT"] == "kill":  # as the out-of-memory killer would: no exception, no record
+                os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm or a preemption would: the job stops at a step
         return after_step(self, step, state)
     loop.Loop.after_step = faulty
+
+    import seedrun.data.loader as loader
+    view = loader.MemoryBatch.view
+
+    def unreadable(self, k, device=None):  # reading step 5's batch fails on this rank alone
+        if self.step == 5 and os.environ["FAULT"] == "data" and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            from seedrun.data.formats import DataError
+            raise DataError("101 unreadable images, more than data.max_bad_images=100 (injected on this rank)")
+        return view(self, k, device)
+    loader.MemoryBatch.view = unreadable
 '''
 
 
@@ -143,11 +156,55 @@ def test_usr2_at_a_step_requeues_both_ranks_and_resume_is_bit_identical(straight
     prov = json.loads(row[7])
     assert row[3] == 2 and prov["preemptions"] == 1  # one requeue of the whole job
     log = (Path(row[6]) / "log.txt").read_text()
-    assert "requeueing after a preemption" in log and "resumed from step 5" in log
-    assert "resumed from step 5" in (Path(row[6]) / "log.rank1.txt").read_text()
+    # the signal came after step 5's all-reduce: the ranks agree on it in step 6's, and stop after step 6
+    assert "requeueing after a preemption" in log and "resumed from step 6" in log
+    assert "resumed from step 6" in (Path(row[6]) / "log.rank1.txt").read_text()
     straight_row = [r for r in _rows(home) if r[1] == "distill" and r[2] == "completed"][0]
     a, b = (torch.load(Path(r[6]) / "checkpoint.pt", weights_only=True) for r in (straight_row, row))
     assert a["step"] == b["step"] == 20
     for name, value in a["student"].items():
         assert torch.equal(value, b["student"][name]), name
     assert torch.equal(a["queue"]["embeddings"], b["queue"]["embeddings"])
+
+
+def _failed_distillation(home: Path, before: set) -> tuple:
+    """The one run that failed since `before` (the hashes failed then: the tests share the teacher's home)."""
+    failed = [row for row in _rows(home) if row[2] == "failed" and row[0] not in before]
+    assert len(failed) == 1
+    return failed[0]
+
+
+def _failed(home: Path) -> set:
+    return {row[0] for row in _rows(home) if row[2] == "failed"}
+
+
+def test_a_data_error_on_rank_1_is_told_at_the_steps_all_reduce_and_recorded_with_its_class(straight, tmp_path):
+    """Rank 1 alone fails reading step 5's batch (its bad-image count is its own): it joins the step's
+    all-reduce saying it failed, so rank 0 stops there at once (with NCCL it would otherwise wait in its
+    next collective until the timeout), and records rank 1's class."""
+    home, _, _ = straight
+    before = _failed(home)
+    result, _ = _sweep(home, tmp_path, "0.2", fault="data")
+    recorded = time.time()
+    assert "failed 1" in result.stdout, result.stdout + result.stderr
+    _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
+    assert (stage, attempts, reason) == ("distill", 1, "data_error")
+    assert "rank 1 raised DataError: 101 unreadable images" in error
+    log = (Path(run_dir) / "log.txt").read_text()
+    assert "PeerFailed: another rank failed before the all-reduce of step 6" in log  # told, not a broken connection
+    assert recorded - (tmp_path / "fault-0.2").stat().st_mtime < 60
+
+
+def test_rank_1_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, tmp_path):
+    """SIGKILL leaves no exception and no failure record: rank 0's collective breaks, and rank 0 finds rank
+    1's process (process.rank1.json) gone without a record."""
+    home, _, _ = straight
+    before = _failed(home)
+    result, _ = _sweep(home, tmp_path, "0.3", fault="kill")
+    recorded = time.time()
+    assert "failed 1" in result.stdout, result.stdout + result.stderr
+    _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
+    assert (stage, attempts, reason) == ("distill", 1, "killed")
+    killed = int((tmp_path / "fault-0.3").read_text())
+    assert f"rank 1 was killed: process {killed} on" in error
+    assert recorded - (tmp_path / "fault-0.3").stat().st_mtime < 60

@@ -11,7 +11,9 @@ OOM-killed) fails its attempt; `seedrun sweep --retry-failed` resumes it from it
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -143,7 +145,8 @@ def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[
                 progress.advance(overall)
                 continue
             task = progress.add_task(_label(run), total=_epochs(run), note="starting")
-            job = executor.submit(RunJob(run.hash, attempt.run_dir, data_root, attempt.number))
+            with rendezvous_port():  # the run's ranks meet there (seedrun.job.ranks), not at an inherited port
+                job = executor.submit(RunJob(run.hash, attempt.run_dir, data_root, attempt.number))
             _note_job(db_url, run.hash, attempt.number, f"local:{job.job_id}")
             state, epoch, summary = _follow(job, db_url, attempt, progress, task)
             if state not in ENDED:  # died without recording (killed, OOM-killed)
@@ -181,6 +184,28 @@ def _follow(job, db_url: str, attempt: Attempt, progress: Progress, task) -> tup
         while time.monotonic() < next_poll and not job.done():
             time.sleep(EXIT_POLL_SECONDS)
     return _settled(db_url, run_hash)
+
+
+@contextlib.contextmanager
+def rendezvous_port():
+    """A free port of this machine for the job submitted inside, as SEEDRUN_MASTER_PORT in the environment
+    submitit's LocalExecutor copies into it: each run's processes rendezvous on a port of their own (a
+    port derived from the job id, a process id here, could be taken), whatever MASTER_PORT the shell
+    that started seedrun exports."""
+    from seedrun.job.ranks import LOCAL_PORT
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    previous = os.environ.get(LOCAL_PORT)
+    os.environ[LOCAL_PORT] = str(port)
+    try:
+        yield port
+    finally:
+        if previous is None:
+            os.environ.pop(LOCAL_PORT, None)
+        else:
+            os.environ[LOCAL_PORT] = previous
 
 
 def local_gpus() -> tuple[int, ...]:

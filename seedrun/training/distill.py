@@ -9,7 +9,6 @@ run needs only its step to draw exactly what an uninterrupted run would have dra
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +25,8 @@ from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
 from seedrun.training import distributed, kernels
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
-from seedrun.training.loop import Hooks, autocast, batch_size_for, features, setup_torch, sgd_and_loop
+from seedrun.training.loop import (Hooks, InDtype, autocast, batch_size_for, features, setup_torch, sgd_and_loop,
+                                   training_dtype)
 from seedrun.training.queue import EmbeddingQueue
 from seedrun.training.strategies import create_objective, get_strategy
 
@@ -64,22 +64,23 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     train = open_split(data_cfg, "train", data_root, hooks.log, method=config["teacher"].get("method", "mocov2"))
     test = open_split(data_cfg, "test", data_root, hooks.log)
     seed = int(config["seed"])
+    dtype = training_dtype(config)  # float32; float64 for the tests that compare process layouts
 
     teacher_backbone, teacher_head = load_teacher(config, teacher_dir)
-    teacher = kernels.prepare(nn.Sequential(teacher_backbone, teacher_head), device).eval().requires_grad_(False)
+    teacher = kernels.prepare(nn.Sequential(teacher_backbone, teacher_head), device).to(dtype).eval().requires_grad_(False)
     torch.manual_seed(seed)
     backbone, head, _ = create_network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"],
                                 s.get("head_layers", 2))
-    student = kernels.prepare(nn.Sequential(backbone, head), device)
+    student = kernels.prepare(nn.Sequential(backbone, head), device).to(dtype)
     if ranks.active and d.get("sync_bn", False):  # BN over the global batch: N ranks compute what one process does
         student = kernels.convert_sync_bn(student, device)
-    objective = create_objective(d, s["dim"], seed, student).to(device)
-    queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device)
+    objective = create_objective(d, s["dim"], seed, student).to(device, dtype)
+    queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed)).to(device).to(dtype)
     # The appendix's small-patch distillation: extra small crops against a second queue of their own.
     small_patches = int(d.get("small_crops", 0))
     if small_patches and d["strategy"] != "seed":
         raise ValueError("distill.small_crops is SEED's small-patch variant: it needs distill.strategy=seed")
-    small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device)
+    small_queue = EmbeddingQueue(d["queue_size"], s["dim"], torch.Generator().manual_seed(seed + 2)).to(device).to(dtype)
     batch_size = batch_size_for(d["batch_size"], len(train))  # the global batch: lr and steps follow it
     rank_batch = distributed.split_batch(batch_size, ranks)
     if ranks.active and small_patches:
@@ -101,7 +102,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         set_rng_state(per_rank[ranks.rank] if len(per_rank) == ranks.world else resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
-    objective.prepare(lambda: F.normalize(features(teacher, train, device), dim=1))
+    objective.prepare(lambda: F.normalize(features(InDtype(teacher, dtype), train, device), dim=1))
 
     def state() -> dict[str, Any]:
         return {"student": student.state_dict(), "objective": objective.state_dict(),
@@ -123,30 +124,33 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     views = batch_views(d)
     batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
     curves = loop.open_curves(config, step, batch_size, ranks.is_main)  # TensorBoard on global rank 0
+    forward_gathers = ranks.active and d.get("sync_bn", False)  # the BN statistics are all-reduced in the forward
     try:
         for epoch in range(step // steps_per_epoch, d["epochs"]):
             student.train()
             started, losses = time.monotonic(), []
             for batch in loop.timed(batches.epoch(epoch, step % steps_per_epoch)):
-                indices, view = batch.indices, kernels.as_input(batch.view(0, device), device)
-                another_view = lambda: kernels.as_input(batch.view(1, device), device)  # noqa: E731
+                indices, view = batch.indices, kernels.as_input(batch.view(0, device).to(dtype), device)
+                another_view = lambda: kernels.as_input(batch.view(1, device).to(dtype), device)  # noqa: E731
                 loop.set_lr(optimizer, step)
+                if forward_gathers:
+                    loop.collectives_ahead()
                 with autocast(config, device):
-                    z_teacher = F.normalize(kernels.teacher_forward(teacher, view).float(), dim=1)
-                    z_student = F.normalize(model(view).float(), dim=1)
+                    z_teacher = F.normalize(kernels.teacher_forward(teacher, view).to(dtype), dim=1)
+                    z_student = F.normalize(model(view).to(dtype), dim=1)
                     loss = objective(z_student, z_teacher, queue.embeddings, indices, another_view)
                     if small_patches:  # official main_small-patch.py: CE(large view) + mean CE(small views)
                         small_losses = []
                         for crop in range(small_patches):
-                            small = kernels.as_input(batch.view(2 + crop, device), device)
-                            z_teacher_small = F.normalize(kernels.teacher_forward(teacher, small).float(), dim=1)
-                            z_student_small = F.normalize(student(small).float(), dim=1)
+                            small = kernels.as_input(batch.view(2 + crop, device).to(dtype), device)
+                            z_teacher_small = F.normalize(kernels.teacher_forward(teacher, small).to(dtype), dim=1)
+                            z_student_small = F.normalize(student(small).to(dtype), dim=1)
                             small_losses.append(seed_loss(z_student_small, z_teacher_small, small_queue.embeddings,
                                                           d["tau_student"], d["tau_teacher"]))
                         loss = loss + torch.stack(small_losses).mean()
-                loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                # the step's one all-reduce: the loss over ranks (a NaN on one rank fails every rank at this
+                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree)
+                loss_value = loop.agree(step + 1, loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 ranks.average_gradients(objective.parameters())  # the student's are DDP's
@@ -161,13 +165,16 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 loop.after_step(step, state)
             loop.end_epoch(epoch, step, losses, started, state)
 
-        if ranks.is_main:  # global rank 0 writes the model
-            save_model(run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"],
-                       small_images=s["small_images"], in_chans=data_cfg["channels"], method=d["strategy"],
-                       extra={"dim": s["dim"]})
+        # global rank 0 writes the model while the others wait on the store (a long phase, not a step's collective)
+        distributed.on_main("writing the model", lambda: save_model(
+            run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
+            in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]}), ranks)
         # every rank embeds its shard of both splits; rank 0 gathers, classifies and returns the metrics ({} elsewhere)
-        results = evaluate_knn_sharded(backbone, train, test, config, device)
+        results = evaluate_knn_sharded(InDtype(backbone, dtype), train, test, config, device)
         curves.results(step, results)
         return results
+    except BaseException as exc:
+        loop.fail(exc)  # the other ranks stop at this step's all-reduce instead of waiting in a collective
+        raise
     finally:
         curves.close()

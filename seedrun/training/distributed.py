@@ -1,20 +1,25 @@
 """One process per device, as the official SEED/MoCo code and submitit do it (../shared/design.md).
 
-The job sets up `torch.distributed` once (`init_from_environment`): from the variables torchrun or
-seedrun's local launcher export (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), else from
-submitit's job environment (`submitit.helpers.TorchDistributedEnvironment`: MASTER_ADDR the first node
-of the job's node list, a port derived from the job id); NCCL on GPUs, gloo on CPUs. The recipes then
-only ask `current()`, which is the single-process `Ranks()` when no process group exists: every
-helper below is then a no-op that returns its input, so a one-process run computes exactly what it
-did before this module existed.
+seedrun.job.ranks sets the job's processes up: a TCPStore at the job's own rendezvous (its first node,
+a port derived from the job id), rank 0's announcement of the run through it, then `init_group` with
+the backend the run's device needs: NCCL when the run trains on CUDA, gloo otherwise (`device: cpu`
+with several processes on a GPU node must not touch NCCL). The recipes then only ask `current()`, which
+is the single-process `Ranks()` when no process group exists: every helper below is then a no-op that
+returns its input, so a one-process run computes exactly what it did before this module existed.
+
+Two timeouts (seedrun.job.ranks reads them): the process group's, short, bounds every per-step
+collective (SEEDRUN_DIST_TIMEOUT_S, 120 s): a rank that died or hangs ends the others' step within it,
+not after NCCL's 10 minutes; the long phases where the other ranks wait for rank 0 alone (the
+announcement, a checkpoint or the model being written, the set-up before the first step) wait on the
+store instead, with a timeout of their own (SEEDRUN_DIST_PHASE_TIMEOUT_S, 1800 s), and learn there
+whether rank 0's phase failed.
 
 What the recipes need of their ranks:
     concat_all_gather(t)      every rank's t, concatenated in rank order (the official queue update)
-    ranks.agree(stop, due)    one all-reduce (max) of the stop flag and the "checkpoint due" flag, so
-                              that every rank stops, and saves, at the same step
-    ranks.mean(x)             a scalar averaged over ranks (the recorded loss; NaN on one rank is NaN
-                              on all, so every rank fails at the same step instead of hanging)
+    ranks.sync(loss, ...)     THE all-reduce of a step: the loss averaged over ranks, and whether any rank
+                              asks to stop, finds a checkpoint due, or failed (training.loop.Loop.agree)
     ranks.gather_object(o)    every rank's o on every rank (RNG states for the checkpoint)
+    on_main(name, fn)         fn on rank 0 alone while the others wait on the store (long phases)
 """
 
 from __future__ import annotations
@@ -22,14 +27,26 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import pickle
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-#: a collective that waits longer than this fails the job instead of hanging it (another rank died)
-DEFAULT_TIMEOUT_S = 600
+#: the process group's timeout: a per-step collective that waits longer fails the job instead of hanging it
+DEFAULT_TIMEOUT_S = 120.0
+#: rank 0's long phases, waited for on the store
+DEFAULT_PHASE_TIMEOUT_S = 1800.0
+
+_STORE: Optional[Any] = None  # the job's TCPStore (seedrun.job.ranks), for on_main's waits
+_PHASE_TIMEOUT_S = DEFAULT_PHASE_TIMEOUT_S
+_PHASES = {"count": 0}  # every rank counts its phases in the same order: the key names the same phase
+
+
+class PeerFailed(RuntimeError):
+    """Another rank failed: it said so in the step's all-reduce or in a phase on the store. Its own
+    record (failure.rank<r>.json) has the class; seedrun.job.ranks.primary_failure reads it."""
 
 
 @dataclass(frozen=True)
@@ -46,18 +63,21 @@ class Ranks:
     def active(self) -> bool:
         return self.world > 1
 
-    def agree(self, stop: bool, due: bool = False) -> tuple[bool, bool]:
-        """(stop, due) as any rank sees them: one all-reduce a step."""
+    def sync(self, loss: Optional[torch.Tensor], stop: bool, due: bool, failed: bool = False) -> tuple[float, bool, bool, bool]:
+        """(loss averaged over ranks, any stop, any due, any failed): one all-reduce of 4 numbers, so that
+        every rank stops, saves and fails at the same step; a NaN on one rank is NaN on all."""
+        value = float("nan") if loss is None else float(loss.detach().float().item())
         if not self.active:
-            return bool(stop), bool(due)
-        flags = torch.tensor([int(bool(stop)), int(bool(due))], dtype=torch.int32, device=_device())
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0].item()), bool(flags[1].item())
+            return value, bool(stop), bool(due), bool(failed)
+        numbers = torch.tensor([value, float(stop), float(due), float(failed)], dtype=torch.float64, device=_device())
+        dist.all_reduce(numbers)
+        total, stops, dues, failures = numbers.tolist()
+        return total / self.world, stops > 0, dues > 0, failures > 0
 
     def mean(self, value: torch.Tensor) -> float:
         if not self.active:
             return value.item()
-        total = value.detach().float().reshape(1).to(_device())
+        total = value.detach().double().reshape(1).to(_device())
         dist.all_reduce(total)
         return total.item() / self.world
 
@@ -115,50 +135,101 @@ def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def environment() -> Optional[dict[str, str]]:
-    """RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT for this process; None for one process.
-    Already exported (torchrun, seedrun's local launcher) wins; else submitit's job environment."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        return {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-                if key in os.environ}
-    try:
-        import submitit
+# ---- set-up --------------------------------------------------------------------------------------
 
-        job = submitit.JobEnvironment()
-        if job.num_tasks <= 1:
-            return None
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    except RuntimeError:  # not inside a submitit job
-        return None
-    return {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+def resolve_device(setting: Optional[str]) -> torch.device:
+    """The run's device from its `device` setting: auto is CUDA where this process sees a GPU."""
+    setting = setting or "auto"
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
 
 
-def init_from_environment(timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
-    """Set up the process group of a multi-process job (NCCL with CUDA, gloo without); one process: nothing."""
-    if dist.is_initialized():
-        return current()
-    env = environment()
-    if env is None:
-        return SINGLE
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+def backend_for(device: torch.device) -> str:
+    """NCCL only for a run whose tensors live on CUDA; gloo for CPU runs, GPUs in the node or not."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def open_store(host: str, port: int, world: int, is_main: bool, timeout_s: float):
+    """The job's rendezvous: rank 0 serves it, the others connect (retrying until timeout_s, while rank 0
+    is still starting)."""
+    return dist.TCPStore(host, port, world, is_main, timeout=datetime.timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+def init_group(store, rank: int, world: int, backend: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+               phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S) -> Ranks:
+    """The job's process group over `store`: `backend` (backend_for), per-step collectives bounded by
+    timeout_s; on_main's waits by phase_timeout_s."""
+    global _STORE, _PHASE_TIMEOUT_S
     if backend == "nccl":
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+        torch.cuda.set_device(cuda_index(int(os.environ.get("LOCAL_RANK", 0))))
+    dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    _STORE, _PHASE_TIMEOUT_S, _PHASES["count"] = store, phase_timeout_s, 0
     return current()
 
 
 def shutdown() -> None:
+    global _STORE
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _STORE = None
+
+
+def cuda_index(local_rank: int) -> int:
+    """The GPU of the rank with this local rank: local_rank % the GPUs this process sees. Where Slurm
+    binds one GPU per task each task sees one, cuda:0; where a task sees the node's G GPUs, cuda:local_rank."""
+    return local_rank % max(1, torch.cuda.device_count())
 
 
 def device_for(ranks: Ranks, device: torch.device) -> torch.device:
-    """The rank's own GPU (cuda:LOCAL_RANK) under several processes; the device unchanged otherwise."""
+    """The rank's own GPU under several processes (cuda_index); the device unchanged otherwise."""
     if ranks.active and device.type == "cuda":
-        device = torch.device("cuda", ranks.local_rank)
+        device = torch.device("cuda", cuda_index(ranks.local_rank))
         torch.cuda.set_device(device)
     return device
+
+
+def on_main(name: str, fn: Callable[[], Any], ranks: Optional[Ranks] = None) -> Any:
+    """fn() on global rank 0 alone, the others waiting for it on the store with the long phase timeout
+    (a checkpoint or the model written: minutes on a slow filesystem, beyond a step's timeout). A rank-0
+    failure reaches the others as PeerFailed, at once; rank 0 re-raises its own."""
+    ranks = ranks or current()
+    if not ranks.active or _STORE is None:
+        if ranks.active:  # a process group set up without seedrun.job.ranks (tests): a plain barrier
+            result = fn() if ranks.is_main else None
+            ranks.barrier()
+            return result
+        return fn()
+    _PHASES["count"] += 1
+    key = f"seedrun/phase/{_PHASES['count']}"
+    if ranks.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:
+            _STORE.set(key, pickle.dumps(f"{type(exc).__name__}: {exc}"[:300]))
+            raise
+        _STORE.set(key, pickle.dumps(None))
+        return result
+    _STORE.wait([key], datetime.timedelta(seconds=_PHASE_TIMEOUT_S))
+    failure = pickle.loads(_STORE.get(key))
+    if failure is not None:
+        raise PeerFailed(f"rank 0 failed in {name}: {failure}")
+    return None
+
+
+def gate(name: str, ranks: Optional[Ranks] = None) -> None:
+    """Every rank waits for every other on the store, with the long phase timeout: before the first
+    collective of training, past set-ups that take each rank its own time (file lists, K-Means' embedding
+    of the training set, DataLoader workers starting)."""
+    ranks = ranks or current()
+    if not ranks.active or _STORE is None:
+        return
+    _PHASES["count"] += 1
+    key = f"seedrun/gate/{name}/{_PHASES['count']}"
+    _STORE.set(f"{key}/{ranks.rank}", b"1")
+    _STORE.wait([f"{key}/{rank}" for rank in range(ranks.world)], datetime.timedelta(seconds=_PHASE_TIMEOUT_S))
 
 
 def split_batch(global_batch: int, ranks: Ranks) -> int:
@@ -201,9 +272,9 @@ def per_rank_buffers(wrapper: type) -> dict[str, bool]:
 
 def parallel_model(module: torch.nn.Module, ranks: Ranks, device: torch.device, loop: Any, run_dir) -> torch.nn.Module:
     """The module a training step calls. Several processes: `module` in DistributedDataParallel (averaged
-    gradients, buffers per rank: per_rank_buffers), and `loop` (training.loop.Loop) checkpointing on
-    global rank 0 after every rank gathered its part of the state, stopping when the ranks agree. One
-    process: `module` itself, the loop untouched."""
+    gradients, buffers per rank: per_rank_buffers), and `loop` (training.loop.Loop) agreeing through one
+    all-reduce a step and checkpointing on global rank 0 after every rank gathered its part of the state.
+    One process: `module` itself, the loop untouched."""
     if not ranks.active:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -211,11 +282,10 @@ def parallel_model(module: torch.nn.Module, ranks: Ranks, device: torch.device, 
     from seedrun.training.checkpoints import save_checkpoint
 
     def save_on_main(state_of) -> None:
-        state = state_of()
-        if ranks.is_main:
-            save_checkpoint(state, run_dir)
-        ranks.barrier()
+        state = state_of()  # every rank: its RNG state and digests gathered
+        on_main("writing the checkpoint", lambda: save_checkpoint(state, run_dir), ranks)
 
-    loop.save, loop.agree = save_on_main, ranks.agree
+    loop.save, loop.sync = save_on_main, ranks.sync
+    gate("set-up", ranks)  # DDP's wrap is the first collective of training: wait for the slowest set-up here
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                    **per_rank_buffers(DistributedDataParallel))

@@ -5,6 +5,13 @@ evaluation at the end of training.
 
 Hooks is how a recipe talks to the job that runs it (seedrun.job records what it is told); Interrupted
 is raised between steps once a stop was requested and a checkpoint written.
+
+Under several processes a step has one all-reduce the ranks agree through (`Loop.agree`, after the loss):
+the loss, a stop request, a checkpoint due and a failure of any rank, together; every rank then saves,
+stops or fails at the same step. A rank that fails between a step's last collective and the next step's
+all-reduce (reading data, a forward without collectives, asking whether to stop) joins that all-reduce
+saying so (`Loop.fail`), so the others raise PeerFailed at once rather than wait in a collective until
+the process group's timeout; rank 0 then records the failing rank's own class (seedrun.job.ranks).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from seedrun.data.augment import normalize
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.training.checkpoints import save_checkpoint
 from seedrun.training.curves import Curves, open_curves
+from seedrun.training.distributed import PeerFailed
 
 
 class Interrupted(Exception):
@@ -51,6 +59,24 @@ def setup_torch(config: dict[str, Any]) -> torch.device:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     return torch.device(device)
+
+
+def training_dtype(config: dict[str, Any]) -> torch.dtype:
+    """float64 under `precision: fp64`, float32 otherwise. fp64 is for the tests that compare process
+    layouts (2 ranks against 1 process): summation order changes float32 results by ~1e-4 within 20
+    steps, differently on different CPUs; float64 keeps such differences near 1e-12."""
+    return torch.float64 if config.get("precision") == "fp64" else torch.float32
+
+
+class InDtype(nn.Module):
+    """A network fed its own dtype: evaluation passes float32 views to a network trained in float64."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.dtype))
 
 
 def autocast(config: dict[str, Any], device: torch.device):
@@ -132,9 +158,13 @@ class Loop:
         self.every_steps = checkpoint_every_steps
         self.every_seconds = 60 * checkpoint_every_minutes
         self.last_save = time.monotonic()
-        # several processes (seedrun.training.distributed): ranks combine their stop and due flags,
+        # several processes (seedrun.training.distributed.parallel_model): sync is the step's all-reduce,
         # and save() gathers what each rank needs while global rank 0 writes
-        self.agree: Callable[[bool, bool], tuple[bool, bool]] = lambda stop, due: (stop, due)
+        self.sync: Callable[..., tuple[float, bool, bool, bool]] = lambda loss, stop, due, failed: (
+            loss.item(), stop, due, failed)
+        self.agreed = (False, False)  # (stop, checkpoint due) of the current step, as every rank agreed
+        # open between a step's last collective and the next step's all-reduce: a failure here can be told
+        self.window = True
         self.save: Callable[[Callable[[], dict[str, Any]]], None] = lambda state: save_checkpoint(state(), self.run_dir)
         self.curves = Curves([], steps_per_epoch, 0)  # times steps, writes nothing until open_curves()
 
@@ -165,16 +195,56 @@ class Loop:
         Called before after_step(), which may stop the run at this step."""
         self.curves.step(step, loss, self.lr(step - 1))
 
+    def agree(self, step: int, loss: torch.Tensor) -> float:
+        """Step `step` (1-based) computed `loss`: the step's one all-reduce, of the loss, whether this rank is
+        asked to stop, whether a checkpoint is due, and whether it failed asking. Returns the loss averaged
+        over ranks; raises where any rank failed, or on a non-finite loss (on every rank at this step)."""
+        stop = due = False
+        failure: Optional[BaseException] = None
+        try:
+            stop = self.hooks.should_stop()
+            due = bool((self.every_steps and step % self.every_steps == 0) or (
+                self.every_seconds and time.monotonic() - self.last_save > self.every_seconds))
+        except Exception as exc:  # e.g. rank 0's lease lost: the others must stop here too
+            failure = exc
+        value, stop, due, failed = self.sync(loss, stop, due, failure is not None)
+        self.window = False  # the step's collectives follow (DDP's backward, gathers, a checkpoint)
+        if failure is not None:
+            raise failure
+        if failed:
+            raise PeerFailed(f"another rank failed before the all-reduce of step {step}")
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step - 1}")
+        self.agreed = (stop, due)
+        return value
+
+    def collectives_ahead(self) -> None:
+        """The recipe's forward gathers across ranks (shuffle BN, sync_bn): a failure from here to the step's
+        all-reduce cannot be told through it, since the others wait in another collective."""
+        self.window = False
+
+    def fail(self, exc: BaseException) -> None:
+        """`exc` leaves the recipe's loop. Where this rank is between a step's last collective and the
+        next all-reduce, the others are heading for that all-reduce: join it saying it failed, so they
+        stop at once. Elsewhere they learn it from the broken collective or its timeout."""
+        if not self.window or isinstance(exc, (PeerFailed, Interrupted)):
+            return
+        self.window = False
+        try:
+            self.sync(None, False, False, True)
+        except Exception:  # the others are gone already: nothing left to tell
+            pass
+
     def after_step(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
-        """Checkpoint when due or asked to stop; raise Interrupted in the latter case."""
+        """Checkpoint when due or asked to stop (as agreed at this step); raise Interrupted in the latter case."""
         if step % self.steps_per_epoch == 0:
             return  # end_epoch() saves, records, then honours a stop request
-        stop, due = self.agree(self.hooks.should_stop(), bool((self.every_steps and step % self.every_steps == 0) or (
-            self.every_seconds and time.monotonic() - self.last_save > self.every_seconds)))
+        stop, due = self.agreed
         if stop or due:
             self.save(state)
             self.curves.flush()  # the curves up to the checkpoint: a resumed run purges only what follows it
             self.last_save = time.monotonic()
+        self.window = True
         if stop:
             raise Interrupted(f"stopped at step {step}")
 
@@ -186,9 +256,10 @@ class Loop:
         self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
         self.save(state)
         self.last_save = time.monotonic()
+        self.window = True  # rank 0's records below are its own work: a failure there is told at the next step
         self.hooks.epoch_end(epoch + 1, metrics)
         self.curves.epoch(step, metrics)
-        if self.agree(self.hooks.should_stop(), False)[0]:
+        if self.agreed[0]:  # agreed at the epoch's last step
             raise Interrupted(f"stopped at step {step}")
 
 

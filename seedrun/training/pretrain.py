@@ -13,7 +13,6 @@ evaluates; a checkpoint holds each rank's RNG state and the digests that prove t
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -88,11 +87,13 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
             for batch in loop.timed(batches.epoch(epoch, step % steps_per_epoch)):
                 view_a, view_b = batch.view(0, device), batch.view(1, device)
                 loop.set_lr(optimizer, step)
+                if ranks.active:
+                    loop.collectives_ahead()  # MoCo-v2's shuffle BN gathers the keys' batch in the forward
                 with autocast(config, device):
                     loss = pretext(model, view_a, view_b, step)
-                loss_value = ranks.mean(loss)  # over ranks: a NaN on one rank fails every rank at this step
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                # the step's one all-reduce: the loss over ranks (a NaN on one rank fails every rank at this
+                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree)
+                loss_value = loop.agree(step + 1, loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -105,6 +106,9 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         results = finish(config, backbone, head, train, test, device, run_dir, hooks) if ranks.is_main else {}
         curves.results(step, results)
         return results
+    except BaseException as exc:
+        loop.fail(exc)  # the other ranks stop at this step's all-reduce instead of waiting in a collective
+        raise
     finally:
         curves.close()
 
