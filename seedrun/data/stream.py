@@ -18,9 +18,12 @@ seedrun.data.sampling.stream_seed(seed, epoch, index, view), distinct for any nu
 restored afterwards (seedrun.data.draws.seeded), so they do not depend on the worker, the batch the image
 lands in or where a run was resumed; a resumed run is bit-identical on the CPU.
 
-A file that cannot be read or decoded is reported (path and error) with its batch, and its slot is
-filled with another image of the same batch, so that batch sizes (and queue arithmetic) hold; the
-caller counts and logs them (seedrun.data.loader).
+A file that cannot be read or decoded is reported (path and error) with its batch; the caller counts
+and logs them (seedrun.data.loader). In a training batch its slot is filled with another image of the
+same batch (index, label and views), so that batch sizes, and the queue arithmetic that depends on them,
+hold; the budget data.max_bad_images bounds how much of an epoch that can repeat. In an evaluation
+batch it is left out: a copy of another test image and its label would count that image twice in the
+metric, so the evaluation sees one image fewer and counts the skipped ones (seedrun.evaluate).
 """
 
 from __future__ import annotations
@@ -177,14 +180,15 @@ def _shared(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(new_shared(numel)).view(shape)
 
 
-def collate(items: list[dict[str, Any]], channels: int = 3) -> dict[str, Any]:
-    """Stack a batch; an unreadable image's slot is filled with the next readable one of the batch."""
+def collate(items: list[dict[str, Any]], channels: int = 3, fill: bool = True) -> dict[str, Any]:
+    """Stack a batch. An unreadable image's slot is filled with a readable one of the batch (fill: training,
+    whose batch size must hold), or left out (evaluation, whose metric must not count an image twice)."""
     good = [item for item in items if "bad" not in item]
     bad = [item["bad"] for item in items if "bad" in item]
     if not good:
         return {"indices": torch.empty(0, dtype=torch.int64), "labels": torch.empty(0, dtype=torch.int64),
                 "views": {}, "bad": bad, "size": len(items)}
-    filled = [item if "bad" not in item else good[i % len(good)] for i, item in enumerate(items)]
+    filled = [item if "bad" not in item else good[i % len(good)] for i, item in enumerate(items)] if fill else good
     batch = {"indices": torch.tensor([item["index"] for item in filled], dtype=torch.int64),
              "labels": torch.tensor([item["label"] for item in filled], dtype=torch.int64),
              "views": {k: _stack([item["views"][k] for item in filled], channels) for k in filled[0]["views"]},
@@ -206,9 +210,9 @@ def default_workers() -> int:
 
 
 def make_loader(dataset: ImageStream, batch_sampler, workers: int, prefetch: int, persistent: bool,
-                generator: Optional[torch.Generator] = None) -> DataLoader:
+                generator: Optional[torch.Generator] = None, fill: bool = True) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                      collate_fn=functools.partial(collate, channels=dataset.channels),
+                      collate_fn=functools.partial(collate, channels=dataset.channels, fill=fill),
                       pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init,
                       persistent_workers=persistent and workers > 0,
                       prefetch_factor=prefetch if workers > 0 else None, generator=generator)
@@ -227,7 +231,8 @@ def train_loader(files: FileList, data_cfg: dict[str, Any], seed: int, batch_siz
 def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, workers: Optional[int] = None,
                 batches=None) -> DataLoader:
     """Every image once, in order, as its evaluation view; or, given `batches` (lists of sample indices),
-    those batches in that order (fine-tuning reads its shuffled labelled subset so)."""
+    those batches in that order (fine-tuning reads its shuffled labelled subset so). Unreadable images
+    are left out of their batch (reported in its "bad"), never replaced."""
     dataset = ImageStream(files, data_cfg, decoder=data_cfg.get("decoder") or "torchvision")
     workers = default_workers() if workers is None else workers
     sampler = (SequentialBatchSampler(len(files), batch_size) if batches is None
@@ -236,4 +241,4 @@ def eval_loader(files: FileList, data_cfg: dict[str, Any], batch_size: int, work
     # default torch's global one, which would shift what the caller draws next (a fine-tuning head's
     # initialisation) away from what it draws with the in-memory loader; evaluation views are not random
     return make_loader(dataset, sampler, workers, int(data_cfg.get("prefetch") or 2), persistent=False,
-                       generator=torch.Generator())
+                       generator=torch.Generator(), fill=False)

@@ -13,6 +13,11 @@ so ImageNet-size sets work), the backbone under no_grad in the training's precis
 GPU), the fc in float32; `cached` and `compress` train on the cached features. A `recipe: moco` without
 `crop_scale` is an evaluation configured before the augmented protocol existed: it runs, as it did, on
 cached features (`cached`).
+
+A test or training image the stream loader cannot read is left out, never replaced by a copy of another
+image and its label (which would count that one twice): the metric is over the images read, and
+`<protocol>_skipped_images` and `<protocol>_test_images` are recorded beside it whenever one was
+skipped (seedrun.evaluate.sharded_features.skipped_images).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from seedrun.evaluate.knn import knn_variants
 from seedrun.evaluate.linear import PROTOCOLS as LINEAR_PROTOCOLS
 from seedrun.evaluate.linear import augmented_probe, linear_probe
 from seedrun.evaluate.semisup import finetune, labelled_subset, save_subset
+from seedrun.evaluate.sharded_features import skipped_images
 
 PROTOCOLS = ("knn", "linear", "semisup", "transfer")
 
@@ -64,8 +70,9 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
         from seedrun.store.locations import seedrun_home
         from seedrun.training.loop import embed
 
+        # "unreadable": features cached before unreadable images were skipped held copies of other images
         key = {"checkpoint_sha256": file_sha256(model_path), **data_key, "split": split,
-               "transform": "resize-centercrop", "files": len(data)}
+               "transform": "resize-centercrop", "files": len(data), "unreadable": "skipped"}
         value = cached_features(seedrun_home() / "features", key,
                                 lambda: dict(zip(("features", "labels"), embed(backbone, data, device))))
         return value["features"], value["labels"]
@@ -74,8 +81,9 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
         variants = tuple((int(k), tau) for k, tau in settings["variants"])
         (train_f, train_labels), (test_f, test_labels) = feats("train", train), feats("test", test)
         # on the accelerator when there is one: the similarity matmul is the whole cost
-        return knn_variants(train_f.to(device), train_labels.to(device), test_f.to(device),
-                            test_labels.to(device), train.num_classes, variants=variants)
+        return {**knn_variants(train_f.to(device), train_labels.to(device), test_f.to(device),
+                               test_labels.to(device), train.num_classes, variants=variants),
+                **_skipped("knn", log, (train, train_f), (test, test_f))}
     if protocol == "linear":
         probe = _linear_protocol(settings)
         if probe.views == "cached":
@@ -83,10 +91,12 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
             result = linear_probe(train_f, train_labels, test_f, test_labels, train.num_classes,
                                   protocol=probe, batch_size=settings["batch_size"], seed=config["seed"],
                                   epochs=settings.get("epochs"), device=device)
-        else:
-            result = _augmented_linear(config, backbone, train, test, probe, data_root, device, log)
+            read = _skipped("linear", log, (train, train_f), (test, test_f))
+        else:  # training views are the loader's training batches (a bad image's slot filled, as in training)
+            result, test_read = _augmented_linear(config, backbone, train, test, probe, data_root, device, log)
+            read = _skipped("linear", log, (test, test_read))
         return {"linear_top1": result["linear_top1"], "linear_top5": result["linear_top5"],
-                "linear_best_epoch": result["best_epoch"]}
+                "linear_best_epoch": result["best_epoch"], **read}
     if protocol == "semisup":
         # one path for both loaders: fine-tuning reads each batch of the labelled subset through the split
         # (memory: indexed; stream: decoded by the workers, evaluation views) and the test set in chunks
@@ -97,13 +107,15 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
                         labels=labels)
             student, _ = load_own_model(model_path, data_cfg["channels"])
             head = nn.Linear(_feature_dim(student, data_cfg, device), train.num_classes)
-            result = finetune(student, head, train, labels, subset, test, None,
+            counted = ReadCount(test)  # the test images fine-tuning's evaluation read
+            result = finetune(student, head, train, labels, subset, counted, None,
                               train.mean, train.std, epochs=settings["epochs"], lr=settings["lr"],
                               batch_size=settings["batch_size"], seed=config["seed"], device=device,
                               augment=_finetune_augmentation(settings.get("crop_scale"), config["seed"]))
             percent = f"{100 * fraction:g}".replace(".", "_")
             metrics[f"semisup{percent}_top1"] = result["finetune_top1"]
             metrics[f"semisup{percent}_top5"] = result["finetune_top5"]
+            metrics.update(_skipped(f"semisup{percent}", log, (test, range(counted.read))))
             log(f"semi-supervised {100 * fraction:g}% labels ({len(subset)} images): top-1 {result['finetune_top1']:.2f}")
         return metrics
     if protocol == "transfer":
@@ -122,9 +134,39 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
                                   protocol=settings["recipe"], batch_size=settings["batch_size"], seed=config["seed"],
                                   epochs=settings.get("epochs"), device=device)
             metrics[f"transfer_{name}_top1"] = result["linear_top1"]
+            if isinstance(data, StreamedTransfer):
+                metrics.update(_skipped(f"transfer_{name}", log, (data.train, train_f), (data.test, test_f)))
             log(f"transfer to {name}: linear top-1 {result['linear_top1']:.2f}")
         return metrics
     raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def _skipped(prefix: str, log, *splits) -> dict[str, int]:
+    """skipped_images for (split, features of the images read) pairs, logged when there are any."""
+    counts = skipped_images(prefix, *((len(data), len(features)) for data, features in splits))
+    if counts:
+        log(f"{prefix}: {counts[f'{prefix}_skipped_images']} unreadable images skipped; the metric is over "
+            f"the {counts[f'{prefix}_test_images']} test images read")
+    return counts
+
+
+class ReadCount:
+    """A split whose chunks count the images they yield (the stream loader leaves out unreadable ones), for
+    a protocol that reads the split itself; everything else is the split's."""
+
+    def __init__(self, data):
+        self.data, self.read = data, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.data, name)
+
+    def chunks(self, batch_size: int):
+        for images, labels in self.data.chunks(batch_size):
+            self.read += len(labels)
+            yield images, labels
 
 
 def _linear_protocol(settings: dict[str, Any]):
@@ -169,7 +211,7 @@ def _augmented_linear(config: dict[str, Any], backbone: nn.Module, train, test, 
         f"{settings.get('epochs') or probe.epochs} epochs; {len(test_f)} test images")
     return augmented_probe(backbone, views, test_f, test_labels, train.num_classes, protocol=probe, batch_size=batch,
                            seed=config["seed"], epochs=settings.get("epochs"), device=device, precision=precision,
-                           log=log)
+                           log=log), test_f
 
 
 def _transfer_data(name: str, settings: dict[str, Any], data_cfg: dict[str, Any], log=print):
@@ -277,7 +319,7 @@ class StreamedTransfer:
             return {"features": torch.cat(out), "labels": torch.cat(labels)}
 
         key = {"checkpoint_sha256": file_sha256(model_path), **what, "split": split, "transform": "resize-centercrop",
-               "files": len(data), "channels": len(self.mean), "mean": list(self.mean)}
+               "files": len(data), "channels": len(self.mean), "mean": list(self.mean), "unreadable": "skipped"}
         value = cached_features(seedrun_home() / "features", key, compute)
         return value["features"], value["labels"]
 

@@ -229,7 +229,8 @@ def finetune(
     its ``chunks``, so a streamed set is never held whole (``train_labels`` still chooses the subset;
     ``val_labels`` is unused). The same images give the same numbers either way.
 
-    Returns ``{"finetune_top1", "finetune_top5", "train_loss"}`` (last epoch's mean loss).
+    Returns ``{"finetune_top1", "finetune_top5", "train_loss"}`` (last epoch's mean loss). A streamed
+    split leaves out the images it cannot read: the loss and the accuracy are over the images read.
     """
     net_backbone = copy.deepcopy(backbone) if isinstance(backbone, nn.Module) else backbone()
     model = nn.Sequential(net_backbone, copy.deepcopy(head))
@@ -273,8 +274,9 @@ def finetune(
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(batch_idx)
-            seen += len(batch_idx)
+            # the images read: a streamed batch leaves out the ones that could not be read
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
         epoch_loss = loss_sum / seen
     top1, top5 = _evaluate(model, val_images, val_labels, mean, std, batch_size, device)
     return {"finetune_top1": top1, "finetune_top5": top5, "train_loss": epoch_loss}
