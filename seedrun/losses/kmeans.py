@@ -11,14 +11,26 @@ Here k-means runs in torch: cosine assignment in chunks (60k x 128 features fit 
 centroids re-normalised each iteration, an initialisation drawn from a seeded generator, and empty
 clusters re-seeded with the points farthest from their centroid, so every one of the k clusters
 ends up holding at least one point.
+
+Under several processes the teacher's features are extracted once, each rank embedding its block
+(seedrun.evaluate.sharded_features.teacher_features), and k-means runs on rank 0 alone, which hands
+its labels and centroids to every rank: the ranks hold the same pseudo-labels, those one process
+computes from the same features, even where a GPU's index_add_ would round sums differently on two
+ranks. A training image whose features could not be extracted (unreadable: a row of NaN) takes no
+part in the clustering and gets the label IGNORE, which the loss leaves out.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from seedrun.losses.precision import fp32
+
+#: the pseudo-label of a training image without features (unreadable): cross-entropy's ignore_index
+IGNORE = -100
 
 
 def _assign(features: Tensor, centroids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -94,8 +106,9 @@ def kmeans(
 
 @fp32
 def kmeans_loss(logits: Tensor, pseudo_labels: Tensor) -> Tensor:
-    """Cross-entropy of (N, k) student cluster logits against (N,) k-means pseudo-labels; batch mean."""
-    return F.cross_entropy(logits, pseudo_labels)
+    """Cross-entropy of (N, k) student cluster logits against (N,) k-means pseudo-labels; the mean over
+    the batch's images that have one (IGNORE: an image k-means could not see)."""
+    return F.cross_entropy(logits, pseudo_labels, ignore_index=IGNORE)
 
 
 class KMeansTargets:
@@ -107,10 +120,34 @@ class KMeansTargets:
 
     @classmethod
     def fit(
-        cls, teacher_features: Tensor, k: int, iterations: int = 20, seed: int = 0, chunk_size: int = 4096
+        cls, teacher_features: Optional[Tensor], k: int, iterations: int = 20, seed: int = 0, chunk_size: int = 4096
     ) -> "KMeansTargets":
-        centroids, labels = kmeans(teacher_features, k, iterations, seed, chunk_size)
-        return cls(labels, centroids)
+        """k-means on the (N, dim) features, one row per training image (NaN rows: images without
+        features, labelled IGNORE). Under several processes rank 0 fits and every rank gets its result;
+        the other ranks may pass None (seedrun.evaluate.sharded_features.teacher_features gathers the
+        features on rank 0 only)."""
+        from seedrun.training import distributed
+
+        def fit_here() -> "KMeansTargets":
+            if teacher_features is None:
+                raise ValueError("k-means needs the teacher's features on rank 0")
+            seen = torch.isfinite(teacher_features).all(dim=1)
+            centroids, labels = kmeans(teacher_features[seen], k, iterations, seed, chunk_size)
+            all_labels = torch.full((len(teacher_features),), IGNORE, dtype=torch.long, device=labels.device)
+            all_labels[seen] = labels
+            return cls(all_labels, centroids)
+
+        ranks = distributed.current()
+        if not ranks.active:
+            return fit_here()
+        import torch.distributed as dist
+
+        # minutes on ImageNet: the other ranks wait with the long phase timeout, not a step's
+        targets = distributed.on_main("k-means", fit_here, ranks)
+        # pickled through the process group: N labels and k centroids, once before training
+        shared = [targets.state_dict() if ranks.is_main else None]
+        dist.broadcast_object_list(shared, src=0, device=distributed._device())
+        return targets if ranks.is_main else cls.from_state_dict(shared[0])
 
     @property
     def num_clusters(self) -> int:
