@@ -91,14 +91,19 @@ def _sinfo_command() -> Union[str, None]:
     return str(beside) if beside.is_file() else None
 
 
-@lru_cache(maxsize=1)
 def read_nodes() -> tuple[Optional[tuple[NodeKind, ...]], str]:
-    """(the cluster's node kinds, "") or (None, why they could not be read). One sinfo call per command."""
-    from seedrun.launchers.cluster import SlurmError, _run
-
+    """(the cluster's node kinds, "") or (None, why they could not be read). One sinfo call per command: the
+    dry run's header and the submission ask the same answer."""
     sinfo = _sinfo_command()
     if sinfo is None:
         return None, "no sinfo beside an sbatch on PATH (not a Slurm machine)"
+    return _read_nodes(sinfo)
+
+
+@lru_cache(maxsize=4)
+def _read_nodes(sinfo: str) -> tuple[Optional[tuple[NodeKind, ...]], str]:
+    from seedrun.launchers.cluster import SlurmError, _run
+
     try:
         proc = _run([sinfo, "-h", "-a", "-e", "-o", SINFO_FORMAT], timeout=SINFO_TIMEOUT_S)
     except SlurmError as exc:

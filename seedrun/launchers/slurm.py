@@ -228,8 +228,8 @@ def _check_requests(arrays: list[ArrayPlan], sweep, console, limit: int) -> None
     from seedrun.launchers.requests import check_arrays
 
     fits, skipped = check_arrays(arrays, sweep.path, getattr(sweep, "stage_blocks", {}) or {}, limit)
-    if skipped:
-        console.print(f"requests not checked against the cluster: {skipped}", highlight=False, soft_wrap=True)
+    for line in [f"request {fit}" for fit in fits] or [f"requests not checked against the cluster: {skipped}"]:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _sbatch_error(exc: BaseException) -> str:
