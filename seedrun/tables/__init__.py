@@ -5,6 +5,7 @@
     build_table(name, groups, paper)    runs -> TableData (build.py)
     render(data, fmt)                   text (rich's grid, terminal.py) | markdown | latex | csv (render.py)
     plot_table(name, groups, path)      PNG (plot.py; imports matplotlib only when called)
+    TableData.references                the student alone, teacher, random init, raw pixels (references.py)
 
 Tables read what the database recorded and never need torch, Hydra or SQLAlchemy: `seedrun table` is
 a reading command. Runs come in as seedrun.store.groups.RunGroup objects: from the database by
