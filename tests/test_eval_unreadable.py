@@ -72,6 +72,21 @@ def evaluate(protocol, settings, root, model, run_dir, logged=None):
     return run(config, run_dir, model, log=(logged if logged is not None else []).append)
 
 
+def test_training_batches_stay_full_and_evaluation_batches_leave_the_image_out():
+    from seedrun.data.stream import collate
+
+    def item(index):
+        return {"index": index, "label": index % 3, "views": {0: torch.full((1, 2, 2), index, dtype=torch.uint8)}}
+
+    items = [item(0), {"index": 1, "bad": "b: unreadable"}, item(2)]
+    train, evaluation = collate(items, channels=1), collate(items, channels=1, fill=False)
+    # training: the batch size holds (the queue arithmetic needs it); the slot is another image of the batch
+    assert train["indices"].tolist() == [0, 2, 2] and train["labels"].tolist() == [0, 2, 2]
+    assert evaluation["indices"].tolist() == [0, 2] and evaluation["labels"].tolist() == [0, 2]
+    assert evaluation["views"][0][:, 0, 0, 0].tolist() == [0, 2]
+    assert train["bad"] == evaluation["bad"] == ["b: unreadable"] and train["bad_indices"] == [1]
+
+
 def test_the_evaluation_loader_leaves_an_unreadable_image_out(trees):
     from seedrun.data.loader import open_split
 

@@ -185,14 +185,17 @@ def collate(items: list[dict[str, Any]], channels: int = 3, fill: bool = True) -
     whose batch size must hold), or left out (evaluation, whose metric must not count an image twice)."""
     good = [item for item in items if "bad" not in item]
     bad = [item["bad"] for item in items if "bad" in item]
+    # which images they were: a training run meets the same unreadable file every epoch, and a budget of
+    # distinct images must not count it again each time (messages differ: PIL names a fresh buffer)
+    bad_indices = [item["index"] for item in items if "bad" in item]
     if not good:
         return {"indices": torch.empty(0, dtype=torch.int64), "labels": torch.empty(0, dtype=torch.int64),
-                "views": {}, "bad": bad, "size": len(items)}
+                "views": {}, "bad": bad, "bad_indices": bad_indices, "size": len(items)}
     filled = [item if "bad" not in item else good[i % len(good)] for i, item in enumerate(items)] if fill else good
     batch = {"indices": torch.tensor([item["index"] for item in filled], dtype=torch.int64),
              "labels": torch.tensor([item["label"] for item in filled], dtype=torch.int64),
              "views": {k: _stack([item["views"][k] for item in filled], channels) for k in filled[0]["views"]},
-             "bad": bad, "size": len(items)}
+             "bad": bad, "bad_indices": bad_indices, "size": len(items)}
     if "params" in filled[0]:  # the device augments: each view's drawn parameters, one row an image
         batch["params"] = {k: torch.tensor([item["params"][k] for item in filled], dtype=torch.float64)
                            for k in filled[0]["params"]}
