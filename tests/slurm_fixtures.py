@@ -1,4 +1,4 @@
-"""pytest plugin: a real one-node Slurm cluster for tests marked ``slurm``.
+"""pytest plugin: a real Slurm cluster (two nodes on this host) for tests marked ``slurm``.
 
 Load it from tests/conftest.py with ``pytest_plugins = ["slurm_fixtures"]``.
 
@@ -37,7 +37,8 @@ class SlurmCluster:
     """The running test cluster, as tests need to know it."""
 
     partition: str = "debug"
-    node: str = "localhost"
+    node: str = "localhost"  # the node of partitions preemptible and urgent
+    nodes: tuple[str, ...] = ("localhost", os.environ.get("SLURM_NODE2", "seedrun-n2"))  # partition debug's
     state_dir: Path = Path(os.environ.get("SLURM_TEST_DIR", "/var/lib/seedrun-slurm"))
     startup_line: str = ""
     python: str = field(default=sys.executable)
@@ -76,7 +77,7 @@ def start_cluster() -> SlurmCluster:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
-    """Start (or reuse) the one-node Slurm test cluster; see the module doc."""
+    """Start (or reuse) the Slurm test cluster; see the module doc."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the Slurm test cluster needs Linux")
     if os.geteuid() != 0:

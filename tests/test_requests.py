@@ -161,3 +161,14 @@ def test_the_paper_sweeps_ask_per_task_what_one_gpu_needs_and_fit_an_8_gpu_node(
     _with_sinfo(fake_slurm, cli, "gpu*|64|515000|gpu:8|2-00:00:00|4|g[01-04]\n")  # the 64-CPU nodes
     result = cli("sweep", "sweeps/temperature.yaml", "--dry-run", check=False)
     assert result.returncode == 2 and "launcher.distill.cpus_per_task: 8 tasks x 10 CPUs = 80 CPUs" in result.stderr
+
+
+def test_the_checked_dry_run_imports_neither_torch_nor_sqlalchemy(cli, fake_slurm):
+    import subprocess
+    import sys
+
+    _with_sinfo(fake_slurm, cli, "gpu*|96|515000|gpu:8|2-00:00:00|4|g[01-04]\n")
+    code = ("import sys; from seedrun.cli import main; code = main(['sweep', 'sweeps/temperature.yaml', '--dry-run']); "
+            "print('imported', sorted(m for m in ('torch', 'sqlalchemy') if m in sys.modules), code)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=cli.cwd, env=cli.env, capture_output=True, text=True, check=True)
+    assert "request distill: fits partition gpu" in out.stdout and out.stdout.strip().endswith("imported [] 0")

@@ -18,7 +18,11 @@ from test_slurm_sweep import provenance, run_dir, settled, status, sweep_text, t
 __all__ = ["teacher_file"]  # the fixture, shared with test_slurm_sweep
 
 pytestmark = pytest.mark.slurm
-NODES = {"localhost", "seedrun-n2"}
+
+
+@pytest.fixture
+def nodes(slurm_cluster) -> set[str]:
+    return set(slurm_cluster.nodes)
 
 
 def _nodes_of(job_id: str) -> set[str]:
@@ -30,17 +34,17 @@ def _nodes_of(job_id: str) -> set[str]:
     return set(names.stdout.split())
 
 
-def test_the_test_cluster_has_two_nodes_whose_names_resolve(slurm_cluster):
+def test_the_test_cluster_has_two_nodes_whose_names_resolve(nodes):
     import socket
 
     listed = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], capture_output=True, text=True, check=True)
-    assert set(listed.stdout.split()) == NODES
-    for name in NODES:  # MASTER_ADDR is the first node of a job's node list: every name must resolve
+    assert set(listed.stdout.split()) == nodes
+    for name in nodes:  # MASTER_ADDR is the first node of a job's node list: every name must resolve
         assert socket.gethostbyname(name).startswith("127.")
 
 
 def test_a_two_node_run_trains_on_both_nodes_is_recorded_once_and_survives_scontrol_requeue(
-        slurm_cluster, cli, tmp_path, teacher_file):
+        nodes, cli, tmp_path, teacher_file):
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=6", "distill.checkpoint_every_steps=3"]
@@ -53,7 +57,7 @@ def test_a_two_node_run_trains_on_both_nodes_is_recorded_once_and_survives_scont
 
     first = wait_for(the_run, lambda r: r["state"] == "running" and r["epoch"] >= 1, 180)
     assert first["state"] == "running", first
-    assert _nodes_of(first["job_id"]) == NODES  # one task on each node
+    assert _nodes_of(first["job_id"]) == nodes  # one task on each node
     subprocess.run(["scontrol", "requeue", first["job_id"]], check=True)
     report = wait_for(lambda: status(cli), settled, 300, every_s=1)
     (run,) = report["runs"]
@@ -71,7 +75,7 @@ def test_a_two_node_run_trains_on_both_nodes_is_recorded_once_and_survives_scont
     seen = {(int(m.group(2)), int(m.group(1))) for text in logs.values()
             for m in re.finditer(r"node=(\d+)\(2\), global_rank=(\d+)\(2\)", text)}
     assert seen == {(0, 0), (1, 1)}, logs.keys()
-    assert _nodes_of(first["job_id"]) == NODES  # the requeued attempt had both nodes too
+    assert _nodes_of(first["job_id"]) == nodes  # the requeued attempt had both nodes too
     with sqlite3.connect(cli.db) as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
 
