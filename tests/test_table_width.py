@@ -95,3 +95,17 @@ def test_a_table_that_cannot_fit_still_stays_within_the_terminal():
     # the main table's 17 columns cannot keep "44.3 ± 0.3" whole at 80 columns: rich's layout, within 80
     text = to_text(table("main", fixture_records(), paper=True), width=80)
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_headers_wrap_before_any_row_does():
+    # the Fashion-MNIST strategy table: long row labels ("Binary contrastive") and two published-only
+    # columns; at 80 columns the "(paper)" headers take a second line, and every row keeps one line
+    records = [distill(strategy=strategy, seed=seed, minute=seed, metrics={"knn_top1": 70.0 + seed, "knn_top5": 99.0})
+               for strategy in ("l2", "kmeans", "online_clustering", "binary_contrastive", "seed_mocov2", "seed")
+               for seed in (0, 1, 2)]
+    text = to_text(build_table("distillation", group_records(records), paper=True), width=80)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert len([line for line in lines if line.startswith("│")]) == 6
+    assert "Binary contrastive" in text and "Online clustering" in text and "71.0 ± 1.0" in text
+    assert len([line for line in lines if line.startswith("┃")]) == 2  # the headers wrapped instead

@@ -107,20 +107,29 @@ def fit_widths(header: list[Lines], body: list[list[Lines]], width: int) -> Opti
     rich's own layout will do: the grid fits as it is, or it cannot fit without breaking our numbers.
 
     rich narrows the widest columns first, whatever they hold, so at 80 columns it broke "71.4 ± 0.9"
-    while a header kept its width. Here a column narrows, widest first, down to its floor: its longest
-    line of ours, or its longest word (a header, a label or a published value wraps between words).
+    while a header kept its width. Here columns narrow, widest first, in two rounds: first only their
+    headers wrap (a header's extra line costs one line, a cell's one a row), then any text but ours,
+    between words. A column never gets narrower than its longest line of ours or its longest word.
     """
+    def longest(cells: list[Lines], floor: bool) -> int:
+        # floor: the narrowest the column's text can be; else its width on one line
+        return max([cell_len(text) if ours or not floor else max(map(cell_len, text.split()), default=0)
+                    for cell in cells for text, _, ours in cell] + [1])
+
     columns = [[column_header, *(row[index] for row in body)] for index, column_header in enumerate(header)]
-    natural = [max((cell_len(text) for cell in cells for text, _, _ in cell), default=1) or 1 for cells in columns]
-    floors = [max([cell_len(text) if ours else max((cell_len(word) for word in text.split()), default=0)
-                   for cell in cells for text, _, ours in cell] + [1]) for cells in columns]
+    natural = [longest(cells, floor=False) for cells in columns]
+    floors = [longest(cells, floor=True) for cells in columns]
+    rows_whole = [max(longest(cells[1:], floor=False), floor) for cells, floor in zip(columns, floors)]
     room = width - (len(header) + 1) - 2 * len(header)  # the borders, and a space either side of each cell
     if sum(natural) <= room or sum(floors) > room:
         return None
     widths = list(natural)
-    for _ in range(sum(natural) - room):
-        narrowable = [index for index, (now, floor) in enumerate(zip(widths, floors)) if now > floor]
-        widths[max(narrowable, key=lambda index: (widths[index], index))] -= 1
+    for limits in (rows_whole, floors):
+        while sum(widths) > room:
+            narrowable = [index for index, (now, limit) in enumerate(zip(widths, limits)) if now > limit]
+            if not narrowable:
+                break
+            widths[max(narrowable, key=lambda index: (widths[index], index))] -= 1
     return widths
 
 
