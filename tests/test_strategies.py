@@ -145,6 +145,25 @@ def test_objective_is_the_registered_loss_and_keeps_the_registered_state(name):
     assert issubclass(strategies.loss_module_for(name), torch.nn.Module)
 
 
+@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
+def test_the_registry_says_which_objectives_gather_across_ranks_in_their_forward(name, monkeypatch):
+    """Under several processes the recipe must know of a collective in the objective's forward (the loop
+    reports a failed rank through the step's all-reduce only where no other collective is pending).
+    Seen here as a rank of 2 would see it: current() says 2 ranks, and the gathers are recorded."""
+    from seedrun.training import distributed
+
+    d = distill_settings(name)["distill"]
+    g = torch.Generator().manual_seed(7)
+    z_s, z_t, queue = unit(BATCH, 128, generator=g), unit(BATCH, 128, generator=g), unit(d["queue_size"], 128, generator=g)
+    objective = strategies.create_objective(d, 128, 0, torch.nn.Linear(INPUT, 128))
+    objective.prepare(lambda: unit(40, 128, generator=g))  # k-means fits here, in one process
+    gathered = []
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Ranks(0, 0, 2))
+    monkeypatch.setattr(distributed, "concat_all_gather", lambda t: gathered.append(t) or torch.cat([t, t]))
+    objective(z_s, z_t, queue, torch.arange(BATCH), lambda: torch.randn(BATCH, INPUT, generator=g))
+    assert bool(gathered) == strategies.get_strategy(name).gathers_in_forward
+
+
 # ---------------------------------------------------------------- pre-training methods
 
 

@@ -30,6 +30,11 @@ class Strategy:
     # whether the objective encodes a second augmented view of each image (the `another_view` it is
     # given): the recipe asks the loader for that view only then (the stream loader decodes views ahead)
     second_view: bool = False
+    # whether the objective's forward runs a collective across ranks under several processes (online
+    # clustering all-gathers the teacher embeddings for Sinkhorn over the global batch): the recipe then
+    # tells the loop (Loop.collectives_ahead) that a rank failing in the forward cannot report itself
+    # through the step's all-reduce, since the others wait in that gather
+    gathers_in_forward: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -121,6 +126,7 @@ register_strategy(Strategy(
     loss_module="seedrun.losses.online_clustering:OnlineClusteringLoss",
     objective=f"{_OBJECTIVES}:OnlineClustering",
     state={"cluster": "the learnable prototypes (trained, renormalised after each step)"},
+    gathers_in_forward=True,  # Sinkhorn over the global batch (seedrun.losses.online_clustering)
 ))
 register_strategy(Strategy(
     "seed_mocov2",
