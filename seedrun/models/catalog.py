@@ -112,6 +112,39 @@ TEACHER_METHODS: tuple[TeacherMethod, ...] = (
 
 METHODS = TEACHER_METHODS  # the name `seedrun list` uses
 
+# How a MobileNet-v3 or EfficientNet student is built: `student.bn` and `student.layout`, official by default
+# (issue 21: the paper's students as the official SEED code builds them). Both codes build ResNets alike
+# (plain BatchNorm2d, torchvision's keys), so for ResNets either value gives the same network.
+STUDENT_BUILD: dict[str, dict[str, str]] = {
+    "bn": {
+        "official": "BatchNorm as the official SEED code's students: MobileNet-v3 momentum 0.1, eps 1e-5; "
+                    "EfficientNet momentum 0.01, eps 1e-3",
+        "torchvision": "BatchNorm as torchvision's builders: mobilenet_v3_large momentum 0.01, eps 1e-3; "
+                       "efficientnet_b0/b1 momentum 0.1, eps 1e-5 (seedrun's students before issue 21)",
+    },
+    "layout": {
+        "official": "the official code's modules and checkpoint keys (features.N.conv.*, _blocks.N.*), its SE "
+                    "placement, TF-same padding and initialisation",
+        "torchvision": "torchvision's MobileNetV3/EfficientNet modules and keys (seedrun's students before issue 21)",
+    },
+}
+# (momentum, eps) of every BatchNorm2d, by network family and `student.bn`. The official EfficientNet is
+# EfficientNet-PyTorch's: TensorFlow's decay 0.99 is PyTorch's momentum 1 - 0.99.
+BN_SETTINGS: dict[str, dict[str, tuple[float, float]]] = {
+    "mobilenet": {"official": (0.1, 1e-5), "torchvision": (0.01, 1e-3)},
+    "efficientnet": {"official": (0.01, 1e-3), "torchvision": (0.1, 1e-5)},
+    "resnet": {"official": (0.1, 1e-5), "torchvision": (0.1, 1e-5)},
+}
+
+
+def check_student_build(key: str, value: object) -> Optional[str]:
+    """Why `student.<key>: value` is not a build setting (None when it is); key is "bn" or "layout"."""
+    if key not in STUDENT_BUILD:
+        return f"unknown student build setting {key!r}; known: {', '.join(STUDENT_BUILD)}"
+    if value not in STUDENT_BUILD[key]:
+        return f"student.{key} must be one of {', '.join(STUDENT_BUILD[key])}, got {value!r}"
+    return None
+
 NETWORK_NAMES: tuple[str, ...] = tuple(n.name for n in NETWORKS)
 TEACHER_METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in TEACHER_METHODS)
 

@@ -30,6 +30,17 @@ def mlp_head(dim_in: int, dim_out: int = 128, hidden: int | None = None, layers:
     return nn.Sequential(*modules, nn.Linear(width, dim_out))
 
 
+def init_last_linear(head: nn.Module, std: float) -> None:
+    """Start a head's last Linear from N(0, std) with zero bias. The official SEED code builds its student's
+    head by wrapping the network's own `fc` (Linear(d, 128)) as the head's last layer, so that layer keeps
+    the network's initialisation: N(0, 0.01) for the official MobileNet-v3, where the inserted Linear(d, d)
+    keeps PyTorch's default."""
+    last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.normal_(last.weight, 0, std)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
 def bn_mlp_head(dim_in: int, dim_out: int = 128, hidden: int | None = None) -> nn.Sequential:
     """Linear -> BatchNorm1d -> ReLU -> Linear (SimCLR's and SwAV's projection head)."""
     hidden = hidden or dim_in
