@@ -78,6 +78,10 @@ def test_each_stage_has_its_own_launcher_and_evaluation_defaults_to_one_gpu(tmp_
               run.config["launcher"]["timeout_min"]) for run in sweep.runs}
     assert asked == {("pretrain", 2, 100, 90), ("distill", 4, 100, 90), ("eval", 1, 25.0, 30)}
     assert sweep.stage_blocks == {"pretrain": {"gpus_per_node": 2}, "eval": {"timeout_min": 30}}
+    # the command line sets the shared settings over the file's; a stage's own block still wins for its stage
+    again = expand(path, ["launcher.timeout_min=45"], dry_run=True)
+    assert {(run.stage, run.config["launcher"]["timeout_min"]) for run in again.runs} == {
+        ("pretrain", 45), ("distill", 45), ("eval", 30)}
     single = expand(_stage_sweep(tmp_path, "launcher: {name: slurm, gpus_per_node: 4}\n"), dry_run=True)
     # one block, as before: every stage asks it, but evaluation asks one GPU of it; hashes do not depend on it
     assert {(run.stage, run.config["launcher"]["gpus_per_node"]) for run in single.runs} == {

@@ -241,7 +241,7 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
             checked_data.add(repr(run.config["data"]))
     trained = [run for run in pretrain_runs.values() if run.config["pretrain"].get("role") == "baseline"] + distill_runs
     evaluation_runs = [evaluation_run(run, protocol, path) for run in trained for protocol in run.config["eval"].get("after", [])]
-    for run in evaluation_runs:  # a baseline's evaluations take the eval launcher of the first point that named it
+    for run in evaluation_runs:  # a baseline's evaluations take the first point's (a launcher.* axis could vary it)
         run.config["launcher"] = eval_launchers.get(run.depends_on) or next(iter(eval_launchers.values()), run.config["launcher"])
     unique: dict[str, RunSpec] = {}
     for run in list(pretrain_runs.values()) + distill_runs + evaluation_runs:
@@ -269,13 +269,13 @@ def _cli_launcher_keys(cli_overrides) -> set[str]:
     return keys
 
 
-def _launcher_settings(recipe: dict, block: dict, path: str, from_cli: set[str] = frozenset(), prefix: str = "launcher") -> dict:
+def _launcher_settings(recipe: dict, block: dict, path: str, from_cli: set[str] = frozenset()) -> dict:
     for key in block:
         if key != "name" and key not in recipe:
-            raise InputError(path, f"{prefix}.{key}",
+            raise InputError(path, f"launcher.{key}",
                              f"unknown setting of launcher {recipe.get('name')!r}; known: {', '.join(sorted(recipe))}")
     settings = {**recipe, **block, **{key: recipe[key] for key in from_cli if key in recipe}}
-    check_launcher(settings, path, prefix)
+    check_launcher(settings, path)
     return settings
 
 
