@@ -252,3 +252,18 @@ def test_recipes_name_the_official_build_and_resnet_recipes_are_unchanged():
             assert "bn" not in recipe and "layout" not in recipe, path.name
     assert set(STUDENT_BUILD) == {"bn", "layout"}
     assert all(set(values) == {"official", "torchvision"} for values in STUDENT_BUILD.values())
+
+
+def test_a_model_file_from_before_the_official_build_loads_as_it_was_built(tmp_path):
+    """model.pt files of these students written before the official build name no layout: they were
+    torchvision's networks, and load as such; a file that names its build is rebuilt that way."""
+    from seedrun.models.model_file import load_own_model, save_model
+    from seedrun.models.registry import create_network
+
+    for build, extra in ((dict(bn="torchvision", layout="torchvision"), None),
+                         (dict(bn="official", layout="official"), {"bn": "official", "layout": "official"})):
+        backbone, head, _ = create_network("mobilenetv3_large", 16, True, 1, 32, **build)
+        path = tmp_path / f"{build['layout']}.pt"
+        save_model(path, backbone, head, arch="mobilenetv3_large", width=16, small_images=True, in_chans=1, extra=extra)
+        loaded, _ = load_own_model(path, 1)
+        assert loaded.state_dict().keys() == backbone.state_dict().keys()

@@ -43,11 +43,24 @@ def load_own_model(path: Path, channels: int) -> tuple[nn.Module, nn.Module]:
     """A seedrun model.pt: the backbone by name, the head (any method's) sized from its tensors."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = state["seedrun"]
-    backbone, _ = create_backbone(net["arch"], small_images=net["small_images"], in_chans=channels, width=net["width"])
+    backbone, _ = create_backbone(net["arch"], small_images=net["small_images"], in_chans=channels, width=net["width"],
+                                  **build_of(net))
     backbone.load_state_dict(state["backbone"])
     head = head_from_state_dict(state["head"])
     head.load_state_dict(state["head"])
     return backbone, head
+
+
+#: the students whose build seedrun changed to the official code's (issue 21): a file from before names no
+#: layout, and was built the torchvision way
+REBUILT_STUDENTS = ("mobilenetv3_large", "efficientnet_b0", "efficientnet_b1")
+
+
+def build_of(marker: Mapping) -> dict[str, str]:
+    """The `bn` and `layout` a model file's network was built with (seedrun.models.catalog.STUDENT_BUILD)."""
+    if "layout" not in marker and marker.get("arch") in REBUILT_STUDENTS:
+        return {"bn": "torchvision", "layout": "torchvision"}
+    return {key: marker[key] for key in ("bn", "layout") if marker.get(key)}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
