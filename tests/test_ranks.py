@@ -74,16 +74,27 @@ if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == os.environ.get("FAULT_RANK") and
             raise DataError("101 unreadable images, more than data.max_bad_images=100 (injected on this rank)")
         return view(self, k, device)
     loader.MemoryBatch.view = unreadable
+
+    import time
+    import seedrun.training.checkpoints as checkpoints
+    save = checkpoints.save_checkpoint
+
+    def slow(state, run_dir):  # a checkpoint written to a slow filesystem: longer than a step's timeout
+        if os.environ["FAULT"] == "slowsave" and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(25)
+        return save(state, run_dir)
+    checkpoints.save_checkpoint = slow
 '''
 
 
-def _sweep(home: Path, tmp: Path, tau: str, fault: str = "", rank: int = 1) -> tuple[CLI, float]:
+def _sweep(home: Path, tmp: Path, tau: str, fault: str = "", rank: int = 1, timeout_s: str = "60") -> tuple[CLI, float]:
     cli = CLI(home)
     site = tmp / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     cli.env.update(PYTHONPATH=str(site), FAULT=fault, FAULT_RANK=str(rank), FAULT_MARKER=str(tmp / f"fault-{tau}"),
-                   SEEDRUN_DIST_TIMEOUT_S="60")
+                   SEEDRUN_DIST_TIMEOUT_S=timeout_s)
     path = tmp / f"s{tau}.yaml"
     path.write_text(SWEEP.replace("TAU", tau))
     started = time.monotonic()
@@ -208,3 +219,12 @@ def test_rank_1_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, t
     killed = int((tmp_path / "fault-0.3").read_text())
     assert f"rank 1 was killed: process {killed} on" in error
     assert recorded - (tmp_path / "fault-0.3").stat().st_mtime < 60
+
+
+def test_rank_0_writing_a_checkpoint_longer_than_a_steps_timeout_is_waited_for(straight, tmp_path):
+    """Per-step collectives time out after SEEDRUN_DIST_TIMEOUT_S (10 s here); rank 0's long phases (a
+    checkpoint written for 25 s) are waited for on the store with a timeout of their own."""
+    home, _, _ = straight
+    result, _ = _sweep(home, tmp_path, "0.4", fault="slowsave", rank=0, timeout_s="10")
+    assert (tmp_path / "fault-0.4").exists()  # the slow write did happen
+    assert "completed 1" in result.stdout, result.stdout + result.stderr
