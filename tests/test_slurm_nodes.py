@@ -96,3 +96,45 @@ def test_requests_are_checked_against_the_nodes_sinfo_reports(slurm_cluster, cli
     with sqlite3.connect(cli.db) as db:  # the real submission recorded its runs as pending, none as submitted
         assert {state for (state,) in db.execute("select state from runs")} == {"pending"}
         assert db.execute("select count(*) from runs where job_id is not null").fetchone()[0] == 0
+
+
+def _rank_1_dies(marker: str) -> None:
+    """Rank 1 is SIGKILLed at once; rank 0 would wait 10 minutes, as a rank waits in a collective for a dead peer."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    import submitit
+
+    if submitit.JobEnvironment().global_rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(600)
+    Path(marker).write_text("rank 0 outlived its peer")
+
+
+def test_kill_on_bad_exit_ends_the_step_when_one_task_dies(slurm_cluster, tmp_path):
+    """seedrun's srun options (SRUN_ARGS, in every array's sbatch script: tests/golden/sbatch) end the whole step
+    when a task dies; the same job without them keeps its surviving task running."""
+    import sys
+
+    import cloudpickle
+
+    from seedrun.launchers.cluster import State, cancel, query_states
+    from seedrun.launchers.slurm import SRUN_ARGS
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    jobs = {}
+    for name, srun_args in (("killed", list(SRUN_ARGS)), ("control", [])):
+        executor = slurm_cluster.executor(tmp_path / name, nodes=2, tasks_per_node=1, cpus_per_task=1,
+                                          slurm_srun_args=srun_args)
+        jobs[name] = executor.submit(_rank_1_dies, str(tmp_path / f"{name}.done")).job_id
+    try:
+        ended = wait_for(lambda: query_states([jobs["killed"]])[jobs["killed"]], lambda s: s.terminal, 180, every_s=1)
+        assert ended.state is State.FAILED, ended  # the step ended with the dead task, the job with it
+        control = wait_for(lambda: query_states([jobs["control"]])[jobs["control"]],
+                           lambda s: s.state is not State.PENDING, 60, every_s=1)
+        assert control.state is State.RUNNING, control  # without the option rank 0 would sit there for 10 minutes
+        assert not (tmp_path / "killed.done").exists()
+    finally:
+        cancel(list(jobs.values()))
