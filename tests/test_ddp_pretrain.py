@@ -193,8 +193,9 @@ def test_a_two_rank_sweep_pretrains_on_both_ranks_and_resumes_after_a_requeue(tm
     assert (state, attempts, json.loads(prov)["world"], json.loads(prov)["preemptions"]) == ("completed", 2, 2, 1)
     run_dir = Path(run_dir)
     rank1 = (run_dir / "log.rank1.txt").read_text()
-    assert "(pretrain) rank 1 of 2" in rank1 and "resumed from step 5" in rank1 and "epoch 1/1" in rank1
-    assert "resumed from step 5" in (run_dir / "log.txt").read_text()
+    # the signal came after step 5's all-reduce: the ranks agree on it in step 6's, and stop after step 6
+    assert "(pretrain) rank 1 of 2" in rank1 and "resumed from step 6" in rank1 and "epoch 1/1" in rank1
+    assert "resumed from step 6" in (run_dir / "log.txt").read_text()
     assert "[rank 1]" not in (run_dir / "log.txt").read_text()  # rank 0's log is rank 0's
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch, recorded by rank 0 alone
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)

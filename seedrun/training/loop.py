@@ -29,7 +29,7 @@ from seedrun.data.augment import normalize
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.training.checkpoints import save_checkpoint
 from seedrun.training.curves import Curves, open_curves
-from seedrun.training.distributed import PeerFailed
+from seedrun.training.distributed import SINGLE, PeerFailed
 
 
 class Interrupted(Exception):
@@ -160,9 +160,9 @@ class Loop:
         self.last_save = time.monotonic()
         # several processes (seedrun.training.distributed.parallel_model): sync is the step's all-reduce,
         # and save() gathers what each rank needs while global rank 0 writes
-        self.sync: Callable[..., tuple[float, bool, bool, bool]] = lambda loss, stop, due, failed: (
-            loss.item(), stop, due, failed)
+        self.sync: Callable[..., tuple[float, bool, bool, bool]] = SINGLE.sync
         self.agreed = (False, False)  # (stop, checkpoint due) of the current step, as every rank agreed
+        self.agreed_step = 0  # the step those are of
         # open between a step's last collective and the next step's all-reduce: a failure here can be told
         self.window = True
         self.save: Callable[[Callable[[], dict[str, Any]]], None] = lambda state: save_checkpoint(state(), self.run_dir)
@@ -195,10 +195,11 @@ class Loop:
         Called before after_step(), which may stop the run at this step."""
         self.curves.step(step, loss, self.lr(step - 1))
 
-    def agree(self, step: int, loss: torch.Tensor) -> float:
+    def agree(self, step: int, loss: Optional[torch.Tensor]) -> float:
         """Step `step` (1-based) computed `loss`: the step's one all-reduce, of the loss, whether this rank is
         asked to stop, whether a checkpoint is due, and whether it failed asking. Returns the loss averaged
-        over ranks; raises where any rank failed, or on a non-finite loss (on every rank at this step)."""
+        over ranks; raises where any rank failed, or on a non-finite loss (on every rank at this step).
+        A caller without a loss (after_step without agree) agrees on the flags alone."""
         stop = due = False
         failure: Optional[BaseException] = None
         try:
@@ -213,10 +214,15 @@ class Loop:
             raise failure
         if failed:
             raise PeerFailed(f"another rank failed before the all-reduce of step {step}")
-        if not math.isfinite(value):
+        if loss is not None and not math.isfinite(value):
             raise FloatingPointError(f"loss is {value} at step {step - 1}")
-        self.agreed = (stop, due)
+        self.agreed, self.agreed_step = (stop, due), step
         return value
+
+    def _agreed(self, step: int) -> tuple[bool, bool]:
+        if self.agreed_step != step:  # the recipe did not agree at this step: the flags alone
+            self.agree(step, None)
+        return self.agreed
 
     def collectives_ahead(self) -> None:
         """The recipe's forward gathers across ranks (shuffle BN, sync_bn): a failure from here to the step's
@@ -239,7 +245,7 @@ class Loop:
         """Checkpoint when due or asked to stop (as agreed at this step); raise Interrupted in the latter case."""
         if step % self.steps_per_epoch == 0:
             return  # end_epoch() saves, records, then honours a stop request
-        stop, due = self.agreed
+        stop, due = self._agreed(step)
         if stop or due:
             self.save(state)
             self.curves.flush()  # the curves up to the checkpoint: a resumed run purges only what follows it
@@ -251,6 +257,7 @@ class Loop:
     def end_epoch(self, epoch: int, step: int, losses: list[float], started: float,
                   state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint, record the epoch's metrics, then stop here if the job was asked to."""
+        stop = self._agreed(step)[0]
         metrics = {"loss": sum(losses) / max(1, len(losses)), "epoch_seconds": time.monotonic() - started,
                    **self.curves.epoch_rates()}  # images/s and data wait: what `status` and `plot` can show
         self.hooks.log(f"epoch {epoch + 1}/{self.epochs} loss {metrics['loss']:.4f} ({metrics['epoch_seconds']:.0f}s)")
@@ -259,7 +266,7 @@ class Loop:
         self.window = True  # rank 0's records below are its own work: a failure there is told at the next step
         self.hooks.epoch_end(epoch + 1, metrics)
         self.curves.epoch(step, metrics)
-        if self.agreed[0]:  # agreed at the epoch's last step
+        if stop:  # agreed at the epoch's last step
             raise Interrupted(f"stopped at step {step}")
 
 
