@@ -14,8 +14,9 @@
 #     the config changes).
 #   - slurmd -N localhost: the container's hostname is not "localhost".
 #   - a second node on the same host (multi-node runs are tested): its own
-#     NodeName with NodeHostname=localhost, NodeAddr=127.0.0.1 and a Port of
-#     its own; spool, pid and log files named with %n; `slurmd -N NAME` each.
+#     NodeName, NodeHostname (its name, 127.0.0.1), NodeAddr=127.0.0.1 and a
+#     Port of its own; spool, pid and log files named with %n; `slurmd -N NAME`
+#     each (see the NodeName lines for what this Slurm refuses).
 #     Its name is added to /etc/hosts (once): a job takes MASTER_ADDR from its
 #     node list, so every node name must resolve.
 #   - nodes shaped like an 8-GPU node (SLURM_NODE_CPUS, SLURM_NODE_MEM_MB,
@@ -191,6 +192,9 @@ KillWait=5
 # requests are checked against nodes shaped like a GPU cluster's)
 SlurmdParameters=config_overrides
 GresTypes=gpu
+# Two slurmd on this host. With this Slurm, two nodes with NodeHostname=localhost are a fatal "Duplicated
+# NodeHostName": the second node's host is its own name (in /etc/hosts, 127.0.0.1), and node localhost
+# comes last (slurmctld takes any name for "localhost" while that is the one node it knows)
 NodeName=$NODE2 NodeHostname=$NODE2 NodeAddr=127.0.0.1 Port=6820 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM Gres=gpu:$GPUS State=UNKNOWN
 NodeName=localhost NodeHostname=localhost NodeAddr=127.0.0.1 Port=6818 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$MEM Gres=gpu:$GPUS State=UNKNOWN
 # preemption as a shared cluster has it (PreemptMode=CANCEL): a job of "urgent" cancels jobs of
