@@ -149,8 +149,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                                                           d["tau_student"], d["tau_teacher"]))
                         loss = loss + torch.stack(small_losses).mean()
                 # the step's one all-reduce: the loss over ranks (a NaN on one rank fails every rank at this
-                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree)
-                loss_value = loop.agree(step + 1, loss)
+                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree_step)
+                loss_value = loop.agree_step(step + 1, loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 ranks.average_gradients(objective.parameters())  # the student's are DDP's

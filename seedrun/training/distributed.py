@@ -17,7 +17,7 @@ whether rank 0's phase failed.
 What the recipes need of their ranks:
     concat_all_gather(t)      every rank's t, concatenated in rank order (the official queue update)
     ranks.sync(loss, ...)     THE all-reduce of a step: the loss averaged over ranks, and whether any rank
-                              asks to stop, finds a checkpoint due, or failed (training.loop.Loop.agree)
+                              asks to stop, finds a checkpoint due, or failed (training.loop.Loop.agree_step)
     ranks.gather_object(o)    every rank's o on every rank (RNG states for the checkpoint)
     on_main(name, fn)         fn on rank 0 alone while the others wait on the store (long phases)
 """
@@ -73,6 +73,10 @@ class Ranks:
         dist.all_reduce(numbers)
         total, stops, dues, failures = numbers.tolist()
         return total / self.world, stops > 0, dues > 0, failures > 0
+
+    def agree(self, stop: bool, due: bool = False) -> tuple[bool, bool]:
+        """(stop, due) as any rank sees them, without a loss (benchmarks; the recipes agree through sync)."""
+        return self.sync(None, stop, due)[1:3]
 
     def mean(self, value: torch.Tensor) -> float:
         if not self.active:

@@ -6,8 +6,8 @@ evaluation at the end of training.
 Hooks is how a recipe talks to the job that runs it (seedrun.job records what it is told); Interrupted
 is raised between steps once a stop was requested and a checkpoint written.
 
-Under several processes a step has one all-reduce the ranks agree through (`Loop.agree`, after the loss):
-the loss, a stop request, a checkpoint due and a failure of any rank, together; every rank then saves,
+Under several processes a step has one all-reduce the ranks agree through (`Loop.agree_step`, after the
+loss): the loss, a stop request, a checkpoint due and a failure of any rank, together; every rank then saves,
 stops or fails at the same step. A rank that fails between a step's last collective and the next step's
 all-reduce (reading data, a forward without collectives, asking whether to stop) joins that all-reduce
 saying so (`Loop.fail`), so the others raise PeerFailed at once rather than wait in a collective until
@@ -195,7 +195,7 @@ class Loop:
         Called before after_step(), which may stop the run at this step."""
         self.curves.step(step, loss, self.lr(step - 1))
 
-    def agree(self, step: int, loss: Optional[torch.Tensor]) -> float:
+    def agree_step(self, step: int, loss: Optional[torch.Tensor]) -> float:
         """Step `step` (1-based) computed `loss`: the step's one all-reduce, of the loss, whether this rank is
         asked to stop, whether a checkpoint is due, and whether it failed asking. Returns the loss averaged
         over ranks; raises where any rank failed, or on a non-finite loss (on every rank at this step).
@@ -221,7 +221,7 @@ class Loop:
 
     def _agreed(self, step: int) -> tuple[bool, bool]:
         if self.agreed_step != step:  # the recipe did not agree at this step: the flags alone
-            self.agree(step, None)
+            self.agree_step(step, None)
         return self.agreed
 
     def collectives_ahead(self) -> None:

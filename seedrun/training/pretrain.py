@@ -92,8 +92,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
                 with autocast(config, device):
                     loss = pretext(model, view_a, view_b, step)
                 # the step's one all-reduce: the loss over ranks (a NaN on one rank fails every rank at this
-                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree)
-                loss_value = loop.agree(step + 1, loss)
+                # step), stop, checkpoint due and failed, agreed by every rank (training.loop.Loop.agree_step)
+                loss_value = loop.agree_step(step + 1, loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
