@@ -66,7 +66,7 @@ class Ranks:
     def sync(self, loss: Optional[torch.Tensor], stop: bool, due: bool, failed: bool = False) -> tuple[float, bool, bool, bool]:
         """(loss averaged over ranks, any stop, any due, any failed): one all-reduce of 4 numbers, so that
         every rank stops, saves and fails at the same step; a NaN on one rank is NaN on all."""
-        value = float("nan") if loss is None else float(loss.detach().float().item())
+        value = float("nan") if loss is None else float(loss.detach().double().item())
         if not self.active:
             return value, bool(stop), bool(due), bool(failed)
         numbers = torch.tensor([value, float(stop), float(due), float(failed)], dtype=torch.float64, device=_device())
