@@ -148,3 +148,19 @@ def test_the_end_of_training_knn_on_two_ranks_skips_and_counts(trees, model, tmp
     # features of the same images by the same network in other batches: float32 rounding may differ in
     # the last bits, the accuracy over 29 images does not
     assert {k: two_ranks[k] for k in one} == one
+
+
+def test_the_bad_image_budget_counts_a_file_once_however_many_epochs_meet_it():
+    """One corrupt JPEG met every epoch used to spend the budget once an epoch: a 200-epoch run failed at
+    epoch 101 with the default limit of 100."""
+    from seedrun.data.formats import DataError
+    from seedrun.data.loader import BadImages
+
+    logged: list[str] = []
+    budget = BadImages(limit=2, log=logged.append)
+    for _epoch in range(5):
+        budget.report(["a.jpg: truncated"], [7])
+    assert len(logged) == 1 and len(budget.seen) == 1
+    budget.report(["b.jpg: truncated"], [8])
+    with pytest.raises(DataError, match="3 unreadable images"):
+        budget.report(["c.jpg: truncated", "b.jpg: truncated"], [9, 8])

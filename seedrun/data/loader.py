@@ -24,9 +24,10 @@ Training views are augmented with the preset seedrun.data.presets resolves from 
 `method` open_split is given (the teacher's for a distillation run, the run's own for pre-training);
 both loaders apply the same resolved settings. The memory loader draws view k of step t from
 seedrun.data.sampling.step_generator(seed, t, k); the stream loader computes every view in `views`
-ahead, in the workers, each image's from sampling.stream_seed too. Unreadable images met while streaming are logged with their path and skipped
-(their slot filled by another image of the batch); more than `data.max_bad_images` (default 100) in one
-attempt raise DataError, which the job records as failure class data_error.
+ahead, in the workers, each image's from sampling.stream_seed too. Unreadable images met while streaming are
+logged with their path and skipped: in a training batch their slot is filled by another image of the batch
+(the batch size holds), an evaluation leaves them out and counts them. More than `data.max_bad_images`
+(default 100) distinct ones in one attempt raise DataError, which the job records as failure class data_error.
 """
 
 from __future__ import annotations
@@ -170,13 +171,18 @@ class StreamBatch:
 
 
 class BadImages:
-    """Counts, logs and bounds the unreadable images of one attempt."""
+    """Counts, logs and bounds the distinct unreadable images of one attempt: the same file met again in a
+    later epoch is counted once, else one corrupt JPEG would fail a 200-epoch run at epoch 101."""
 
     def __init__(self, limit: int, log: Callable[[str], None]):
-        self.limit, self.log, self.seen = limit, log, []
+        self.limit, self.log, self.seen, self.images = limit, log, [], set()
 
-    def report(self, bad: list[str]) -> None:
-        for message in bad:
+    def report(self, bad: list[str], indices: Optional[list[int]] = None) -> None:
+        for message, index in zip(bad, indices if indices is not None else [None] * len(bad)):
+            if index is not None:
+                if index in self.images:
+                    continue
+                self.images.add(index)
             self.seen.append(message)
             self.log(f"skipped an unreadable image ({len(self.seen)} so far): {message}")
         if len(self.seen) > self.limit:
@@ -198,7 +204,7 @@ class StreamBatches:
         if start >= self.steps_per_epoch:
             return
         for raw in self.loader:
-            self.data.bad.report(raw["bad"])
+            self.data.bad.report(raw["bad"], raw.get("bad_indices"))
             if not len(raw["indices"]):
                 raise DataError(f"every image of a batch is unreadable: {raw['bad'][0]}")
             yield StreamBatch(raw, self.data.mean, self.data.std)
@@ -235,12 +241,11 @@ class StreamData:
 
     def gather(self, batches, batch_size: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Evaluation views (uint8) and labels of each batch of sample indices, in order, decoded ahead by
-        the workers; batches=None: every image once, in chunks of batch_size. An unreadable image's slot
-        holds another image of its batch (with that image's label)."""
+        the workers; batches=None: every image once, in chunks of batch_size. An unreadable image is left
+        out of its batch (seedrun.evaluate counts what it skipped), never replaced by another."""
         from seedrun.data.stream import eval_loader
 
         for raw in eval_loader(self.files, self.data_cfg, batch_size, self.workers, batches):
-            self.bad.report(raw["bad"])
-            if not len(raw["indices"]):
-                raise DataError(f"every image of a chunk is unreadable: {raw['bad'][0]}")
-            yield raw["views"][0], raw["labels"]
+            self.bad.report(raw["bad"], raw.get("bad_indices"))
+            if len(raw["indices"]):
+                yield raw["views"][0], raw["labels"]

@@ -40,7 +40,7 @@ def read_batches(data, batches) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     from seedrun.data.stream import eval_loader
 
     for raw in eval_loader(data.files, data.data_cfg, 0, data.workers, batches):
-        data.bad.report(raw["bad"])
+        data.bad.report(raw["bad"], raw.get("bad_indices"))
         if len(raw["indices"]):
             yield raw["indices"], raw["views"][0], raw["labels"]
 
