@@ -28,10 +28,11 @@ from seedrun.training.loop import setup_torch
 setup_torch(start[0])
 total = torch.tensor([where.rank + 1.0])
 dist.all_reduce(total)
-print(json.dumps({"rank": where.rank, "backend": dist.get_backend(), "total": total.item(),
-                  "cpus": sorted(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
-                  "workers": default_workers(), "master": [os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]]}))
-group.close()
+report = {"rank": where.rank, "backend": dist.get_backend(), "total": total.item(),
+          "cpus": sorted(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+          "workers": default_workers(), "master": [os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]]}
+group.alone()  # as rank 0 does when it evaluates by itself
+print(json.dumps({**report, "alone": sorted(os.sched_getaffinity(0))}))
 """
 
 
@@ -76,6 +77,7 @@ def test_two_local_ranks_meet_at_the_jobs_rendezvous_on_their_own_cpus_with_gloo
         assert not set(reports[0]["cpus"]) & set(reports[1]["cpus"])
     assert [r["threads"] for r in reports] == [share, share]
     assert [r["workers"] for r in reports] == [share - 1, share - 1]
+    assert [r["alone"] for r in reports] == [cpus, cpus]  # a rank going on alone gets the job's CPUs back
 
 
 def test_a_slurm_job_meets_at_its_first_node_on_a_port_derived_from_the_job(monkeypatch):

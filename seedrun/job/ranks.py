@@ -166,11 +166,13 @@ class Group:
     """The processes of a multi-process run; with one process every method does nothing."""
 
     def __init__(self, where: Place):
-        self.where, self.store = where, None
+        self.where, self.store, self.all_cpus = where, None, None
         if where.world <= 1:
             return
         _ignore_inherited(where)
-        bind_cpus(where)
+        job_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        if bind_cpus(where) is not None:
+            self.all_cpus = job_cpus  # given back when rank 0 goes on alone
         with collector_paused():  # torch's, first here in a run of several processes
             from seedrun.training import distributed
 
@@ -198,8 +200,10 @@ class Group:
         return start
 
     def alone(self) -> None:
-        """From here rank 0 trains by itself (evaluation): no process group."""
+        """From here rank 0 trains by itself (evaluation): no process group, and every CPU of the job."""
         self.close()
+        if self.all_cpus:
+            os.sched_setaffinity(0, self.all_cpus)
 
     def close(self) -> None:
         if self.where.world > 1:
