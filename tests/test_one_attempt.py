@@ -95,6 +95,7 @@ def test_a_second_attempt_finds_the_run_held_and_leaves_it_alone_until_the_lease
     from seedrun.job.attempt_lease import LEASE_FILE, take_lease
 
     monkeypatch.setenv("SEEDRUN_HOSTNAME", "login")
+    monkeypatch.setenv("SEEDRUN_LEASE_WAIT_S", "0")  # leave at once rather than wait for the holder to end
     run_hash, db_url = one_run(home)
     job = attempt_job(StepJob, db_url, run_hash)
     run_dir = Path(job.run_dir)
@@ -144,6 +145,29 @@ def test_a_holder_that_is_gone_is_taken_over_at_once(tmp_path, monkeypatch):
     assert take_lease(str(alive), {**me, "job_id": "local:other"})[0]
     assert take_lease(str(alive), me, log=said.append) == (None, read_lease(str(alive)) | {"age_s": ANY})
     assert len(said) == 3
+
+
+def test_an_attempt_waits_for_a_slurm_holder_that_sacct_still_reports_alive(tmp_path, monkeypatch):
+    """After `seedrun cancel` and a retry, sacct may report the cancelled job alive for a while after the
+    retry's job starts: the retry waits for it (SEEDRUN_LEASE_WAIT_S) instead of leaving the run."""
+    import time
+
+    from seedrun.job import attempt_lease
+    from seedrun.job.attempt_lease import AttemptLease, take_lease
+
+    assert take_lease(str(tmp_path), _holder(job_id="500_1"))[0]
+    ends_at = time.monotonic() + 6
+    monkeypatch.setattr(attempt_lease, "_slurm_ended", lambda job_id: time.monotonic() > ends_at)
+    said: list[str] = []
+    lease = AttemptLease()
+    started = time.monotonic()
+    assert lease.take(str(tmp_path), _holder(host="node-b", job_id="501_1"), log=said.append) is None
+    assert time.monotonic() - started >= 5 and "Slurm job 500_1 has ended" in said[-1]
+    lease.release()
+    monkeypatch.setenv("SEEDRUN_LEASE_WAIT_S", "0")
+    assert take_lease(str(tmp_path), _holder(job_id="502_1"))[0]
+    monkeypatch.setattr(attempt_lease, "_slurm_ended", lambda job_id: False)
+    assert AttemptLease().take(str(tmp_path), _holder(host="node-b", job_id="503_1"))["job_id"] == "502_1"
 
 
 class _Any:

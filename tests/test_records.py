@@ -331,3 +331,22 @@ def test_status_brings_newer_folders_in_without_loading_sqlalchemy(tmp_path, mon
         assert isinstance(run.finished_at, dt.datetime) and isinstance(run.started_at, dt.datetime)
         assert isinstance(run.provenance, dict) and run.summary["knn_top1"] == 50.0
         assert (run.attempt, run.seq) == (1, 4)
+
+
+def test_an_attempt_superseded_by_a_retry_stops_and_never_overwrites_the_newer_attempt(tmp_path, monkeypatch):
+    """A retry opened attempt 2 while attempt 1's job was still running (its scancel not yet effective): the
+    old job's next write would have put attempt 1 back in the folder, and attempt 2's job would then have
+    found another attempt and left. It stops instead, and gives its lease back."""
+    url, home = _home(tmp_path, "home", monkeypatch)
+    (run_hash,) = _record_runs(url, home, [_config(0)])
+    old = submit(url, [run_hash])[run_hash]
+    with session_scope(url) as session:
+        transition(session, run_hash, "cancelled", expect=("submitted",))
+    old.epochs = 3
+    old.during = lambda: submit(url, [run_hash])  # `seedrun retry` meanwhile: attempt 2 in the folder
+    assert old() == {}
+    record = read_record(old.run_dir)
+    assert version_of(record) == (2, 0) and record["state"] == "submitted"
+    assert "a newer attempt of the run was opened" in (Path(old.run_dir) / "log.txt").read_text()
+    assert not (Path(old.run_dir) / "lease.json").exists()
+    assert QuickJob(run_hash, old.run_dir, None, 2)()["knn_top1"] == 50.0  # attempt 2 trains at once

@@ -192,9 +192,18 @@ class AttemptLease:
         self._thread: Optional[threading.Thread] = None
 
     def take(self, run_dir: str, holder: dict[str, Any], log: Callable[[str], None] = print) -> Optional[dict[str, Any]]:
-        """None when this attempt now holds the run; else the live holder, and the attempt must leave."""
+        """None when this attempt now holds the run; else the live holder, and the attempt must leave.
+
+        A holder that is another Slurm job is waited for up to SEEDRUN_LEASE_WAIT_S (default 120 s): after
+        `seedrun cancel` and a retry, sacct can report the cancelled job alive for a while after the retry's
+        job starts, and leaving at once would lose the retry."""
         self.run_dir = run_dir
-        self.token, current = take_lease(run_dir, holder, log)
+        deadline = time.monotonic() + _seconds("SEEDRUN_LEASE_WAIT_S", 120.0)
+        while True:
+            self.token, current = take_lease(run_dir, holder, log)
+            if current is None or not _slurm_job(str(current.get("job_id") or "")) or time.monotonic() > deadline:
+                break
+            time.sleep(5.0)
         if self.token is not None:
             self._thread = threading.Thread(target=self._beat, name="seedrun-lease", daemon=True)
             self._thread.start()
@@ -211,19 +220,22 @@ class AttemptLease:
                     last_good = time.monotonic()
                     continue
                 holder = read_lease(self.run_dir)
-                self._lose("the lease is now held by " + (describe_holder(holder) if holder else "nobody"))
+                self.lose("the lease is now held by " + (describe_holder(holder) if holder else "nobody"))
                 return
             except FileNotFoundError:
-                self._lose("the lease was taken away")
+                self.lose("the lease was taken away")
                 return
             except (OSError, ValueError) as exc:  # a stalled filesystem: retry while the lease cannot be stale
                 if time.monotonic() - last_good >= lease_stale_s():
-                    self._lose(f"the heartbeat failed for {lease_stale_s():.0f} s ({exc})")
+                    self.lose(f"the heartbeat failed for {lease_stale_s():.0f} s ({exc})")
                     return
 
-    def _lose(self, why: str) -> None:
+    def lose(self, why: str, still_ours: bool = False) -> None:
+        """The attempt stops and writes nothing more. `still_ours`: the lease is still this attempt's (a newer
+        attempt waits for it): it is given back as the attempt ends; else never released, another holds it."""
         self.why_lost = why
-        self.token = None  # never release what another attempt holds now
+        if not still_ours:
+            self.token = None
         self.lost.set()
 
     def release(self) -> None:

@@ -53,8 +53,13 @@ def load_run(run_dir: str, run_hash: str, attempt: int) -> tuple[Optional[Loaded
     return LoadedRun(record, config, upstream), ""
 
 
-def save_record(run_dir: str, record: FolderRecord) -> None:
-    """Write the record with its version one count higher: the next record of this attempt."""
+def save_record(run_dir: str, record: FolderRecord) -> bool:
+    """Write the record with its version one count higher: the next record of this attempt. False, and
+    nothing written, when the folder already holds a newer attempt (a retry opened it while this attempt's
+    job was still being stopped): the attempt must stop and write nothing more."""
     attempt, seq = version_of(record)
+    if version_of(read_record(run_dir))[0] > attempt:
+        return False
     record["version"] = [attempt, seq + 1]
     write_record(run_dir, record)
+    return True

@@ -427,7 +427,9 @@ class RunJob(StepBoundarySignals, submitit.helpers.Checkpointable):
         if self._lease.lost.is_set():
             self._log(f"record not written: {self._lease.why_lost}")
             return
-        save_record(str(self._run_dir), self._record)
+        if not save_record(str(self._run_dir), self._record):
+            self._lease.lose("a newer attempt of the run was opened in its folder", still_ours=True)
+            self._log(f"record not written: {self._lease.why_lost}")
 
     def _log(self, message: str) -> None:
         if self._hooks is not None:
