@@ -53,3 +53,28 @@ def test_a_workload_is_the_stage_network_teacher_data_subset_size_and_device():
     changed = _config()
     changed["teacher"]["arch"] = "resnet152"
     assert workload("distill", changed, "cpu") != base
+
+
+def test_the_dry_run_and_the_sweep_header_price_the_runs_to_run(cli, tmp_path):
+    """Through the CLI: a sweep whose runs have completed twins recorded (same workload, another tau) is
+    priced from them; `--json` carries the same figures."""
+    import json
+
+    from conftest import TINY_SWEEP_BASE, write_sweep
+    from seedrun.store.engine import session_scope
+    from seedrun.store.schema import Run
+    from seedrun.sweeps.sweep_file import expand
+
+    path = write_sweep(tmp_path / "priced.yaml", "name: priced\n" + TINY_SWEEP_BASE
+                       + "  teacher.checkpoint: /nowhere/t.pt\n  distill.epochs: 60\n"
+                       + "grid:\n  distill.tau_teacher: [0.1, 0.01]\nlauncher: {name: local}\n")
+    assert "cost: unknown" in cli("sweep", str(path), "--dry-run", check=False).stdout
+    (twin,) = [run for run in expand(str(path), dry_run=True).runs if run.config["distill"]["tau_teacher"] == 0.1]
+    with session_scope(f"sqlite:///{cli.db}") as session:
+        session.add(Run(hash="ef" * 32, stage="distill", run_dir="/elsewhere", config={**twin.config, "seed": 99},
+                        state="completed", provenance={"gpus_used": 0, "training_ranks": 1},
+                        summary={"epoch_seconds": 30.0}))
+    out = cli("sweep", str(path), "--dry-run", check=False).stdout
+    assert "cost: about 1.0 CPU-hours for 2 runs, from completed runs alike" in out, out  # 2 x 60 x 30 s
+    plan = json.loads(cli("sweep", str(path), "--dry-run", "--json", check=False).stdout)
+    assert plan["cost"] == {"hours": {"CPU-hours": 1.0}, "priced": 2, "unknown": 0}

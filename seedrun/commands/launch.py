@@ -22,11 +22,14 @@ def cmd_sweep(args) -> int:
 
     plan = read_plan(sweep, db_url)
     if args.dry_run:
-        return show_dry_run(console, sweep, plan.states, len(plan.stale), args.retry_failed, args.all, args.json)
-    launcher = print_header(console, sweep, plan.states, len(plan.stale))
+        return show_dry_run(console, sweep, plan.states, len(plan.stale), args.retry_failed, args.all, args.json,
+                            db_url=db_url)
+    from seedrun.launchers.cost import estimate
+
+    todo = plan.to_run(retry_failed=args.retry_failed)
+    launcher = print_header(console, sweep, plan.states, len(plan.stale), estimate(db_url, todo).text())
 
     record(plan, db_url)
-    todo = plan.to_run(retry_failed=args.retry_failed)
     if launcher == "slurm":
         from seedrun.launchers.slurm import submit_slurm
 

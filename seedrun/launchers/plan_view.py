@@ -53,8 +53,9 @@ def axis_line(axis: str, values: list) -> str:
     return f"  {axis}: {len(shown)} values: {' '.join(shown[:4])} … {' '.join(shown[-2:])}"
 
 
-def print_header(console, sweep, states: dict[str, str], stale: int) -> str:
-    """The sweep's summary (also before a real run); returns the launcher's name."""
+def print_header(console, sweep, states: dict[str, str], stale: int, cost: Optional[str] = None) -> str:
+    """The sweep's summary (also before a real run), with what the runs to run will cost (seedrun.launchers.cost)
+    when given; returns the launcher's name."""
     stages = {stage: len(sweep.stage(stage)) for stage in ("pretrain", "distill", "eval")}
     launcher = launcher_name(sweep)
     from rich.markup import escape
@@ -71,6 +72,8 @@ def print_header(console, sweep, states: dict[str, str], stale: int) -> str:
                       "recording drops them from the sweep (their results stay in the database)", highlight=False, soft_wrap=True)
     for axis, values in axis_values(sweep).items():
         console.print(axis_line(axis, values), highlight=False, markup=False, soft_wrap=True)
+    if cost:
+        console.print(f"  {cost}", highlight=False, markup=False, soft_wrap=True)
     for warning in sweep.warnings:
         console.print("  [yellow]warning:[/] ", end="", highlight=False)
         console.print(warning, highlight=False, markup=False, soft_wrap=True)
@@ -203,14 +206,18 @@ def check_plan(plan: dict[str, Any], sweep) -> list[str]:
 
 
 def show_dry_run(console, sweep, states: dict[str, str], stale: int, retry_failed: bool = False,
-                 all_runs: bool = False, as_json: bool = False) -> int:
+                 all_runs: bool = False, as_json: bool = False, db_url: Optional[str] = None) -> int:
+    from seedrun.launchers.cost import estimate
+
     plan = build_plan(sweep, states, stale, retry_failed)
+    cost = estimate(db_url, _todo(sweep, states, retry_failed))
+    plan["cost"] = {"hours": cost.hours, "priced": cost.priced, "unknown": cost.unknown}
     if as_json:
         if plan["launcher"] == "slurm" and plan["to_run"]:
             check_plan(plan, sweep)
         print(json.dumps(plan, default=str))
         return 0
-    print_header(console, sweep, states, stale)
+    print_header(console, sweep, states, stale, cost.text())
     if plan["launcher"] == "slurm":
         lines = array_lines(plan) if plan["to_run"] else ["Slurm: nothing to submit: every run is done or in flight"]
         lines += stage_lines(plan, sweep)
