@@ -267,3 +267,23 @@ def test_a_model_file_from_before_the_official_build_loads_as_it_was_built(tmp_p
         save_model(path, backbone, head, arch="mobilenetv3_large", width=16, small_images=True, in_chans=1, extra=extra)
         loaded, _ = load_own_model(path, 1)
         assert loaded.state_dict().keys() == backbone.state_dict().keys()
+
+
+def test_a_sweep_checks_the_build_settings_and_the_baseline_carries_them(cli, tmp_path):
+    from conftest import TINY_SWEEP_BASE, write_sweep
+    from seedrun.sweeps.sweep_file import expand
+
+    def sweep(extra: str):
+        return write_sweep(tmp_path / "s.yaml", "name: build\n" + TINY_SWEEP_BASE + "  student: mobilenetv3_large\n"
+                           + extra + "grid:\n  distill.tau_teacher: [0.1]\n")
+
+    bad = cli("sweep", str(sweep("  student.bn: tf\n")), "--dry-run", check=False)
+    assert bad.returncode == 2 and "student.bn" in bad.stderr and "official, torchvision" in bad.stderr
+    timm = cli("sweep", str(sweep("  student.arch: timm/resnet10t\n  student.layout: official\n")), "--dry-run",
+               check=False)
+    assert timm.returncode == 2 and "does not apply to timm/resnet10t" in timm.stderr and not cli.db.exists()
+    runs = expand(str(sweep("  student.bn: torchvision\n")), dry_run=True).runs
+    student = next(run for run in runs if run.stage == "distill").config["student"]
+    baseline = next(run for run in runs if run.stage == "pretrain" and run.config["pretrain"]["role"] == "baseline")
+    assert (student["bn"], student["layout"]) == ("torchvision", "official")
+    assert (baseline.config["pretrain"]["bn"], baseline.config["pretrain"]["layout"]) == ("torchvision", "official")

@@ -81,6 +81,8 @@ def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[
         "arch": net["arch"],
         "width": net.get("width", 64),
         "small_images": net.get("small_images", False),
+        # how the network is built (seedrun.models.catalog.STUDENT_BUILD), where its recipe says
+        **{key: net[key] for key in ("bn", "layout") if key in net},
         **recipe,
     }
     return {

@@ -298,13 +298,21 @@ def _label(key: str, values: dict) -> str:
 
 
 def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict) -> None:
-    from seedrun.models.catalog import check_arch  # torch-free: timm is asked in a child process
+    from seedrun.models.catalog import check_arch, check_student_build  # torch-free: timm is asked in a child process
 
     distill = config["distill"]
     for section in ("student", "teacher"):  # a network that cannot be built fails here, not in its job
         problem = check_arch((config.get(section) or {}).get("arch"))
         if problem:
             raise InputError(path, _where(f"{section}.arch", values), problem)
+    student = config.get("student") or {}
+    for key in ("bn", "layout"):  # how seedrun builds the paper's small students (official or torchvision)
+        if key in student:
+            problem = check_student_build(key, student[key])
+            if problem is None and str(student.get("arch")).startswith("timm/"):
+                problem = f"a timm network is built by timm: student.{key} does not apply to {student['arch']}"
+            if problem:
+                raise InputError(path, _where(f"student.{key}", values), problem)
     for key in ("tau_student", "tau_teacher"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] <= 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a temperature > 0, got {distill.get(key)!r}")
