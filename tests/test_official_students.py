@@ -275,7 +275,7 @@ def test_a_sweep_checks_the_build_settings_and_the_baseline_carries_them(cli, tm
 
     def sweep(extra: str):
         return write_sweep(tmp_path / "s.yaml", "name: build\n" + TINY_SWEEP_BASE + "  student: mobilenetv3_large\n"
-                           + extra + "grid:\n  distill.tau_teacher: [0.1]\n")
+                           + extra + "grid:\n  distill.tau_teacher: [0.1]\nbaselines: true\n")
 
     bad = cli("sweep", str(sweep("  student.bn: tf\n")), "--dry-run", check=False)
     assert bad.returncode == 2 and "student.bn" in bad.stderr and "official, torchvision" in bad.stderr
