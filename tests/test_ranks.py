@@ -83,6 +83,9 @@ if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == os.environ.get("FAULT_RANK") and
         if os.environ["FAULT"] == "slowsave" and not marker.exists():
             marker.write_text(str(os.getpid()))
             time.sleep(25)
+        if os.environ["FAULT"] == "failsave" and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            raise OSError(28, "No space left on device (injected)")
         return save(state, run_dir)
     checkpoints.save_checkpoint = slow
 '''
@@ -228,3 +231,18 @@ def test_rank_0_writing_a_checkpoint_longer_than_a_steps_timeout_is_waited_for(s
     result, _ = _sweep(home, tmp_path, "0.4", fault="slowsave", rank=0, timeout_s="10")
     assert (tmp_path / "fault-0.4").exists()  # the slow write did happen
     assert "completed 1" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_checkpoint_write_failing_on_rank_0_ends_every_rank_at_once(straight, tmp_path):
+    """Rank 0 alone writes checkpoints while the others wait on the store: its failure reaches them there at
+    once (with NCCL they would have waited in a barrier until the timeout), and rank 0 records its own."""
+    home, _, _ = straight
+    before = _failed(home)
+    result, _ = _sweep(home, tmp_path, "0.5", fault="failsave", rank=0, timeout_s="600")
+    recorded = time.time()
+    assert "failed 1" in result.stdout, result.stdout + result.stderr
+    _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
+    assert (stage, attempts, reason) == ("distill", 1, "exception") and "No space left on device" in error
+    rank1 = (Path(run_dir) / "log.rank1.txt").read_text()
+    assert "PeerFailed: rank 0 failed in writing the checkpoint: OSError" in rank1
+    assert recorded - (tmp_path / "fault-0.5").stat().st_mtime < 60  # not the 600 s a step may wait
