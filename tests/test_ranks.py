@@ -97,7 +97,9 @@ def _sweep(home: Path, tmp: Path, tau: str, fault: str = "", rank: int = 1, time
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     cli.env.update(PYTHONPATH=str(site), FAULT=fault, FAULT_RANK=str(rank), FAULT_MARKER=str(tmp / f"fault-{tau}"),
-                   SEEDRUN_DIST_TIMEOUT_S=timeout_s)
+                   SEEDRUN_DIST_TIMEOUT_S=timeout_s,
+                   # a shell that followed a DDP tutorial: the jobs must rendezvous where their launcher says
+                   MASTER_ADDR="203.0.113.1", MASTER_PORT="1")
     path = tmp / f"s{tau}.yaml"
     path.write_text(SWEEP.replace("TAU", tau))
     started = time.monotonic()
@@ -126,6 +128,9 @@ def test_a_two_rank_sweep_completes_and_rank_0_records_each_run_once(straight):
     rows = _rows(home)
     assert [(stage, state, attempts) for _, stage, state, attempts, *_ in rows] == [
         ("pretrain", "completed", 1), ("distill", "completed", 1)]
+    # the shell's MASTER_ADDR/MASTER_PORT (unreachable) were ignored, with one line in each rank's output
+    outputs = "".join(path.read_text() for path in (home / "submitit").rglob("*_log.out"))
+    assert outputs.count("ignoring MASTER_ADDR=203.0.113.1 MASTER_PORT=1 inherited from the submitting shell") == 4
     for _, stage, _, _, _, _, run_dir, prov in rows:
         run_dir = Path(run_dir)
         p = json.loads(prov)
