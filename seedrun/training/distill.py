@@ -124,7 +124,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     views = batch_views(d)
     batches = train.batches(seed, rank_batch, views, ranks.rank, ranks.world)
     curves = loop.open_curves(config, step, batch_size, ranks.is_main)  # TensorBoard on global rank 0
-    forward_gathers = ranks.active and d.get("sync_bn", False)  # the BN statistics are all-reduced in the forward
+    # the forward runs collectives: sync_bn all-reduces BN statistics, some objectives gather (strategies' registry)
+    forward_gathers = ranks.active and (d.get("sync_bn", False) or get_strategy(d["strategy"]).gathers_in_forward)
     try:
         for epoch in range(step // steps_per_epoch, d["epochs"]):
             student.train()
@@ -165,6 +166,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
                 loop.after_step(step, state)
             loop.end_epoch(epoch, step, losses, started, state)
 
+        loop.collectives_ahead()  # training is over: no step's all-reduce follows to tell a failure in
         # global rank 0 writes the model while the others wait on the store (a long phase, not a step's collective)
         distributed.on_main("writing the model", lambda: save_model(
             run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],

@@ -103,6 +103,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
                 loop.record_step(step, loss_value)
                 loop.after_step(step, state)
             loop.end_epoch(epoch, step, losses, started, state)
+        loop.collectives_ahead()  # training is over: no step's all-reduce follows to tell a failure in
         results = finish(config, backbone, head, train, test, device, run_dir, hooks) if ranks.is_main else {}
         curves.results(step, results)
         return results
