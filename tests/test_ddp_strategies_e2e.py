@@ -6,9 +6,7 @@ Tolerance: what differs is the order of sums (BN statistics, gradients, the glob
 sum in float64. Measured with GlobalBatchNorm keeping float64 statistics: at most 3.6e-15 (a running_var)
 over the student, the prototypes and the k-means classifier after 10 steps, so 1e-9 (tests/test_sync_bn.py's
 ATOL) holds with six orders to spare; with Sinkhorn on each rank's half (the defect) the student's first
-convolution is already 2.5e-5 off. Until GlobalBatchNorm keeps float64 statistics (seedrun/training/
-kernels.py computes them in float32: 2 ranks and 1 process then differ by ~1e-6 to 1e-4, by CPU) the test
-is expected to fail, as tests/test_sync_bn.py's is; remove NEEDS_FLOAT64_BN with that change."""
+convolution is already 2.5e-5 off."""
 
 from __future__ import annotations
 
@@ -22,8 +20,6 @@ from gloo_ranks import spawn
 from test_sync_bn import Quiet
 
 ATOL = 1e-9
-NEEDS_FLOAT64_BN = pytest.mark.xfail(strict=True, reason="until GlobalBatchNorm keeps float64 statistics "
-                                                         "(seedrun/training/kernels.py)")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +53,6 @@ def _distill(rank, world, config, teacher_dir, out):
     distill(config, Path(out) / "two", Quiet(), Path(teacher_dir))
 
 
-@NEEDS_FLOAT64_BN
 @pytest.mark.parametrize("strategy", ["online_clustering", "kmeans"])
 def test_two_ranks_train_the_strategy_as_one_process_on_the_global_batch(strategy, teacher, tmp_path):
     from seedrun.training.checkpoints import CHECKPOINT

@@ -11,7 +11,10 @@ import pytest
 
 from seedrun.views.curves import load_curves
 from conftest import TINY_SWEEP_BASE, write_sweep
-from test_postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
+import test_postgres
+
+# test_postgres's fixtures, used here by name
+postgres_server, postgres_url = test_postgres.postgres_server, test_postgres.postgres_url
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

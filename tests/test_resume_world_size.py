@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from test_sync_bn import ATOL, NEEDS_FLOAT64_BN, Quiet, spawn, tiny  # noqa: F401  (the module's fixture: a teacher and the config)
+import test_sync_bn
+from test_sync_bn import ATOL, Quiet, spawn
+
+tiny = test_sync_bn.tiny  # test_sync_bn's fixture (a teacher and the config), used here by name
 
 
 def _two_ranks(rank, world, config, teacher_dir, out):
@@ -39,7 +42,6 @@ def _two_ranks(rank, world, config, teacher_dir, out):
     distill(config, out / "one_then_two", Quiet(), teacher_dir)
 
 
-@NEEDS_FLOAT64_BN
 def test_a_run_moves_between_one_process_and_two_ranks_and_ends_where_one_process_ends(tiny, tmp_path):  # noqa: F811
     from seedrun.training.checkpoints import CHECKPOINT, load_checkpoint
     from seedrun.training.distill import distill

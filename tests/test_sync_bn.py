@@ -15,11 +15,8 @@ from gloo_ranks import spawn
 #: 2 ranks against 1 process, float64: rounding of summation order only (measured below 1e-12 here)
 ATOL = 1e-9
 
-#: GlobalBatchNorm (seedrun/training/kernels.py) computes its statistics in float32 whatever its input's dtype;
-#: a float64 run needs them in float64 (`xf = x if x.dtype == torch.float64 else x.float()`): measured with it,
-#: 2 ranks and 1 process differ by 2.7e-15 after 20 steps; without it by 1.7e-4. Remove with that change.
-NEEDS_FLOAT64_BN = pytest.mark.xfail(strict=True, reason="until GlobalBatchNorm keeps float64 statistics "
-                                                         "(seedrun/training/kernels.py)")
+# GlobalBatchNorm (seedrun/training/kernels.py) keeps a float64 run's statistics in float64: measured, 2 ranks
+# and 1 process then differ by 2.7e-15 after 20 steps (by 1.7e-4 with float32 statistics).
 
 
 class Quiet:
@@ -81,7 +78,6 @@ def _layers_and_distill(rank, world, config, teacher_dir, out):
     distill(config, Path(out) / "two", Quiet(), Path(teacher_dir))
 
 
-@NEEDS_FLOAT64_BN
 def test_sync_bn_two_ranks_match_one_process_of_the_same_global_batch(tiny, tmp_path):
     from seedrun.training.checkpoints import CHECKPOINT
     from seedrun.training.distill import distill

@@ -65,8 +65,6 @@ def test_a_resume_on_another_world_size_neither_repeats_nor_skips(data, before, 
     assert len(seen) == N_TRAIN and sorted(seen) == list(range(N_TRAIN))
 
 
-@pytest.mark.xfail(strict=True, reason="until seedrun/data/loader.py gives the training DataLoader a generator "
-                                       "seeded from (seed, epoch): remove this marker with that change")
 def test_a_stream_epoch_draws_nothing_from_the_global_generator(data):
     """Each iter() of a DataLoader draws its workers' base seed from the generator it was given, by default
     torch's global one, which a student's dropout draws from: then a run resumed mid-epoch (one iter() less)

@@ -41,9 +41,11 @@ from seedrun.data.augment import augment, normalize
 from seedrun.data.datasets import ImageSet, load, locate
 from seedrun.data.formats import LOADERS, DataError, DataInvalid, file_list, layout
 from seedrun.data.presets import resolve
-from seedrun.data.sampling import epoch_order, step_generator
+from seedrun.data.sampling import epoch_order, step_generator, stream_seed
 
 Views = dict[int, Optional[tuple]]
+#: the stream tag of a training DataLoader's generator (seedrun.data.sampling's own streams are 1 and 2)
+LOADER_STREAM = 3
 
 
 def choose_loader(data_cfg: dict[str, Any], data_root: Optional[str] = None, log=None) -> str:
@@ -194,7 +196,7 @@ class StreamBatches:
     def __init__(self, data: "StreamData", seed: int, batch_size: int, views: Views, rank: int, world: int):
         from seedrun.data.stream import train_loader
 
-        self.data = data
+        self.data, self.seed = data, seed
         self.loader, self.sampler = train_loader(data.files, data.data_cfg, seed, batch_size, views, rank, world,
                                                  data.workers)
         self.steps_per_epoch = self.sampler.steps_per_epoch
@@ -203,6 +205,10 @@ class StreamBatches:
         self.sampler.set_epoch(epoch, start)
         if start >= self.steps_per_epoch:
             return
+        # iter() draws the workers' base seed from the loader's generator, by default torch's global one,
+        # which a student's dropout draws from: a run resumed mid-epoch (one iter() fewer or more) would draw
+        # other masks than the uninterrupted run. A generator seeded from (seed, epoch) leaves that stream alone.
+        self.loader.generator = torch.Generator().manual_seed(stream_seed(LOADER_STREAM, self.seed, epoch))
         for raw in self.loader:
             self.data.bad.report(raw["bad"], raw.get("bad_indices"))
             if not len(raw["indices"]):

@@ -63,6 +63,14 @@ def build_of(marker: Mapping) -> dict[str, str]:
     return {key: marker[key] for key in ("bn", "layout") if marker.get(key)}
 
 
+def build_marker(section: Mapping) -> dict[str, str]:
+    """What a model file records of how its network was built: a config section's `bn` and `layout`
+    (None there is the official build) for the students whose build is a setting, nothing for others."""
+    if section.get("arch") not in REBUILT_STUDENTS:
+        return {}
+    return {key: section.get(key) or "official" for key in ("bn", "layout")}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

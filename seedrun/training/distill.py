@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from seedrun.data.loader import open_split
-from seedrun.evaluate.sharded_features import evaluate_knn_sharded
+from seedrun.evaluate.sharded_features import evaluate_knn_sharded, teacher_features
 from seedrun.losses import seed_loss
-from seedrun.models.model_file import MODEL, load_own_model, save_model
+from seedrun.models.model_file import MODEL, build_marker, load_own_model, save_model
 from seedrun.models.registry import create_network
 from seedrun.models.teacher_formats import load_teacher as load_official
 from seedrun.training import distributed, kernels
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
-from seedrun.training.loop import (Hooks, InDtype, autocast, batch_size_for, features, setup_torch, sgd_and_loop,
+from seedrun.training.loop import (Hooks, InDtype, autocast, batch_size_for, setup_torch, sgd_and_loop,
                                    training_dtype)
 from seedrun.training.queue import EmbeddingQueue
 from seedrun.training.strategies import create_objective, get_strategy
@@ -70,7 +70,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
     teacher = kernels.prepare(nn.Sequential(teacher_backbone, teacher_head), device).to(dtype).eval().requires_grad_(False)
     torch.manual_seed(seed)
     backbone, head, _ = create_network(s["arch"], s["width"], s["small_images"], data_cfg["channels"], s["dim"],
-                                s.get("head_layers", 2))
+                                       s.get("head_layers", 2), bn=s.get("bn"), layout=s.get("layout"))
     student = kernels.prepare(nn.Sequential(backbone, head), device).to(dtype)
     if ranks.active and d.get("sync_bn", False):  # BN over the global batch: N ranks compute what one process does
         student = kernels.convert_sync_bn(student, device)
@@ -102,7 +102,8 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         set_rng_state(per_rank[ranks.rank] if len(per_rank) == ranks.world else resumed["rng"])
         step = resumed["step"]
         hooks.log(f"resumed from step {step} (epoch {step // steps_per_epoch})")
-    objective.prepare(lambda: F.normalize(features(InDtype(teacher, dtype), train, device), dim=1))
+    # K-Means: the teacher's features of the training set, each rank embedding its block, gathered on rank 0
+    objective.prepare(lambda: teacher_features(InDtype(teacher, dtype), train, device))
 
     def state() -> dict[str, Any]:
         return {"student": student.state_dict(), "objective": objective.state_dict(),
@@ -170,7 +171,7 @@ def distill(config: dict[str, Any], run_dir: Path, hooks: Hooks, teacher_dir: Op
         # global rank 0 writes the model while the others wait on the store (a long phase, not a step's collective)
         distributed.on_main("writing the model", lambda: save_model(
             run_dir / MODEL, backbone, head, arch=s["arch"], width=s["width"], small_images=s["small_images"],
-            in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"]}), ranks)
+            in_chans=data_cfg["channels"], method=d["strategy"], extra={"dim": s["dim"], **build_marker(s)}), ranks)
         # every rank embeds its shard of both splits; rank 0 gathers, classifies and returns the metrics ({} elsewhere)
         results = evaluate_knn_sharded(InDtype(backbone, dtype), train, test, config, device)
         curves.results(step, results)

@@ -135,7 +135,7 @@ class GlobalBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x if x.dtype == torch.float64 else x.float()  # bf16/fp16 in fp32; a float64 run in float64
         count = torch.tensor([float(xf.numel() // xf.size(1))], dtype=torch.float64)
         dist.all_reduce(count, group=group)  # ranks may hold different numbers of samples
         n = count.item()

@@ -136,7 +136,10 @@ def evaluate_knn(backbone: nn.Module, train, test, config: dict[str, Any], devic
     (train_f, train_labels), (test_f, test_labels) = embed(backbone, train, device), embed(backbone, test, device)
     result = knn_accuracy(train_f.to(device), train_labels.to(device), test_f.to(device), test_labels.to(device),
                           train.num_classes, k=knn["k"], tau=knn["tau"])
-    return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
+    from seedrun.evaluate.sharded_features import skipped_images  # unreadable images left out, counted
+
+    return {"knn_top1": result["top1"], "knn_top5": result["top5"],
+            **skipped_images("knn", (len(train), len(train_f)), (len(test), len(test_f)))}
 
 
 class Loop:

@@ -24,7 +24,7 @@ from seedrun.data.augment import normalize
 from seedrun.data.loader import open_split
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.models.heads import teacher_head
-from seedrun.models.model_file import MODEL, save_model
+from seedrun.models.model_file import MODEL, build_marker, save_model
 from seedrun.models.registry import create_backbone
 from seedrun.training import distributed
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
@@ -44,7 +44,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     seed = int(p["seed"])
 
     torch.manual_seed(seed)
-    backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"])
+    backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"],
+                                  bn=p.get("bn"), layout=p.get("layout"))
     head = teacher_head(p["method"], d, p["dim"])
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
@@ -119,7 +120,7 @@ def finish(config: dict[str, Any], backbone: nn.Module, head: nn.Module, train, 
     """Global rank 0, after the last step: write the model and evaluate it."""
     data_cfg, p = config["data"], config["pretrain"]
     save_model(run_dir / MODEL, backbone, head, arch=p["arch"], width=p["width"], small_images=p["small_images"],
-               in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"]})
+               in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"], **build_marker(p)})
     if train.kind != "memory":  # it would need every image as float: computed only for in-memory sets
         hooks.log("raw-pixel k-NN reference skipped: the data set streams (data.loader=stream)")
         return evaluate_knn(backbone, train, test, config, device)
