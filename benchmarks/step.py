@@ -64,9 +64,10 @@ class Setup:
         self.queue = EmbeddingQueue(D["queue_size"], DIM, torch.Generator().manual_seed(0))
         params = list(self.student.parameters()) + list(self.objective.parameters())
         self.optimizer, self.loop = sgd_and_loop(params, D, batch * distributed.current().world, 10**6, run_dir, Hooks())
-        self.model = DistributedDataParallel(self.student, broadcast_buffers=False) if ddp else self.student
+        per_rank = distributed.per_rank_buffers(DistributedDataParallel)
+        self.model = DistributedDataParallel(self.student, **per_rank) if ddp else self.student
         ranks = distributed.current()
-        self.loop.agree, self.ranks, self.step_count = ranks.agree, ranks, 0
+        self.loop.agree, self.loop.sync, self.ranks, self.step_count = ranks.agree, ranks.sync, ranks, 0
 
     def bare(self) -> None:
         with torch.no_grad():
@@ -85,9 +86,8 @@ class Setup:
             z_t = F.normalize(self.teacher(self.images).float(), dim=1)
         z_s = F.normalize(self.model(self.images).float(), dim=1)
         loss = self.objective(z_s, z_t, self.queue.embeddings, self.indices, None)
-        value = self.ranks.mean(loss)
-        if value != value:
-            raise FloatingPointError("nan")
+        # the step's one all-reduce, as distill's: the loss, stop, checkpoint due and failed together (raises on NaN)
+        self.loop.agree_step(self.step_count + 1, loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.ranks.average_gradients(self.objective.parameters())
@@ -95,7 +95,7 @@ class Setup:
         self.objective.after_step()
         self.queue.push(distributed.concat_all_gather(z_t))
         self.step_count += 1
-        self.loop.after_step(self.step_count, lambda: {})  # the stop check: one all-reduce, no checkpoint due
+        self.loop.after_step(self.step_count, lambda: {})  # the stop check, as agreed in the step's all-reduce
 
 
 def timed(fn, steps: int) -> float:
