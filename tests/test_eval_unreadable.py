@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from gloo_ranks import spawn
+import test_stream_eval
 from stream_trees import FASHION, write_tree
 
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -42,17 +43,7 @@ def trees(tmp_path_factory):
     patcher.undo()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from seedrun.models.model_file import save_model
-    from seedrun.models.registry import create_backbone
-
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    backbone, dim = create_backbone("resnet18", small_images=True, in_chans=3, width=8)
-    save_model(folder / "model.pt", backbone, torch.nn.Linear(dim, 16), arch="resnet18", width=8, small_images=True,
-               in_chans=3)
-    return folder
+model = test_stream_eval.model  # the same student's model.pt, used here by name
 
 
 def data_config(root, workers=1):
