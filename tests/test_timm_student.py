@@ -102,3 +102,21 @@ launcher:
     assert torch.load(path, weights_only=True)["seedrun"]["arch"] == arch
     backbone, _ = load_own_model(path, 3)
     assert backbone(torch.randn(2, 3, 16, 16)).shape == (2, 192)
+
+
+def test_a_timm_teacher_loads_from_a_local_checkpoint_file(cli, tmp_path):
+    """A timm teacher's weights come from a local file (seedrun's model.pt format), never a download."""
+    from seedrun.models.model_file import save_model
+
+    torch.manual_seed(0)
+    backbone, head, _ = create_network("timm/resnet10t", 8, True, 3, 128)
+    teacher = tmp_path / "teacher.pt"
+    save_model(teacher, backbone, head, arch="timm/resnet10t", width=8, small_images=True, in_chans=3,
+               method="mocov2", extra={"dim": 128})
+    path = write_sweep(tmp_path / "t.yaml", "name: timm-teacher\n" + TINY_SWEEP_BASE
+                       + f"  teacher.checkpoint: {teacher}\n  teacher.arch: timm/resnet10t\n  student.width: 8\n"
+                       + "  distill.epochs: 1\n  distill.warmup_epochs: 0\n  threads: 1\n"
+                       + "grid:\n  distill.tau_teacher: [0.01]\nlauncher: {name: local}\n")
+    assert "completed 1  failed 0" in cli("sweep", str(path)).stdout
+    (run,) = json.loads(cli("status", "--json").stdout)["runs"]
+    assert run["state"] == "completed" and run["metrics"]["knn_top1"] > 0

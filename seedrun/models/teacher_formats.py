@@ -284,13 +284,17 @@ def load_from_state(
     width = width if width is not None else source.get("width", 64)
     small_images = small_images if small_images is not None else source.get("small_images", False)
     in_chans = in_chans if in_chans is not None else source.get("in_chans", 3)
+    from seedrun.models.catalog import TIMM_PREFIX
+    from seedrun.models.model_file import build_of
+
     if arch not in NETWORKS:
         import_module("seedrun.models.networks")  # its builders register themselves
-    if arch not in NETWORKS:
+    if arch not in NETWORKS and not arch.startswith(TIMM_PREFIX):  # a timm network: timm builds it, from no download
         raise CheckpointError(f"{path}: unknown network {arch!r}")
 
     prefix = f"{path}: expected {fmt} checkpoint for {arch}"
-    backbone, d = create_backbone(arch, small_images=small_images, in_chans=in_chans, width=width)
+    backbone, d = create_backbone(arch, small_images=small_images, in_chans=in_chans, width=width,
+                                  **(build_of(marker) if marker else {}))
     try:
         _check_and_load(backbone, bb_state, prefix, extra_unexpected=unexpected)
     except CheckpointError as exc:
