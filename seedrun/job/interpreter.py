@@ -1,6 +1,7 @@
 """A job's process and the Python interpreter: what a job's start and end cost with torch loaded, less.
 
-Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks).
+Used by seedrun.job.run_job (rank 0, and a run of one process) and seedrun.job.ranks (the other ranks);
+collector_paused also by `status` (seedrun.commands.read), where benchmarks/cli_latency.py measured it.
 Measured per job, not per command: a second or two of every job's start and end on 2 cores, which a
 sweep of many short runs (and the test suite) pays each time.
 """

@@ -81,7 +81,7 @@ _ROW_SQL = """
     SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes}, r.settings,
         CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
         r.epoch, json_extract(r.summary, '$."knn_top1"'),
-        coalesce(r.job_id, '') || coalesce(' [' || {layout} || ']', ''), r.state
+        coalesce(r.job_id, '') || coalesce(' [' || {layout} || ']', ''), r.state, {hours}
     FROM runs r"""
 
 
@@ -119,8 +119,11 @@ def _layouts(db_url: str) -> dict[str, str]:
                 if isinstance(prov, dict) and prov.get("layout")}
 
 
-def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
-    """The listing's rows as text, in the order status lists runs, each ending in the run's state."""
+def _status_rows(db_url: str, sweep: Optional[str]) -> tuple[list[tuple[str, ...]],
+                                                             Optional[dict[str, dict[str, float]]]]:
+    """(the listing's rows as text, in the order status lists runs, each ending in the run's state; the
+    device-hours each sweep used where the same query could read them, SQLite's narrow columns of
+    migration 0005, else None): one pass over the runs instead of two."""
     if db_url.startswith("sqlite:///"):
         from contextlib import closing
 
@@ -130,23 +133,30 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> list[tuple[str, ...]]:
             columns = table_columns(cursor)
             if "settings" in columns:
                 layout = "r.layout" if "layout" in columns else "json_extract(r.provenance, '$.layout')"
-                fetched = listed_rows(cursor, lambda name, axes: _ROW_SQL.format(sweep=name, axes=axes, layout=layout),
-                                      "?", sweep)
+                narrow = "device_hours" in columns
+                used = "r.device_kind, r.device_hours" if narrow else "NULL, NULL"
+                hours: dict[str, dict[str, float]] = {}
+                fetched = listed_rows(cursor, lambda name, axes: _ROW_SQL.format(sweep=name, axes=axes, layout=layout,
+                                                                                hours=used), "?", sweep)
                 axes = parse_all([row[4] for row in fetched])
                 views: dict[tuple[str, Optional[str]], tuple[str, str]] = {}
                 rows = []
                 append = rows.append  # one call a run at 10,000 runs: the loop is a third of status's Python
-                for (_, sweep_name, short, stage, _, settings, state, epoch, knn, job, bare), run_axes in zip(fetched, axes):
+                for (_, sweep_name, short, stage, _, settings, state, epoch, knn, job, bare, kind,
+                     spent), run_axes in zip(fetched, axes):
+                    if spent:
+                        per_kind = hours.setdefault(sweep_name, {})
+                        per_kind[kind] = per_kind.get(kind, 0.0) + spent
                     view = views.get((stage, settings))
                     if view is None:
                         view = views[stage, settings] = _settings_view(stage, parse_json(settings) or {})
                     append((sweep_name, short, stage,
                             _axes_text(run_axes) if run_axes else view[0],
                             state, f"{epoch}{view[1]}", "" if knn is None else f"{knn:.2f}", job, bare))
-                return rows
+                return rows, (hours if narrow else None)
     layouts = _layouts(db_url)
     return [_record_row(record, layouts.get(record.hash))
-            for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])]
+            for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])], None
 
 
 def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
@@ -165,7 +175,7 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
         print(f'{{"counts": {json.dumps({state: counts.get(state, 0) for state in STATES})}, '
               f'"runs": [{", ".join(text for _, text in runs)}]}}')
         return 0
-    rows = _status_rows(db_url, sweep)
+    rows, hours = _status_rows(db_url, sweep)
     _check_sweep(db_url, sweep, rows)
     columns = list(zip(*rows)) or [()] * 9
     counts = Counter(columns[-1])
@@ -180,7 +190,7 @@ def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_
                                            for row in rows]))
     from seedrun.views.progress import hours_by_sweep, hours_text
 
-    used = hours_text(hours_by_sweep(db_url, sweep))
+    used = hours_text(hours if hours is not None else hours_by_sweep(db_url, sweep))
     if used:
         print("\ndevice-hours used, per sweep:\n" + "\n".join(used))
     if counts.get("running"):
@@ -222,4 +232,4 @@ def watch(db_url: str, sweep: Optional[str], every_s: float = 5.0) -> int:
 
 
 def _states(db_url: str, sweep: Optional[str]) -> list[str]:
-    return [row[-1] for row in _status_rows(db_url, sweep)]
+    return [row[-1] for row in _status_rows(db_url, sweep)[0]]
