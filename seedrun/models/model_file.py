@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -44,22 +44,24 @@ def load_own_model(path: Path, channels: int) -> tuple[nn.Module, nn.Module]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = state["seedrun"]
     backbone, _ = create_backbone(net["arch"], small_images=net["small_images"], in_chans=channels, width=net["width"],
-                                  **build_of(net))
+                                  **build_of(net, state["backbone"]))
     backbone.load_state_dict(state["backbone"])
     head = head_from_state_dict(state["head"])
     head.load_state_dict(state["head"])
     return backbone, head
 
 
-#: the students whose build seedrun changed to the official code's (issue 21): a file from before names no
-#: layout, and was built the torchvision way
+#: the students whose build is a setting (issue 21): a file that names no layout is read by its keys
 REBUILT_STUDENTS = ("mobilenetv3_large", "efficientnet_b0", "efficientnet_b1")
 
 
-def build_of(marker: Mapping) -> dict[str, str]:
-    """The `bn` and `layout` a model file's network was built with (seedrun.models.catalog.STUDENT_BUILD)."""
+def build_of(marker: Mapping, keys: Iterable[str] = ()) -> dict[str, str]:
+    """The `bn` and `layout` a model file's network was built with (seedrun.models.catalog.STUDENT_BUILD).
+    A file that does not say (written before the setting, or by a caller that did not pass it) is told
+    by its backbone's keys: torchvision's blocks are `features.N...block`, the official code's are not."""
     if "layout" not in marker and marker.get("arch") in REBUILT_STUDENTS:
-        return {"bn": "torchvision", "layout": "torchvision"}
+        build = "torchvision" if any(".block." in key for key in keys) else "official"
+        return {"bn": build, "layout": build}
     return {key: marker[key] for key in ("bn", "layout") if marker.get(key)}
 
 

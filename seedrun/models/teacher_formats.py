@@ -294,7 +294,7 @@ def load_from_state(
 
     prefix = f"{path}: expected {fmt} checkpoint for {arch}"
     backbone, d = create_backbone(arch, small_images=small_images, in_chans=in_chans, width=width,
-                                  **(build_of(marker) if marker else {}))
+                                  **(build_of(marker, bb_state) if marker else {}))
     try:
         _check_and_load(backbone, bb_state, prefix, extra_unexpected=unexpected)
     except CheckpointError as exc:
