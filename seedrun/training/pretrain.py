@@ -121,10 +121,26 @@ def finish(config: dict[str, Any], backbone: nn.Module, head: nn.Module, train, 
     data_cfg, p = config["data"], config["pretrain"]
     save_model(run_dir / MODEL, backbone, head, arch=p["arch"], width=p["width"], small_images=p["small_images"],
                in_chans=data_cfg["channels"], method=p["method"], extra={"dim": p["dim"], **build_marker(p)})
-    if train.kind != "memory":  # it would need every image as float: computed only for in-memory sets
+    results = evaluate_knn(backbone, train, test, config, device)
+    if train.kind == "memory":  # it would need every image as float: computed only for in-memory sets
+        results.update(pixel_reference(train, test, config))
+    else:
         hooks.log("raw-pixel k-NN reference skipped: the data set streams (data.loader=stream)")
-        return evaluate_knn(backbone, train, test, config, device)
-    return {**evaluate_knn(backbone, train, test, config, device), **pixel_reference(train, test, config)}
+    if p.get("role") == "baseline":  # the student alone: is it better than the same network untrained?
+        results.update(random_init_reference(config, data_cfg, train, test, device))
+    return results
+
+
+def random_init_reference(config: dict[str, Any], data_cfg: dict[str, Any], train, test,
+                          device: torch.device) -> dict[str, float]:
+    """k-NN of the same network as it was before training (rebuilt from the run's seed, which draws the
+    same weights the run started from): a baseline below it learned nothing, whatever its number."""
+    p = config["pretrain"]
+    torch.manual_seed(int(p["seed"]))
+    untrained, _ = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"],
+                                   width=p["width"], bn=p.get("bn"), layout=p.get("layout"))
+    knn = evaluate_knn(untrained.to(device).eval(), train, test, config, device)
+    return {f"init_{name}": value for name, value in knn.items() if name in ("knn_top1", "knn_top5")}
 
 
 def pixel_reference(train, test, config: dict[str, Any]) -> dict[str, float]:
