@@ -53,23 +53,17 @@ def running_progress(db_url: str, shown: Optional[set[str]] = None) -> list[tupl
 
 def hours_by_sweep(db_url: str, sweep: Optional[str] = None) -> dict[str, dict[str, float]]:
     """{sweep: {"gpu" | "cpu": device-hours its runs used}} (runs in no sweep under ""): GPU-hours of the
-    GPUs a run trained on, or its processes' wall hours on CPUs, as its jobs recorded them."""
-    from seedrun.store.records import table_columns
-
+    GPUs a run trained on, or its processes' wall hours on CPUs, as its jobs recorded them. Summed from
+    the provenance: where SQLite keeps them in narrow columns (migration 0005), status reads them in its
+    listing's own query instead (seedrun.views.status)."""
     connection, mark = connect(db_url)
     totals: dict[str, dict[str, float]] = {}
     with closing(connection):
         cursor = connection.cursor()
-        narrow = mark == "?" and "device_hours" in table_columns(cursor)
-        joined = ("FROM runs r LEFT JOIN sweep_runs sr ON sr.run_id = r.id LEFT JOIN sweeps s ON s.id = sr.sweep_id"
-                  + (f" WHERE s.name = {mark}" if sweep else ""))
-        if narrow:  # SQLite sums its narrow columns itself (migration 0005)
-            cursor.execute(f"SELECT coalesce(s.name, ''), r.device_kind, sum(r.device_hours) {joined} "
-                           "GROUP BY 1, 2", (sweep,) if sweep else ())
-            rows = cursor.fetchall()
-        else:
-            cursor.execute(f"SELECT coalesce(s.name, ''), r.provenance {joined}", (sweep,) if sweep else ())
-            rows = [(name, *_used(parse_json(provenance) or {})) for name, provenance in cursor.fetchall()]
+        cursor.execute("SELECT coalesce(s.name, ''), r.provenance FROM runs r LEFT JOIN sweep_runs sr ON sr.run_id = r.id "
+                       "LEFT JOIN sweeps s ON s.id = sr.sweep_id" + (f" WHERE s.name = {mark}" if sweep else ""),
+                       (sweep,) if sweep else ())
+        rows = [(name, *_used(parse_json(provenance) or {})) for name, provenance in cursor.fetchall()]
     for name, kind, hours in rows:
         if hours:
             per_kind = totals.setdefault(name, {})
