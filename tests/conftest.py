@@ -82,19 +82,12 @@ def write_sweep(path: Path, text: str) -> Path:
 def open_attempts(db_url: str, hashes: list[str]) -> dict:
     """What a launcher does before it starts a job: each run moves to `submitted` at a new attempt and its
     folder gets that attempt's record (seedrun.store.attempts); {hash: Attempt} for the runs it took."""
-    from seedrun.store.attempts import new_attempts, write_attempt
+    from seedrun.store.attempts import Attempt, claim
     from seedrun.store.engine import write
-    from seedrun.store.states import SUBMITTABLE, SUBMITTED, transition
 
     def body(db):
-        opened, _ = new_attempts(db, hashes)
-        taken = {}
-        for run_hash, attempt in opened.items():
-            if transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
-                          provenance=attempt.provenance):
-                write_attempt(attempt)
-                taken[run_hash] = attempt
-        return taken
+        claimed = {run_hash: claim(db, run_hash) for run_hash in hashes}
+        return {run_hash: attempt for run_hash, attempt in claimed.items() if isinstance(attempt, Attempt)}
 
     return write(db_url, body)
 

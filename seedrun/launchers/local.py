@@ -21,11 +21,11 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from seedrun.store.attempts import Attempt, new_attempts, write_attempt
+from seedrun.store.attempts import Attempt, claim
 from seedrun.store.catchup import catch_up
 from seedrun.store.folders import hostname, read_record
 from seedrun.store.plan import Plan, run_dir_for
-from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, SUBMITTED, transition
+from seedrun.store.states import BLOCKED, CANCELLED, COMPLETED, FAILED, IN_FLIGHT, PENDING, SUBMITTABLE, transition
 from seedrun.sweeps.launcher_values import tasks_per_node
 from seedrun.sweeps.spec import RunSpec
 from seedrun.store.engine import write
@@ -84,22 +84,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _claim(db_url: str, run_hash: str) -> Optional[Attempt] | str:
-    """Open a new attempt of the run: `submitted` in the database and its record in the folder, in one
-    transaction. None when another process holds the run; COMPLETED when its folder says it completed
-    (then nothing is opened: the folder is brought in instead)."""
-    def body(db) -> Optional[Attempt] | str:
-        opened, done = new_attempts(db, [run_hash])
-        if done:
-            return COMPLETED
-        attempt = opened[run_hash]
-        if not transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
-                          provenance=attempt.provenance, job_id=None, error=None, failure_reason=None,
-                          finished_at=None):
-            return None
-        write_attempt(attempt)  # before the commit: the job finds its attempt whatever happens after
-        return attempt
-
-    return write(db_url, body, wait_s=busy_seconds())
+    """seedrun.store.attempts.claim in one transaction of its own."""
+    return write(db_url, lambda db: claim(db, run_hash), wait_s=busy_seconds())
 
 
 def run_local(plan: Plan, runs: list[RunSpec], db_url: str, data_root: Optional[str], console: Console) -> dict[str, int]:

@@ -12,7 +12,7 @@ it (seedrun.store.catchup) instead of being submitted again.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 from seedrun.store.folders import CONFIG, RECORD, read_record, version_of
 from seedrun.store.states import COMPLETED, SUBMITTED
@@ -78,3 +78,21 @@ def write_attempt(attempt: Attempt) -> None:
     atomic_write_json(os.path.join(attempt.run_dir, CONFIG), attempt.config, indent=2, sort_keys=True, fsync=False)
     atomic_write_json(os.path.join(attempt.run_dir, RECORD), attempt.record, sort_keys=True, default=json_default,
                       fsync=False)
+
+
+def claim(db, run_hash: str) -> "Optional[Attempt] | str":
+    """Open a new attempt of one run in `db`'s transaction: `submitted` at the new attempt in the database,
+    then its record in the folder, before the caller commits (the job finds its attempt whatever happens
+    after). None when another process holds the run; COMPLETED when its folder says it completed: then
+    nothing is opened, and the caller brings the folder in instead."""
+    from seedrun.store.states import SUBMITTABLE, transition
+
+    opened, done = new_attempts(db, [run_hash])
+    if done:
+        return COMPLETED
+    attempt = opened[run_hash]
+    if not transition(db, run_hash, SUBMITTED, expect=SUBMITTABLE, attempt=attempt.number, seq=0,
+                      provenance=attempt.provenance, job_id=None, error=None, failure_reason=None, finished_at=None):
+        return None
+    write_attempt(attempt)
+    return attempt
