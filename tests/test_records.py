@@ -18,6 +18,7 @@ from pathlib import Path
 from conftest import open_attempts
 
 from seedrun.job import run_job as jobmod
+from seedrun.store import folders
 from seedrun.store.catchup import catch_up
 from seedrun.store.engine import session_scope
 from seedrun.store.folders import read_record, version_of
@@ -105,6 +106,27 @@ def test_the_job_writes_only_its_folder_status_brings_it_in_and_sync_rebuilds_a_
     _, report = sync(url, [str(home / "runs")])  # idempotent
     assert "0 added, 0 updated from their folders, 3 unchanged" in report[-1]
     assert _metric_rows(url) == metrics
+
+
+def test_a_catch_up_between_an_epochs_metrics_line_and_its_record_adds_each_metric_once(tmp_path, monkeypatch):
+    # A job appends an epoch's metrics line, then writes the record that counts it: status (or the local
+    # launcher) may read the folder in between, as the PostgreSQL outage test once caught in CI.
+    url, home = _home(tmp_path, "home", monkeypatch)
+    (run_hash,) = _record_runs(url, home, [_config(0)])
+    job = submit(url, [run_hash])[run_hash]
+    job.epochs = 3
+    caught_between = []
+
+    def append_then_catch_up(run_dir, epoch, metrics):
+        folders.append_metrics(run_dir, epoch, metrics)
+        caught_between.append(catch_up(url, quiet=True).updated)
+
+    monkeypatch.setattr(jobmod, "append_metrics", append_then_catch_up)
+    job()
+    catch_up(url)
+    assert caught_between == [1, 1, 1]  # each read the folder with one line more than its record counted
+    losses = [(name, epoch) for h, name, _, epoch in _metric_rows(url) if name == "loss"]
+    assert sorted(losses) == [("loss", 1), ("loss", 2), ("loss", 3)]
 
 
 def _job_without_sqlalchemy(job: QuickJob) -> None:

@@ -127,7 +127,7 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
         # A row made from its folder takes the state recorded there: a copy of a state, not a change of one.
         run_id = db.add_run(dict(hash=run_hash, stage=record["stage"], run_dir=run_dir, config=config,
                                  depends_on=record.get("depends_on"), state=record["state"], **values))
-        rows = _metric_rows(run_id, metric_lines(run_dir))
+        rows = _metric_rows(run_id, metric_lines(run_dir, through_epoch=values["epoch"]))
         if record["state"] == COMPLETED:
             rows += _metric_rows(run_id, [(values["epoch"], results)])
         if rows:
@@ -154,7 +154,7 @@ def apply_record(session, record: dict[str, Any], run_dir: str, create: bool = F
         current = step
     if not steps:
         db.set(run_id, state, values)
-    rows = _metric_rows(run_id, metric_lines(run_dir, after_epoch=epoch or 0))
+    rows = _metric_rows(run_id, metric_lines(run_dir, after_epoch=epoch or 0, through_epoch=values["epoch"]))
     if to == COMPLETED and state != COMPLETED:
         rows += _metric_rows(run_id, [(values["epoch"], results)])
         if record.get("stage") == "eval":

@@ -76,8 +76,11 @@ def read_config(run_dir: str) -> Optional[dict[str, Any]]:
     return value if isinstance(value, dict) else None
 
 
-def metric_lines(run_dir: str, after_epoch: Optional[int] = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(epoch, {metric: value}) per line of metrics.jsonl, only epochs after `after_epoch` if given."""
+def metric_lines(run_dir: str, after_epoch: Optional[int] = None,
+                 through_epoch: Optional[int] = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(epoch, {metric: value}) per line of metrics.jsonl, only epochs after `after_epoch` and up to
+    `through_epoch` where given. A job appends an epoch's line before the record that counts it, so a reader
+    bounds the lines by the record it read: a line past it is counted by the next record, once."""
     try:
         fh = open(os.path.join(run_dir, METRICS), "r", encoding="utf-8")
     except OSError:
@@ -91,7 +94,7 @@ def metric_lines(run_dir: str, after_epoch: Optional[int] = None) -> Iterator[tu
             if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
                 continue
             epoch = entry.pop("epoch")
-            if after_epoch is None or epoch > after_epoch:
+            if (after_epoch is None or epoch > after_epoch) and (through_epoch is None or epoch <= through_epoch):
                 yield epoch, entry
 
 
