@@ -4,17 +4,26 @@ About 40 s."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sqlite3
+import sys
+from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from conftest import TINY_BASE, write_sweep
+from seedrun.job.run_job import RunJob
 from test_slurm_sweep import provenance, run_dir, settled, status, sweep_text, teacher_file, wait_for
 
 __all__ = ["teacher_file"]  # the fixture, shared with test_slurm_sweep
 
 pytestmark = pytest.mark.slurm
+
+# RankOneFailedFirst below is unpickled by the job in a fresh interpreter where tests/ is not importable.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_a_two_task_run_completes_and_is_recorded_once_by_rank_0(slurm_cluster, cli, tmp_path):
@@ -77,3 +86,96 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
     assert (folder / "log.rank1.txt").read_text().count("rank 1 of 2") == 3  # rank 1 took part in each attempt
     with sqlite3.connect(cli.db) as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
+
+
+# Loaded by every Python process of the job (PYTHONPATH travels with sbatch's exported environment); acts
+# only in the task whose SLURM_PROCID it is told, at distillation step 5.
+SITECUSTOMIZE = '''
+import os
+if os.environ.get("SLURM_PROCID") == os.environ.get("FAULT_RANK") and os.environ.get("FAULT"):
+    import signal
+    from pathlib import Path
+    import seedrun.training.loop as loop
+    marker = Path(os.environ["FAULT_MARKER"])
+    after_step = loop.Loop.after_step
+
+    def faulty(self, step, state):
+        if step == 5 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            if os.environ["FAULT"] == "raise":
+                raise ValueError("injected on this rank")
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would: no exception, no record
+        return after_step(self, step, state)
+    loop.Loop.after_step = faulty
+'''
+
+
+@pytest.mark.parametrize("fault, reason, says", [("raise", "exception", "rank 1 raised ValueError: injected on this rank"),
+                                                  ("kill", "killed", "rank 1 was killed")])
+def test_a_rank_that_fails_at_step_5_fails_the_run_with_its_class_within_60_s(slurm_cluster, cli, tmp_path, teacher_file,
+                                                                               fault, reason, says):
+    """srun's --kill-on-bad-exit ends the step when rank 1 dies, often before rank 0 can record anything:
+    then `seedrun status` finds the job FAILED in Slurm and takes the class from the failing rank's record
+    in the run folder (or, with no record, from the signal that ended the step)."""
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    marker = tmp_path / "fault"
+    cli.env.update(PYTHONPATH=str(site), FAULT=fault, FAULT_RANK="1", FAULT_MARKER=str(marker))
+    teacher, _ = teacher_file
+    base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
+    base += [f"teacher.checkpoint={teacher}", "distill.epochs=20"]
+    path = write_sweep(tmp_path / "fail.yaml", sweep_text("fail", base, {"tasks_per_node": 2, "max_failures": 0}))
+    cli("sweep", str(path))
+    wait_for(lambda: marker.exists(), bool, 180, every_s=0.5)
+    assert marker.exists(), "rank 1 never reached step 5"
+    report = wait_for(lambda: status(cli), settled, 60, every_s=1)
+    recorded = time.time()
+    (run,) = report["runs"]
+    assert run["state"] == "failed", run
+    assert recorded - marker.stat().st_mtime < 60
+    with sqlite3.connect(cli.db) as db:
+        failure_reason, error = db.execute("select failure_reason, error from runs").fetchone()
+    assert failure_reason == reason and says in error, (failure_reason, error)
+
+
+class RankOneFailedFirst(RunJob):
+    """What the job leaves when srun ends rank 0 before it can record: rank 1's failure record in the run
+    folder, and a step that exits non-zero (Slurm: FAILED)."""
+
+    def _train(self, stage, config, run_dir, hooks, teacher_dir):
+        from seedrun.job.ranks import write_failure
+
+        write_failure(Path(run_dir), 1, MemoryError("CUDA out of memory (injected on rank 1)"))
+        os._exit(1)
+
+
+def test_a_failed_job_whose_rank_0_recorded_nothing_takes_the_failing_ranks_class(slurm_cluster, home):
+    from rich.console import Console
+
+    from seedrun.launchers.reconcile import reconcile
+    from seedrun.launchers.slurm import submit_slurm
+    from seedrun.store.plan import read_plan, record
+    from seedrun.store.records import load_records
+    from seedrun.sweeps.spec import RunSpec
+    from seedrun.sweeps.sweep_file import Sweep
+
+    db_url = f"sqlite:///{home / 'seedrun.db'}"
+    launcher = {"name": "slurm", "partition": "debug", "cpus_per_task": 1, "timeout_min": 10, "max_failures": 0}
+    sweep = Sweep(name="rankfail", path="rankfail", ablation=None, runs=[RunSpec("pretrain", {"launcher": launcher})],
+                  axes=[], launcher=launcher)
+    record(read_plan(sweep, db_url), db_url)
+    plan = read_plan(sweep, db_url)
+    out = io.StringIO()
+    assert submit_slurm(plan, plan.to_run(), db_url, None, Console(file=out, width=200), job_factory=RankOneFailedFirst)
+
+    def the_run():
+        reconcile(db_url)
+        return load_records(db_url, sweep="rankfail")[0]
+
+    run = wait_for(the_run, lambda r: r.state not in ("submitted", "running"), 120)
+    assert (run.state, run.failure_reason) == ("failed", "out_of_memory"), (run.state, run.failure_reason, run.error)
+    assert "rank 1 raised MemoryError: CUDA out of memory (injected on rank 1)" in run.error
+    assert "Slurm: FAILED" in run.error  # and what Slurm said

@@ -328,21 +328,28 @@ def primary_failure(exc: BaseException, run_dir: Path, wait_s: float = FAILURE_W
         return exc
     deadline = time.monotonic() + wait_s
     while True:
-        records = []
-        for path in sorted(run_dir.glob("failure.rank*.json")):
-            try:
-                records.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-        first = [r for r in records if not r.get("communication")] or records
-        if first:
-            return _caused(RankFailed(min(first, key=lambda r: r.get("at", 0))), exc)
+        first = first_failure(run_dir)
+        if first is not None:
+            return _caused(RankFailed(first), exc)
         killed = _vanished(run_dir)
         if killed is not None:
             return _caused(RankFailed(killed), exc)
         if time.monotonic() > deadline:
             return exc
         time.sleep(0.2)
+
+
+def first_failure(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The failure record of the rank that failed first in this attempt (a rank whose own error was a
+    broken collective only when no rank recorded anything else), or None."""
+    records = []
+    for path in sorted(Path(run_dir).glob("failure.rank*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    first = [record for record in records if not record.get("communication")] or records
+    return min(first, key=lambda record: record.get("at", 0)) if first else None
 
 
 def _caused(failure: BaseException, cause: BaseException) -> BaseException:

@@ -62,6 +62,41 @@ def _hashes(db_url: str, run_ids: list[int]) -> list[str]:
     return found
 
 
+def _run_dirs(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
+    from contextlib import closing
+
+    from seedrun.store.records import connect
+
+    connection, mark = connect(db_url)
+    found: dict[int, Optional[str]] = {}
+    with closing(connection):
+        cursor = connection.cursor()
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start:start + 500]
+            cursor.execute(f"SELECT id, run_dir FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
+            found.update(cursor.fetchall())
+    return found
+
+
+def _with_failing_rank(db_url: str, changes: list[tuple[int, Optional[str], str, dict[str, Any]]]) -> None:
+    """A job that Slurm calls FAILED because one rank died: srun (--kill-on-bad-exit) often ends rank 0
+    before it records anything, but the failing rank wrote its class in the run folder
+    (seedrun.job.ranks.write_failure). That class and message replace Slurm's generic `exception`."""
+    failed = [change for change in changes if change[2] == "failed" and change[3].get("failure_reason") == "exception"]
+    if not failed:
+        return
+    from pathlib import Path
+
+    from seedrun.job.ranks import RankFailed, first_failure
+
+    run_dirs = _run_dirs(db_url, [run_id for run_id, *_ in failed])
+    for run_id, _, _, values in failed:
+        record = first_failure(Path(run_dirs[run_id])) if run_dirs.get(run_id) else None
+        if record is not None:
+            values["failure_reason"] = record.get("reason") or "exception"
+            values["error"] = f"{RankFailed(record)} ({values['error']})"
+
+
 def reconcile(db_url: str) -> int:
     """Bring in-flight runs up to date with their jobs; returns how many changed.
 
@@ -70,7 +105,8 @@ def reconcile(db_url: str) -> int:
     written (seedrun.store.states.transition, one per run), so a job that records its own result meanwhile wins.
     Jobs that died without recording are classified from Slurm's state (seedrun.launchers.end_states:
     every end state Slurm has, and a job it no longer knows); a preempted job is requeued within the
-    run's max_preemptions (seedrun.launchers.requeue), its run failed once that is spent. An array task waiting on
+    run's max_preemptions (seedrun.launchers.requeue), its run failed once that is spent; a FAILED job whose
+    failing rank left its record in the run folder takes that rank's class. An array task waiting on
     a teacher that failed (DependencyNeverSatisfied: it would wait forever) is cancelled and marked
     blocked, or pending when its own teacher completed (`seedrun sweep` then resubmits it).
     """
@@ -127,6 +163,7 @@ def reconcile(db_url: str) -> int:
                                            "error": f"upstream run {(depends_on or '')[:12]} is {upstream}"}
             if to is not None:
                 changes.append((run_id, job_id, to, values))
+        _with_failing_rank(db_url, changes)
     changed = 0
     if changes:
         from seedrun.store.catchup import catch_up
