@@ -82,7 +82,7 @@ def test_a_two_node_run_trains_on_both_nodes_is_recorded_once_and_survives_scont
 
 def test_requests_are_checked_against_the_nodes_sinfo_reports(slurm_cluster, cli, tmp_path):
     """The paper sweep fits the test cluster's 8-GPU-shaped nodes; four nodes of partition debug (it has two) and
-    nine GPUs a node do not, each one line naming the key, with nothing recorded."""
+    nine GPUs a node do not, each one line naming the key, with nothing recorded: no row, no folder."""
     fits = cli("sweep", "sweeps/temperature.yaml", "--dry-run")
     assert "request distill: fits partition debug (default): 2 nodes with 8 GPUs, 128 CPUs" in fits.stdout
     for launcher, key, words in (({"nodes": 4, "tasks_per_node": 1}, "launcher.nodes", "partition debug has 2 such nodes"),
@@ -93,9 +93,9 @@ def test_requests_are_checked_against_the_nodes_sinfo_reports(slurm_cluster, cli
             assert result.returncode == 2, result.stdout + result.stderr
             assert result.stderr.startswith(f"error: {path}: {key}: ") and words in result.stderr, result.stderr
             assert "submitted" not in result.stdout
-    with sqlite3.connect(cli.db) as db:  # the real submission recorded its runs as pending, none as submitted
-        assert {state for (state,) in db.execute("select state from runs")} == {"pending"}
-        assert db.execute("select count(*) from runs where job_id is not null").fetchone()[0] == 0
+    # the real submission was refused before it recorded anything: no row, no run folder, no job
+    assert not cli.db.exists() or sqlite3.connect(cli.db).execute("select count(*) from runs").fetchone()[0] == 0
+    assert not (cli.home / "runs").exists() or not any((cli.home / "runs").iterdir())
 
 
 def _rank_1_dies(marker: str) -> None:
