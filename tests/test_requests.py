@@ -78,10 +78,16 @@ def test_each_stage_has_its_own_launcher_and_evaluation_defaults_to_one_gpu(tmp_
               run.config["launcher"]["timeout_min"]) for run in sweep.runs}
     assert asked == {("pretrain", 2, 100, 90), ("distill", 4, 100, 90), ("eval", 1, 25.0, 30)}
     assert sweep.stage_blocks == {"pretrain": {"gpus_per_node": 2}, "eval": {"timeout_min": 30}}
-    # the command line sets the shared settings over the file's; a stage's own block still wins for its stage
+    # the command line comes last: launcher.KEY for every stage (over the stage blocks too, never ignored),
+    # launcher.STAGE.KEY for that stage alone
     again = expand(path, ["launcher.timeout_min=45"], dry_run=True)
     assert {(run.stage, run.config["launcher"]["timeout_min"]) for run in again.runs} == {
-        ("pretrain", 45), ("distill", 45), ("eval", 30)}
+        ("pretrain", 45), ("distill", 45), ("eval", 45)}
+    again = expand(path, ["launcher.eval.timeout_min=20", "launcher.distill.cpus_per_task=6"], dry_run=True)
+    assert {(run.stage, run.config["launcher"]["timeout_min"], run.config["launcher"]["cpus_per_task"])
+            for run in again.runs} == {("pretrain", 90, 4), ("distill", 90, 6), ("eval", 20, 4)}
+    assert again.stage_blocks == {"pretrain": {"gpus_per_node": 2}, "eval": {"timeout_min": 20},
+                                  "distill": {"cpus_per_task": 6}}
     single = expand(_stage_sweep(tmp_path, "launcher: {name: slurm, gpus_per_node: 4}\n"), dry_run=True)
     # one block, as before: every stage asks it, but evaluation asks one GPU of it; hashes do not depend on it
     assert {(run.stage, run.config["launcher"]["gpus_per_node"]) for run in single.runs} == {
@@ -108,6 +114,22 @@ def test_stage_blocks_and_gpus_in_additional_parameters_are_checked(block, key, 
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {key}"), result.stderr
     if "additional_parameters.g" in key:
         assert "launcher.gpus_per_node" in lines[0]
+    assert sbatch_calls(fake_slurm) == [] and not cli.db.exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("launcher.distill.gpus=8", "launcher.distill.gpus: unknown setting"),
+    ("launcher.eval.cpus_per_task=ten", "launcher.eval.cpus_per_task: expected an integer"),
+    ("launcher.eval.timeout_min=[1", "command line 'launcher.eval.timeout_min=[1': expected KEY=VALUE with a YAML value"),
+    ("launcher.pretrain.name=local", "launcher.pretrain.name: expected no name"),
+])
+def test_stage_settings_on_the_command_line_are_checked_as_the_files(override, key, cli, fake_slurm, tmp_path):
+    cli.env.update(PATH=os.environ["PATH"], FAKE_SLURM_DIR=str(fake_slurm))
+    path = _stage_sweep(tmp_path, "launcher:\n  name: slurm\n")
+    result = cli("sweep", path, override, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {key}"), result.stderr
     assert sbatch_calls(fake_slurm) == [] and not cli.db.exists()
 
 

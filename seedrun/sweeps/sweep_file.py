@@ -38,7 +38,8 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import check_launcher, control_character, processes, split_stages, stage_settings
+from seedrun.sweeps.launcher_values import (STAGES, check_launcher, control_character, processes, split_stages,
+                                            stage_settings)
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -158,6 +159,7 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
 def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Sweep:
     path = str(path)
     data = read_sweep_file(path)
+    cli_overrides, cli_stages = _cli_stage_settings(cli_overrides, path)
     base = _as_overrides(data.get("base"), path, "base")
     base += [(f"command line {override!r}", override) for override in cli_overrides]
     grid = _axis_lists(data, "grid", path)
@@ -174,8 +176,14 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
     launcher = data.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
-    launcher, stage_blocks = split_stages(launcher, path)
     cli_launcher_keys = _cli_launcher_keys(cli_overrides)
+    # The command line comes last: `launcher.KEY=V` sets KEY for every stage (over the stage blocks too),
+    # `launcher.STAGE.KEY=V` sets it in that stage's block.
+    launcher = {key: ({k: v for k, v in value.items() if k not in cli_launcher_keys}
+                      if key in STAGES and isinstance(value, dict) else value) for key, value in launcher.items()}
+    for stage, settings in cli_stages.items():
+        launcher[stage] = {**(launcher.get(stage) or {}), **settings}
+    launcher, stage_blocks = split_stages(launcher, path)
 
     # Every value of every axis must be a valid override on its own before any combination is composed.
     axis_overrides = [(f"grid.{key}", f"{key}={_override_value(value)}") for key, values in grid.items() for value in values]
@@ -257,6 +265,27 @@ def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") ->
         raise InputError(path, "eval.after", f"unknown protocol {protocol!r}; known: {', '.join(protocols)}")
     return RunSpec("eval", evaluation_config(trained, protocol), axes={**trained.axes, "protocol": protocol},
                    depends_on=trained.hash)
+
+
+def _cli_stage_settings(cli_overrides, path: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The command line's `launcher.STAGE.KEY=VALUE` (read as YAML reads a value) apart from its other
+    overrides, which go to Hydra. The settings are checked where the file's stage blocks are."""
+    import yaml
+
+    rest: list[str] = []
+    stages: dict[str, dict[str, Any]] = {}
+    for override in cli_overrides:
+        key, _, text = override.partition("=")
+        parts = key.strip().split(".")
+        if len(parts) != 3 or parts[0] != "launcher" or parts[1] not in STAGES:
+            rest.append(override)
+            continue
+        try:
+            value = yaml.load(text, Loader=_yaml_loader()) if text.strip() else None
+        except yaml.YAMLError:
+            raise InputError(path, f"command line {override!r}", "expected KEY=VALUE with a YAML value") from None
+        stages.setdefault(parts[1], {})[parts[2]] = value
+    return rest, stages
 
 
 def _cli_launcher_keys(cli_overrides) -> set[str]:
