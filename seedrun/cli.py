@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "completed or was submitted, 1 when a local run failed or was blocked by a "
                                    "failed teacher, 2 on bad input (nothing recorded or started).")
     p.add_argument("file", help="sweep YAML file (see sweeps/)")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. distill.epochs=2")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. distill.epochs=2; "
+                   "launcher.KEY=V for every stage, launcher.STAGE.KEY=V for one (pretrain, distill, eval)")
     p.add_argument("--dry-run", action="store_true", help="check and print the plan (Slurm: the arrays it would "
                                                           "submit); record and start nothing")
     p.add_argument("--all", action="store_true", help="with --dry-run: list every run, however many")
