@@ -51,14 +51,17 @@ if os.environ.get("SUBMITIT_LOCAL_GLOBALID") == os.environ.get("FAULT_RANK") and
     import seedrun.training.loop as loop
     marker = Path(os.environ["FAULT_MARKER"])
     after_step = loop.Loop.after_step
+    if os.environ["FAULT"] == "kill-remote":  # this rank's process record says another host: rank 0 cannot see its pid
+        import socket
+        socket.gethostname = lambda: "node-b"
 
     def faulty(self, step, state):
         distilling = json.loads((self.run_dir / "run.json").read_text())["stage"] == "distill"
-        if step == 5 and distilling and not marker.exists() and os.environ["FAULT"] in ("raise", "usr2", "kill"):
+        if step == 5 and distilling and not marker.exists() and os.environ["FAULT"] in ("raise", "usr2", "kill", "kill-remote"):
             marker.write_text(str(os.getpid()))
             if os.environ["FAULT"] == "raise":
                 raise ValueError("injected on this rank")
-            if os.environ["FAULT"] == "kill":  # as the out-of-memory killer would: no exception, no record
+            if os.environ["FAULT"] in ("kill", "kill-remote"):  # as the OOM killer would: no exception, no record
                 os.kill(os.getpid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm or a preemption would: the job stops at a step
         return after_step(self, step, state)
@@ -227,6 +230,21 @@ def test_rank_1_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, t
     killed = int((tmp_path / "fault-0.3").read_text())
     assert f"rank 1 was killed: process {killed} on" in error
     assert recorded - (tmp_path / "fault-0.3").stat().st_mtime < 60
+
+
+def test_rank_1_of_another_host_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, tmp_path):
+    """Rank 0 cannot look up the process of a rank on another node: a rank that raises writes its failure record
+    before it exits, so one still silent after FAILURE_WAIT_S was killed (or lost its node)."""
+    home, _, _ = straight
+    before = _failed(home)
+    result, _ = _sweep(home, tmp_path, "0.5", fault="kill-remote")
+    recorded = time.time()
+    assert "failed 1" in result.stdout, result.stdout + result.stderr
+    _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
+    assert (stage, attempts, reason) == ("distill", 1, "killed")
+    killed = int((tmp_path / "fault-0.5").read_text())
+    assert f"rank 1 was killed: process {killed} on node-b left no failure record" in error
+    assert recorded - (tmp_path / "fault-0.5").stat().st_mtime < 60
 
 
 def test_rank_0_writing_a_checkpoint_longer_than_a_steps_timeout_is_waited_for(straight, tmp_path):

@@ -142,17 +142,27 @@ def test_a_rank_that_fails_at_step_5_fails_the_run_with_its_class_within_60_s(sl
 
 
 class RankOneFailedFirst(RunJob):
-    """What the job leaves when srun ends rank 0 before it can record: rank 1's failure record in the run
-    folder, and a step that exits non-zero (Slurm: FAILED)."""
+    """What the job leaves when srun ends rank 0 before it can record, and a step that exits non-zero
+    (Slurm: FAILED): rank 1's failure record in the run folder; or, rank 1 of another node killed, only its
+    process record, beside rank 0's broken collective."""
 
     def _train(self, stage, config, run_dir, hooks, teacher_dir):
         from seedrun.job.ranks import write_failure
 
-        write_failure(Path(run_dir), 1, MemoryError("CUDA out of memory (injected on rank 1)"))
+        if os.environ.get("RANK_1") == "killed":
+            (Path(run_dir) / "process.rank1.json").write_text(json.dumps(
+                {"rank": 1, "host": "node-b", "pid": 4242, "pid_start": "1"}))
+            write_failure(Path(run_dir), 0, RuntimeError("[gloo] Connection closed by peer"))
+        else:
+            write_failure(Path(run_dir), 1, MemoryError("CUDA out of memory (injected on rank 1)"))
         os._exit(1)
 
 
-def test_a_failed_job_whose_rank_0_recorded_nothing_takes_the_failing_ranks_class(slurm_cluster, home):
+@pytest.mark.parametrize("rank_1, reason, says", [
+    ("raised", "out_of_memory", "rank 1 raised MemoryError: CUDA out of memory (injected on rank 1)"),
+    ("killed", "killed", "rank 1 was killed: process 4242 on node-b left no failure record")])
+def test_a_failed_job_whose_rank_0_recorded_nothing_takes_the_failing_ranks_class(slurm_cluster, home, monkeypatch,
+                                                                                  rank_1, reason, says):
     from rich.console import Console
 
     from seedrun.launchers.reconcile import reconcile
@@ -162,6 +172,7 @@ def test_a_failed_job_whose_rank_0_recorded_nothing_takes_the_failing_ranks_clas
     from seedrun.sweeps.spec import RunSpec
     from seedrun.sweeps.sweep_file import Sweep
 
+    monkeypatch.setenv("RANK_1", rank_1)  # sbatch exports it to the job
     db_url = f"sqlite:///{home / 'seedrun.db'}"
     launcher = {"name": "slurm", "partition": "debug", "cpus_per_task": 1, "timeout_min": 10, "max_failures": 0}
     sweep = Sweep(name="rankfail", path="rankfail", ablation=None, runs=[RunSpec("pretrain", {"launcher": launcher})],
@@ -176,6 +187,6 @@ def test_a_failed_job_whose_rank_0_recorded_nothing_takes_the_failing_ranks_clas
         return load_records(db_url, sweep="rankfail")[0]
 
     run = wait_for(the_run, lambda r: r.state not in ("submitted", "running"), 120)
-    assert (run.state, run.failure_reason) == ("failed", "out_of_memory"), (run.state, run.failure_reason, run.error)
-    assert "rank 1 raised MemoryError: CUDA out of memory (injected on rank 1)" in run.error
+    assert (run.state, run.failure_reason) == ("failed", reason), (run.state, run.failure_reason, run.error)
+    assert says in run.error
     assert "Slurm: FAILED" in run.error  # and what Slurm said

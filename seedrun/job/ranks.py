@@ -26,7 +26,9 @@ A failure on any rank fails the run with that rank's class: the rank writes `fai
 the run folder before it exits, and tells the others at the step's all-reduce where it can
 (seedrun.training.loop); rank 0, whose collective then fails, records the first failing rank's class and
 message instead (`primary_failure`). A rank that vanished without a record (SIGKILL, the OOM killer) is
-recognised from the `process.rank<r>.json` it wrote when it started: its process is gone, class `killed`.
+recognised from the `process.rank<r>.json` it wrote when it started: its process is gone (on this host),
+or it is still silent after FAILURE_WAIT_S (another host): class `killed`. `seedrun status` reads the same
+records when Slurm says a job FAILED that rank 0 could not record (srun ended it first).
 A rank that hangs is bounded by the process group's timeout (SEEDRUN_DIST_TIMEOUT_S, 120 s, per step).
 
 World size 1 never imports torch here.
@@ -323,33 +325,40 @@ class RankFailed(RuntimeError):
 def primary_failure(exc: BaseException, run_dir: Path, wait_s: float = FAILURE_WAIT_S) -> BaseException:
     """What failed the run: rank 0's own exception, unless it is a collective that broke because another
     rank failed first (or that rank said so in the step's all-reduce); then that rank's: the record it
-    wrote before exiting, or, for a rank of this host whose process is gone without one, `killed`."""
+    wrote before exiting, or `killed` for a rank that left none: at once for a rank of this host whose
+    process is gone, after `wait_s` for a rank of another host (a rank that raises writes its record
+    before it exits, so one still silent then died without a word: SIGKILL, the OOM killer, its node)."""
     if not is_communication_error(exc):
         return exc
     deadline = time.monotonic() + wait_s
     while True:
-        first = first_failure(run_dir)
-        if first is not None:
-            return _caused(RankFailed(first), exc)
-        killed = _vanished(run_dir)
-        if killed is not None:
-            return _caused(RankFailed(killed), exc)
-        if time.monotonic() > deadline:
+        waited = time.monotonic() > deadline
+        failing = failing_rank(run_dir, others_gone=waited)
+        if failing is not None:
+            return _caused(RankFailed(failing), exc)
+        if waited:
             return exc
         time.sleep(0.2)
 
 
-def first_failure(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The failure record of the rank that failed first in this attempt (a rank whose own error was a
-    broken collective only when no rank recorded anything else), or None."""
+def failing_rank(run_dir: Path, others_gone: bool = False) -> Optional[dict[str, Any]]:
+    """The failure record of the rank that failed this attempt, or None if it cannot be told yet: the first
+    rank whose own error was not a broken collective; else a rank that left no record (seedrun.job.ranks
+    `_vanished`; `others_gone`: the ranks of other hosts are known to have ended, as they are once Slurm
+    says the job ended); else, with `others_gone`, the first broken collective."""
     records = []
     for path in sorted(Path(run_dir).glob("failure.rank*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-    first = [record for record in records if not record.get("communication")] or records
-    return min(first, key=lambda record: record.get("at", 0)) if first else None
+    own = [record for record in records if not record.get("communication")]
+    if own:
+        return min(own, key=lambda record: record.get("at", 0))
+    killed = _vanished(Path(run_dir), others_gone)
+    if killed is not None:
+        return killed
+    return min(records, key=lambda record: record.get("at", 0)) if records and others_gone else None
 
 
 def _caused(failure: BaseException, cause: BaseException) -> BaseException:
@@ -367,22 +376,28 @@ def write_process(run_dir: Path, rank: int) -> None:
         pass
 
 
-def _vanished(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The failure record of a rank of this host whose process is gone and wrote no failure record: it was
-    killed (SIGKILL, the OOM killer). A rank whose failure record is written was not killed; one on
-    another host cannot be judged from here."""
+def _vanished(run_dir: Path, others_gone: bool = False) -> Optional[dict[str, Any]]:
+    """The failure record of a rank that wrote none: one of this host whose process is gone, or (with
+    `others_gone`) one of another host. It was killed (SIGKILL, the out-of-memory killer, its node lost)."""
+    here = socket.gethostname()
     for path in sorted(run_dir.glob("process.rank*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("host") != socket.gethostname() or _alive(int(record["pid"]), record.get("pid_start")):
-            continue
         if (run_dir / f"failure.rank{record['rank']}.json").exists():
             continue
+        if record.get("host") == here:
+            if _alive(int(record["pid"]), record.get("pid_start")):
+                continue
+            how = "ended without a failure record"
+        elif others_gone:
+            how = "left no failure record"
+        else:
+            continue
         return {"rank": record["rank"], "reason": "killed", "type": "Killed", "at": time.time(),
-                "traceback": "", "message": f"process {record['pid']} on {record['host']} ended without a failure "
-                "record: killed by a signal (SIGKILL, the out-of-memory killer)"}
+                "traceback": "", "message": f"process {record['pid']} on {record['host']} {how}: killed by a "
+                "signal (SIGKILL, the out-of-memory killer) or its node lost"}
     return None
 
 

@@ -81,17 +81,18 @@ def _run_dirs(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
 def _with_failing_rank(db_url: str, changes: list[tuple[int, Optional[str], str, dict[str, Any]]]) -> None:
     """A job that Slurm calls FAILED because one rank died: srun (--kill-on-bad-exit) often ends rank 0
     before it records anything, but the failing rank wrote its class in the run folder
-    (seedrun.job.ranks.write_failure). That class and message replace Slurm's generic `exception`."""
+    (seedrun.job.ranks.write_failure), or, killed, wrote none beside its process record. That class and
+    message replace Slurm's generic `exception`."""
     failed = [change for change in changes if change[2] == "failed" and change[3].get("failure_reason") == "exception"]
     if not failed:
         return
     from pathlib import Path
 
-    from seedrun.job.ranks import RankFailed, first_failure
+    from seedrun.job.ranks import RankFailed, failing_rank
 
     run_dirs = _run_dirs(db_url, [run_id for run_id, *_ in failed])
     for run_id, _, _, values in failed:
-        record = first_failure(Path(run_dirs[run_id])) if run_dirs.get(run_id) else None
+        record = failing_rank(Path(run_dirs[run_id]), others_gone=True) if run_dirs.get(run_id) else None
         if record is not None:
             values["failure_reason"] = record.get("reason") or "exception"
             values["error"] = f"{RankFailed(record)} ({values['error']})"
