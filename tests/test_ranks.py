@@ -237,14 +237,14 @@ def test_rank_1_of_another_host_killed_at_step_5_fails_the_run_as_killed_within_
     before it exits, so one still silent after FAILURE_WAIT_S was killed (or lost its node)."""
     home, _, _ = straight
     before = _failed(home)
-    result, _ = _sweep(home, tmp_path, "0.5", fault="kill-remote")
+    result, _ = _sweep(home, tmp_path, "0.6", fault="kill-remote")
     recorded = time.time()
     assert "failed 1" in result.stdout, result.stdout + result.stderr
     _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
     assert (stage, attempts, reason) == ("distill", 1, "killed")
-    killed = int((tmp_path / "fault-0.5").read_text())
+    killed = int((tmp_path / "fault-0.6").read_text())
     assert f"rank 1 was killed: process {killed} on node-b left no failure record" in error
-    assert recorded - (tmp_path / "fault-0.5").stat().st_mtime < 60
+    assert recorded - (tmp_path / "fault-0.6").stat().st_mtime < 60
 
 
 def test_rank_0_writing_a_checkpoint_longer_than_a_steps_timeout_is_waited_for(straight, tmp_path):
