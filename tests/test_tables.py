@@ -94,7 +94,7 @@ def fixture_records() -> list[RunRecord]:
         distill(strategy="binary_contrastive", state="pending"),
         distill(strategy="seed_mocov2", state="submitted"),
         # teachers and the student alone
-        pretrain(arch="resnet18", metrics=m(36.0, 52.0, 76.5), minute=13),
+        pretrain(arch="resnet18", metrics=m(36.0, 52.0, 76.5, init_knn_top1=20.5), minute=13),
         pretrain(arch="resnet50", metrics=m(60.0, 67.0), minute=14),
         pretrain(arch="resnet50", method="swav", epochs=800, state="running"),
         distill(method="swav", pretrain_epochs=800, state="pending"),
@@ -181,6 +181,9 @@ def test_main_table_gain_over_the_student_alone():
     assert data.cell("resnet50/gain", "resnet18/linear_top1").paper_text() == "+5.1"
     assert data.cell("resnet50/gain", "resnet18/linear_top1").diff_text() == "+0.8"
     assert data.cell("mocov2", "teacher/knn_top1").text() == ""  # the student alone has no teacher
+    # the same student untrained, from its student-alone run: MoCo-v2 must beat it
+    assert data.cell("random_init", "resnet18/knn_top1").text() == "20.5"
+    assert data.cell("random_init", "efficientnet_b0/knn_top1").text() == "—"  # its run did not record one
 
 
 def test_paper_values_beside_ours_with_the_difference():

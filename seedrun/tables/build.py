@@ -341,7 +341,7 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
             if row.kind == "runs":
                 flt = cell_filters[(row.id, column.id)]
                 cells[row.id, column.id] = Cell(BLANK, paper=value) if flt is None else _cell_from_runs(
-                    chosen[_filter_key(flt)], column.metric, value)
+                    chosen[_filter_key(flt)], row.metric_prefix + column.metric, value)
             elif row.kind == "paper":
                 cells[row.id, column.id] = Cell(BLANK, paper=value)
     for row in rows:

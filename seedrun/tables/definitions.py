@@ -41,6 +41,7 @@ class Row:
     kind: str = "runs"  # runs: filled by runs | gain: difference of two rows | paper: published only
     gain: Optional[tuple[str, str]] = None  # (row id, baseline row id) of a gain row
     value: Optional[float] = None  # the axis value of a numeric row (x of its plot)
+    metric_prefix: str = ""  # its cells read this prefix + the column's metric (random init: init_knn_top1)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,10 @@ def _main_columns() -> tuple[Column, ...]:
 
 
 def _main_rows() -> tuple[Row, ...]:
-    rows = [Row("supervised", ("Supervised",), kind="paper"), Row("mocov2", ("MoCo-v2",))]
+    rows = [Row("supervised", ("Supervised",), kind="paper"),
+            # the student-alone run's network before training (pre-training records it): MoCo-v2 must beat it
+            Row("random_init", ("Random init",), metric_prefix="init_"),
+            Row("mocov2", ("MoCo-v2",))]
     for arch, short in MAIN_TEACHERS.items():
         rows.append(Row(arch, (short,), match={"teacher.arch": arch}))
         rows.append(Row(f"{arch}/gain", (f"{short} gain",), kind="gain", gain=(arch, "mocov2")))
@@ -160,7 +164,7 @@ def _main_cell(table: TableDef, row: Row, column: Column) -> Optional[Filter]:
         if not row.match:
             return None  # the MoCo-v2 row has no teacher
         return {"stage": "pretrain", "pretrain.role": "teacher", "pretrain.arch": row.match["teacher.arch"]}
-    if not row.match:
+    if not row.match:  # MoCo-v2 and random init: the student-alone run
         return student_alone(column.match["student.arch"])
     return {**table.fixed, **row.match, **column.match}
 

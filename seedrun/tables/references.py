@@ -8,8 +8,8 @@ curve (seedrun.tables.plot). Where each comes from:
     student alone   the baseline run: the table's student trained by MoCo-v2 alone (pretrain.role baseline)
     teacher         the teacher run (pretrain.role teacher) of the teacher the table's runs distil
     random init     `init_<metric>` (e.g. `init_knn_top1`) on the student-alone run: the same network
-                    at its initialisation, before any training, evaluated like every run. No job
-                    records it yet: the line is drawn once runs carry it.
+                    at its initialisation, before any training, evaluated like every run (pre-training
+                    records it for every student-alone run; the main table shows it as a row).
     raw pixels      `pixels_knn_top1` on the teacher run (seedrun.training.pretrain records it)
 
 Several experiments can match (a student of another width): as for a cell, the one with the most
