@@ -69,6 +69,7 @@ def _print_references(db_url: str, sweep: str) -> None:
     from seedrun.store.records import load_records
 
     lines: dict[str, list[float]] = {}
+    untrained: dict[str, list[float]] = {}
     pixels: dict[str, float] = {}
     for record in load_records(db_url, sweep=sweep, stage="pretrain"):
         p, top1 = record.config.get("pretrain", {}), record.metrics.get("knn_top1")
@@ -79,12 +80,18 @@ def _print_references(db_url: str, sweep: str) -> None:
         lines.setdefault(label, []).append(top1)
         if "pixels_knn_top1" in record.metrics and who == "teacher":
             pixels[label] = record.metrics["pixels_knn_top1"]
-    for label, values in lines.items():
+        if "init_knn_top1" in record.metrics:
+            untrained.setdefault(label, []).append(record.metrics["init_knn_top1"])
+
+    def spread(values: list[float]) -> str:
         if len(values) == 1:
-            print(f"{label}: k-NN top-1 {values[0]:.1f}")
-        else:
-            print(f"{label}: k-NN top-1 {statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} "
-                  f"({len(values)} seeds)")
+            return f"{values[0]:.1f}"
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)} seeds)"
+
+    for label, values in lines.items():
+        print(f"{label}: k-NN top-1 {spread(values)}")
+        if label in untrained:
+            print(f"  the same network untrained (random init): k-NN top-1 {spread(untrained[label])}")
         if label in pixels:
             print(f"raw pixels, same k-NN: top-1 {pixels[label]:.1f}")
 
