@@ -122,3 +122,24 @@ def test_a_database_from_before_runs_layout_shows_the_same(database):
         connection.execute("DROP TRIGGER runs_layout_update")
         connection.execute("ALTER TABLE runs DROP COLUMN layout")
     assert _status(database) == table
+
+
+def test_a_student_alone_run_shows_its_random_init_beside_its_k_nn(database):
+    """Whether MoCo-v2 alone helped, at a glance: the baseline's k-NN and the same network's untrained."""
+    config = {"stage": "pretrain", "pretrain": {"method": "mocov2", "arch": "mobilenetv3_large", "epochs": 8,
+                                                "role": "baseline"}, "data": {"name": "fashion_mnist"}}
+    with store.session_scope(database) as session:
+        run = Run(hash="c" * 64, stage="pretrain", state="completed", epoch=8, run_dir="/runs/c", config=config,
+                  summary={"knn_top1": 61.2, "init_knn_top1": 63.0}, provenance={}, job_id="local:2")
+        session.add(run)
+        session.flush()
+        sweep = session.query(Sweep).filter_by(name="first").one()
+        session.add(SweepRun(sweep_id=sweep.id, run_id=run.id, position=2, axes={}))
+    store._engines.clear()
+    line = next(line for line in _status(database).splitlines() if "c" * 12 in line)
+    assert "61.20 (init 63.00)" in line and "(baseline)" in line
+    path = database.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:  # the listing made from records, as on PostgreSQL
+        connection.execute("DROP INDEX ix_runs_grouping")
+        connection.execute("ALTER TABLE runs DROP COLUMN settings")
+    assert line in _status(database).splitlines()

@@ -80,7 +80,7 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
 _ROW_SQL = """
     SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes}, r.settings,
         CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
-        r.epoch, json_extract(r.summary, '$."knn_top1"'),
+        r.epoch, json_extract(r.summary, '$."knn_top1"'), json_extract(r.summary, '$."init_knn_top1"'),
         coalesce(r.job_id, '') || coalesce(' [' || {layout} || ']', ''), r.state, {hours}
     FROM runs r"""
 
@@ -97,13 +97,19 @@ def _settings_view(stage: str, settings: dict[str, Any]) -> tuple[str, str]:
     return description, f"/{epochs}" if epochs else ""
 
 
+def _knn_text(knn: Optional[float], init: Optional[float]) -> str:
+    """The k-NN column: a student-alone run's also says its network untrained (random init), which it must beat."""
+    if knn is None:
+        return ""
+    return f"{knn:.2f}" if init is None else f"{knn:.2f} (init {init:.2f})"
+
+
 def _record_row(record, layout: Optional[str] = None) -> tuple[str, ...]:
-    metric = record.metrics.get("knn_top1")
     settings = {key: (record.config.get(key.split(".")[0]) or {}).get(key.split(".")[1]) for key in STATUS_KEYS}
     description, epochs = _settings_view(record.stage, settings)
     return (record.sweep or "", record.hash[:12], record.stage, _axes_text(record.axes) if record.axes else description,
             f"{record.state} ({record.failure_reason})" if record.failure_reason else record.state,
-            f"{record.epoch}{epochs}", f"{metric:.2f}" if metric is not None else "",
+            f"{record.epoch}{epochs}", _knn_text(record.metrics.get("knn_top1"), record.metrics.get("init_knn_top1")),
             (record.job_id or "") + (f" [{layout}]" if layout else ""), record.state)
 
 
@@ -142,7 +148,7 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> tuple[list[tuple[str, ...
                 views: dict[tuple[str, Optional[str]], tuple[str, str]] = {}
                 rows = []
                 append = rows.append  # one call a run at 10,000 runs: the loop is a third of status's Python
-                for (_, sweep_name, short, stage, _, settings, state, epoch, knn, job, bare, kind,
+                for (_, sweep_name, short, stage, _, settings, state, epoch, knn, init, job, bare, kind,
                      spent), run_axes in zip(fetched, axes):
                     if spent:
                         per_kind = hours.setdefault(sweep_name, {})
@@ -152,11 +158,11 @@ def _status_rows(db_url: str, sweep: Optional[str]) -> tuple[list[tuple[str, ...
                         view = views[stage, settings] = _settings_view(stage, parse_json(settings) or {})
                     append((sweep_name, short, stage,
                             _axes_text(run_axes) if run_axes else view[0],
-                            state, f"{epoch}{view[1]}", "" if knn is None else f"{knn:.2f}", job, bare))
+                            state, f"{epoch}{view[1]}", _knn_text(knn, init), job, bare))
                 return rows, (hours if narrow else None)
     layouts = _layouts(db_url)
     return [_record_row(record, layouts.get(record.hash))
-            for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1"])], None
+            for record in load_records(db_url, sweep=sweep, keys=STATUS_KEYS, metrics=["knn_top1", "init_knn_top1"])], None
 
 
 def show_status(db_url: str, sweep: Optional[str], as_json: bool = False, check_jobs: bool = True) -> int:
