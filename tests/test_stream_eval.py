@@ -136,6 +136,23 @@ def test_semisup_streams_and_gives_the_memory_paths_numbers(tree, tsv, pngs, mod
         assert subsets[0] == subsets[1] == subsets[2] and subsets[0]["per_class"] in (2, 6)
 
 
+def test_fine_tuning_is_seeded_by_the_run_not_by_the_process(pngs, model, tmp_path):
+    """The head's initialisation came from torch's generator as the process left it: two jobs of one run gave
+    two numbers. Now the run's seed sets it, whatever ran before in the process."""
+    from seedrun.evaluate.run import evaluate as run_evaluate
+
+    results = []
+    for before in (1, 2):
+        run_dir = tmp_path / f"after-{before}"
+        run_dir.mkdir()
+        torch.manual_seed(before)
+        torch.rand(before)
+        config = {"protocol": "semisup", "settings": SEMISUP, "data": data_config(pngs, "memory"), "seed": 0,
+                  "threads": 1, "device": "cpu"}
+        results.append(run_evaluate(config, run_dir, model, log=lambda _: None))
+    assert results[0] == results[1]
+
+
 TRANSFER = {"datasets": ["fm"], "recipe": "moco", "epochs": 10, "batch_size": 64}
 
 

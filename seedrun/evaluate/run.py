@@ -105,6 +105,9 @@ def evaluate(config: dict[str, Any], run_dir: Path, source_dir: Path, data_root:
             subset = labelled_subset(labels, fraction, seed=settings["subset_seed"])
             save_subset(run_dir / f"subset-{fraction:g}.json", subset, seed=settings["subset_seed"], fraction=fraction,
                         labels=labels)
+            # the fine-tuning head's initialisation (and the student's dropout) from the run's seed, one
+            # fraction independent of the others: not from whatever state a fresh process starts in
+            torch.manual_seed(int(config["seed"]))
             student, _ = load_own_model(model_path, data_cfg["channels"])
             head = nn.Linear(_feature_dim(student, data_cfg, device), train.num_classes)
             counted = ReadCount(test)  # the test images fine-tuning's evaluation read
