@@ -82,6 +82,28 @@ def test_shell_metacharacters_in_values_stay_inert(tmp_path):
     assert run.config["data"]["name"] == nasty
 
 
+def test_a_students_own_baseline_settings_change_its_baseline_and_nothing_else(tmp_path):
+    """`student.baseline` (a student recipe's own MoCo-v2 settings for its student-alone run) replaces the
+    teacher recipe's in that run only: the distillation runs and the teacher keep their hashes."""
+    text = "name: s\n" + BASE + "grid:\n  distill.tau_teacher: [0.1, 0.01]\nbaselines: true\n"
+    plain = expand(write_sweep(tmp_path / "plain.yaml", text))
+    own = expand(write_sweep(tmp_path / "own.yaml", text), ["+student.baseline.lr=0.06",
+                                                             "+student.baseline.encoder_momentum=0.9"])
+
+    def baseline(sweep):
+        return next(run for run in sweep.stage("pretrain") if run.config["pretrain"]["role"] == "baseline")
+
+    assert (baseline(plain).config["pretrain"]["lr"], baseline(plain).config["pretrain"]["encoder_momentum"]) == (0.24, 0.99)
+    assert (baseline(own).config["pretrain"]["lr"], baseline(own).config["pretrain"]["encoder_momentum"]) == (0.06, 0.9)
+    assert baseline(own).hash != baseline(plain).hash
+    others = lambda sweep: {run.hash for run in sweep.runs} - {baseline(sweep).hash}  # noqa: E731
+    assert others(own) == others(plain)
+    assert all("baseline" not in run.config["student"] for run in own.stage("distill"))
+    for key in ("epochs", "arch"):  # the distillation's, or not MoCo-v2's
+        with pytest.raises(InputError, match=f"student.baseline.{key}: expected a setting of the teacher recipe"):
+            expand(write_sweep(tmp_path / "bad.yaml", text), [f"+student.baseline.{key}=3"])
+
+
 def test_students_share_one_teacher_and_baselines_are_their_own_runs(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", "name: s\n" + BASE + """
 grid:

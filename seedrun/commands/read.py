@@ -137,4 +137,27 @@ def cmd_list(args) -> int:
     print(f"recipes ({', then '.join(map(str, recipe_dirs()))}):")
     for group, names in recipe_groups().items():
         print(f"  {group + '/':<18} {' '.join(names)}")
+    print("students (how each is built; `baseline`: its student-alone MoCo-v2 settings over the teacher recipe's):")
+    for name in recipe_groups().get("student", []):
+        print(f"  {name:<24} {_student_line(recipe_dirs(), name)}")
     return 0
+
+
+def _student_line(folders, name: str) -> str:
+    """What a student recipe says of its network's build and of its student-alone baseline, from its YAML
+    (the first folder that has it, as Hydra searches them)."""
+    import yaml
+
+    path = next((folder / "student" / f"{name}.yaml" for folder in folders
+                 if (folder / "student" / f"{name}.yaml").is_file()), None)
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
+    except (OSError, yaml.YAMLError) as exc:
+        return f"(unreadable: {exc.__class__.__name__})"
+    if not isinstance(recipe, dict):
+        return "(not a mapping)"
+    words = [f"{recipe.get('arch')} width {recipe.get('width')}"]
+    words += [f"{key} {recipe[key]}" for key in ("bn", "layout") if key in recipe]
+    own = {key: value for key, value in (recipe.get("baseline") or {}).items() if value is not None}
+    words.append("baseline: " + (", ".join(f"{key} {value}" for key, value in own.items()) or "the teacher recipe's"))
+    return "; ".join(words)

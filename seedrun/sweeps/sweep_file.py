@@ -238,6 +238,7 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
                     baseline = RunSpec("pretrain", {**pretrain_config(config, "student"), "launcher": stages["pretrain"]},
                                        axes={})
                     pretrain_runs.setdefault(baseline.hash, baseline)
+                config["student"].pop("baseline", None)  # the student-alone run's: not the distillation's content
                 config.pop("stage", None)
                 distill_runs.append(RunSpec("distill", config, axes=values,
                                             depends_on=teacher_run.hash if teacher_run else None))
@@ -342,6 +343,15 @@ def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict
                 problem = f"a timm network is built by timm: student.{key} does not apply to {student['arch']}"
             if problem:
                 raise InputError(path, _where(f"student.{key}", values), problem)
+    own = student.get("baseline")
+    if own is not None and not isinstance(own, dict):
+        raise InputError(path, _where("student.baseline", values), "expected a mapping of MoCo-v2 settings")
+    settable = set(config["teacher"].get("pretrain") or {}) - {"epochs", "seed", "dim"}  # fixed by the comparison
+    for key in own or {}:
+        if key not in settable:
+            raise InputError(path, _where(f"student.baseline.{key}", values), "expected a setting of the teacher "
+                             f"recipe's MoCo-v2 ({', '.join(sorted(settable))}); epochs, seed and dim are the "
+                             "distillation's")
     for key in ("tau_student", "tau_teacher"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] <= 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a temperature > 0, got {distill.get(key)!r}")
