@@ -186,6 +186,22 @@ def test_main_table_gain_over_the_student_alone():
     assert data.cell("random_init", "efficientnet_b0/knn_top1").text() == "—"  # its run did not record one
 
 
+def test_main_table_gets_rows_for_a_teacher_the_paper_did_not_use():
+    """The CPU twin distils a small ResNet-18 teacher: its rows come after the paper's teachers."""
+    records = [pretrain(arch="mobilenetv3_large", metrics=m(60.0, init_knn_top1=63.0), minute=1),
+               pretrain(arch="resnet18", role="teacher", metrics=m(74.0), minute=2),
+               distill(teacher="resnet18", student="mobilenetv3_large", metrics=m(66.0), minute=3)]
+    data = table("main", records)
+    ids = [row.row.id for row in data.rows]
+    assert ids[-2:] == ["resnet18", "resnet18/gain"] and ids.index("resnet50x2/gain") < ids.index("resnet18")
+    assert data.rows[-2].row.labels == ("R-18",)
+    assert data.cell("resnet18", "mobilenetv3_large/knn_top1").text() == "66.0"
+    assert data.cell("resnet18/gain", "mobilenetv3_large/knn_top1").text() == "+6.0"
+    assert data.cell("resnet18", "teacher/knn_top1").text() == "74.0"
+    assert data.cell("random_init", "mobilenetv3_large/knn_top1").text() == "63.0"
+    assert "resnet18" not in [row.row.id for row in table("main", fixture_records()).rows]
+
+
 def test_paper_values_beside_ours_with_the_difference():
     data = table("temperature", fixture_records(), paper=True)
     cell = data.cell("0.01", "linear_top1")

@@ -315,6 +315,9 @@ def build(table: TableDef, groups: Iterable["RunGroup"], paper: bool = False,
     index = _Index(_group_by_setting(groups))
 
     rows = table.rows
+    if table.rows_per_value:
+        key = table.rows_per_value[0]
+        rows = table.with_values({setting.values.get(key) for setting in index.match(dict(table.fixed))})
     if table.axis:
         used = {setting.values.get(table.axis) for setting in index.match(dict(table.fixed))}
         rows = table.with_axis_values([v for v in used if isinstance(v, (int, float)) and not isinstance(v, bool)])

@@ -58,6 +58,8 @@ class TableDef:
     descending: bool = False  # row order of a numeric table (the temperature table counts down)
     log_x: bool = False  # plot the axis on a log scale
     plot: str = "bars"  # "line" for numeric axes, "bars" for categories
+    # a category whose values each get their rows (the main table's teachers): (key, the rows of a value)
+    rows_per_value: Optional[tuple[str, Callable[[Any], tuple["Row", ...]]]] = None
 
     def filter_for(self, row: Row, column: Column) -> Optional[Filter]:
         if self.cell_filter is not None:
@@ -65,6 +67,16 @@ class TableDef:
         if column.teacher:
             return None
         return {**self.fixed, **row.match, **column.match}
+
+    def with_values(self, values: set) -> tuple[Row, ...]:
+        """The defined rows plus the rows of every other value of `rows_per_value`'s key that runs used,
+        after the last defined row of that key (the main table: a CPU twin's ResNet-18 teacher)."""
+        key, rows_of = self.rows_per_value
+        defined = {row.match.get(key) for row in self.rows}
+        extra = tuple(row for value in sorted(v for v in values if v is not None and v not in defined)
+                      for row in rows_of(value))
+        last = max((i for i, row in enumerate(self.rows) if key in row.match or row.gain), default=len(self.rows) - 1)
+        return self.rows[:last + 1] + extra + self.rows[last + 1:]
 
     def with_axis_values(self, values: list[float]) -> tuple[Row, ...]:
         """The defined rows plus a row for every other axis value that runs used, in axis order."""
@@ -153,10 +165,17 @@ def _main_rows() -> tuple[Row, ...]:
             # the student-alone run's network before training (pre-training records it): MoCo-v2 must beat it
             Row("random_init", ("Random init",), metric_prefix="init_"),
             Row("mocov2", ("MoCo-v2",))]
-    for arch, short in MAIN_TEACHERS.items():
-        rows.append(Row(arch, (short,), match={"teacher.arch": arch}))
-        rows.append(Row(f"{arch}/gain", (f"{short} gain",), kind="gain", gain=(arch, "mocov2")))
+    for arch in MAIN_TEACHERS:
+        rows += _main_teacher_rows(arch)
     return tuple(rows)
+
+
+def _main_teacher_rows(arch: str) -> tuple[Row, ...]:
+    """A teacher's row and its gain over the student alone; a teacher the paper did not use (a CPU twin's
+    ResNet-18) gets them too, named as the students are."""
+    short = MAIN_TEACHERS.get(arch) or MAIN_STUDENTS.get(arch) or str(arch)
+    return (Row(arch, (short,), match={"teacher.arch": arch}),
+            Row(f"{arch}/gain", (f"{short} gain",), kind="gain", gain=(arch, "mocov2")))
 
 
 def _main_cell(table: TableDef, row: Row, column: Column) -> Optional[Filter]:
@@ -199,6 +218,7 @@ TABLES: dict[str, TableDef] = {
             rows=_main_rows(),
             fixed={"stage": "distill", "distill.strategy": "seed"},
             cell_filter=_main_cell,
+            rows_per_value=("teacher.arch", _main_teacher_rows),
         ),
         TableDef(
             name="teacher",
