@@ -102,6 +102,10 @@ def test_a_students_own_baseline_settings_change_its_baseline_and_nothing_else(t
     for key in ("epochs", "arch"):  # the distillation's, or not MoCo-v2's
         with pytest.raises(InputError, match=f"student.baseline.{key}: expected a setting of the teacher recipe"):
             expand(write_sweep(tmp_path / "bad.yaml", text), [f"+student.baseline.{key}=3"])
+    headed = expand(write_sweep(tmp_path / "head.yaml", text), ["+student.baseline.head=bn_mlp"])
+    assert baseline(headed).config["pretrain"]["head"] == "bn_mlp"
+    with pytest.raises(InputError, match="student.baseline.head: expected auto, mlp or bn_mlp, got 'bn'"):
+        expand(write_sweep(tmp_path / "bad.yaml", text), ["+student.baseline.head=bn"])
 
 
 def test_students_share_one_teacher_and_baselines_are_their_own_runs(tmp_path):

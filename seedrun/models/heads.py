@@ -69,11 +69,21 @@ def swav_head(dim_in: int, dim_out: int = 128, hidden: int | None = None) -> nn.
 TEACHER_HEADS = {"mocov2": mocov2_head, "simclr": simclr_head, "swav": swav_head}
 
 
-def teacher_head(method: str, dim_in: int, dim_out: int = 128) -> nn.Sequential:
-    """The projection head a teacher pre-trained with ``method`` (mocov2 | simclr | swav) carries."""
+def teacher_head(method: str, dim_in: int, dim_out: int = 128, head: str = "auto") -> nn.Sequential:
+    """The projection head a network pre-trained with ``method`` (mocov2 | simclr | swav) carries: the
+    method's own (``head`` auto), or the one ``head`` names (PRETRAIN_HEADS)."""
     if method not in TEACHER_HEADS:
         raise KeyError(f"unknown teacher method {method!r}; known: {', '.join(sorted(TEACHER_HEADS))}")
-    return TEACHER_HEADS[method](dim_in, dim_out)
+    if head in (None, "auto"):
+        return TEACHER_HEADS[method](dim_in, dim_out)
+    if head not in PRETRAIN_HEADS:
+        raise KeyError(f"unknown pre-training head {head!r}; known: auto, {', '.join(PRETRAIN_HEADS)}")
+    return PRETRAIN_HEADS[head](dim_in, dim_out)
+
+
+#: `pretrain.head` (for a student-alone run: `student.baseline.head`): mlp is MoCo-v2's Linear-ReLU-Linear,
+#: bn_mlp SimCLR's Linear-BN-ReLU-Linear (MoCo v3 keeps BN in its heads too)
+PRETRAIN_HEADS = {"mlp": mocov2_head, "bn_mlp": simclr_head}
 
 
 def head_from_state_dict(state: Mapping) -> nn.Module:

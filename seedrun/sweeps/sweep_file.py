@@ -346,12 +346,15 @@ def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict
     own = student.get("baseline")
     if own is not None and not isinstance(own, dict):
         raise InputError(path, _where("student.baseline", values), "expected a mapping of MoCo-v2 settings")
-    settable = set(config["teacher"].get("pretrain") or {}) - {"epochs", "seed", "dim"}  # fixed by the comparison
+    settable = (set(config["teacher"].get("pretrain") or {}) | {"head"}) - {"epochs", "seed", "dim"}
     for key in own or {}:
-        if key not in settable:
+        if key not in settable:  # epochs, seed and dim are fixed by the comparison with the distillation
             raise InputError(path, _where(f"student.baseline.{key}", values), "expected a setting of the teacher "
                              f"recipe's MoCo-v2 ({', '.join(sorted(settable))}); epochs, seed and dim are the "
                              "distillation's")
+    if (own or {}).get("head") not in (None, "auto", "mlp", "bn_mlp"):
+        raise InputError(path, _where("student.baseline.head", values),
+                         f"expected auto, mlp or bn_mlp, got {own['head']!r}")
     for key in ("tau_student", "tau_teacher"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] <= 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a temperature > 0, got {distill.get(key)!r}")

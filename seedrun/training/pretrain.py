@@ -46,7 +46,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     torch.manual_seed(seed)
     backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"],
                                   bn=p.get("bn"), layout=p.get("layout"))
-    head = teacher_head(p["method"], d, p["dim"])
+    head = teacher_head(p["method"], d, p["dim"], p.get("head", "auto"))
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
     batch_size = batch_size_for(p["batch_size"], len(train))  # the global batch: lr and steps follow it
