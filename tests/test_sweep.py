@@ -126,3 +126,11 @@ baselines: true
         assert baseline.config["pretrain"]["method"] == "mocov2"
         assert baseline.config["pretrain"]["epochs"] == sweep.stage("distill")[0].config["distill"]["epochs"]
     assert {run.config["pretrain"]["width"] for run in pretrain if run.config["pretrain"]["role"] == "baseline"} == {8, 64}
+
+
+def test_seedrun_list_shows_each_students_build_and_own_baseline_settings(cli):
+    lines = cli("list").stdout.splitlines()
+    mobilenet = next(line for line in lines if line.strip().startswith("small_mobilenetv3_large "))
+    assert "bn official; layout official; baseline: head bn_mlp, lr 0.06" in mobilenet
+    resnet = next(line for line in lines if line.strip().startswith("small_resnet18 "))
+    assert resnet.endswith("baseline: the teacher recipe's")
