@@ -26,55 +26,31 @@ def _local_alive(pid: int) -> bool:
     return True
 
 
+def _column(db_url: str, run_ids: list[int], column: str) -> dict[int, Any]:
+    """{run id: that run's `column`}, read with plain SQL, 500 ids a query."""
+    from contextlib import closing
+
+    from seedrun.store.records import connect
+
+    connection, mark = connect(db_url)
+    found: dict[int, Any] = {}
+    with closing(connection):
+        cursor = connection.cursor()
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start:start + 500]
+            cursor.execute(f"SELECT id, {column} FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
+            found.update(cursor.fetchall())
+    return found
+
+
 def _hosts(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
     """{run id: the host its local job runs on} (provenance "host": the launcher's, then the job's)."""
     import json
-    from contextlib import closing
 
-    from seedrun.store.records import connect
-
-    connection, mark = connect(db_url)
-    found: dict[int, Optional[str]] = {}
-    with closing(connection):
-        cursor = connection.cursor()
-        for start in range(0, len(run_ids), 500):
-            part = run_ids[start:start + 500]
-            cursor.execute(f"SELECT id, provenance FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
-            for run_id, prov in cursor.fetchall():
-                prov = json.loads(prov) if isinstance(prov, str) else (prov or {})
-                found[run_id] = (prov or {}).get("host")
-    return found
-
-
-def _hashes(db_url: str, run_ids: list[int]) -> list[str]:
-    from contextlib import closing
-
-    from seedrun.store.records import connect
-
-    connection, mark = connect(db_url)
-    found: list[str] = []
-    with closing(connection):
-        cursor = connection.cursor()
-        for start in range(0, len(run_ids), 500):
-            part = run_ids[start:start + 500]
-            cursor.execute(f"SELECT hash FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
-            found += [row[0] for row in cursor.fetchall()]
-    return found
-
-
-def _run_dirs(db_url: str, run_ids: list[int]) -> dict[int, Optional[str]]:
-    from contextlib import closing
-
-    from seedrun.store.records import connect
-
-    connection, mark = connect(db_url)
-    found: dict[int, Optional[str]] = {}
-    with closing(connection):
-        cursor = connection.cursor()
-        for start in range(0, len(run_ids), 500):
-            part = run_ids[start:start + 500]
-            cursor.execute(f"SELECT id, run_dir FROM runs WHERE id IN ({', '.join(mark for _ in part)})", part)
-            found.update(cursor.fetchall())
+    found = {}
+    for run_id, prov in _column(db_url, run_ids, "provenance").items():
+        prov = json.loads(prov) if isinstance(prov, str) else prov
+        found[run_id] = (prov or {}).get("host")
     return found
 
 
@@ -90,7 +66,7 @@ def _with_failing_rank(db_url: str, changes: list[tuple[int, Optional[str], str,
 
     from seedrun.job.ranks import RankFailed, failing_rank
 
-    run_dirs = _run_dirs(db_url, [run_id for run_id, *_ in failed])
+    run_dirs = _column(db_url, [run_id for run_id, *_ in failed], "run_dir")
     for run_id, _, _, values in failed:
         record = failing_rank(Path(run_dirs[run_id]), others_gone=True) if run_dirs.get(run_id) else None
         if record is not None:
@@ -172,7 +148,7 @@ def reconcile(db_url: str) -> int:
 
         # A job that ended after status's catch-up recorded its end in its folder, not in the database:
         # bring those folders in first, so that the guarded changes below find such runs no longer in flight.
-        catch_up(db_url, _hashes(db_url, [run_id for run_id, *_ in changes]), quiet=True)
+        catch_up(db_url, list(_column(db_url, [run_id for run_id, *_ in changes], "hash").values()), quiet=True)
 
         with session_scope(db_url) as session:
             for run_id, job_id, to, values in changes:
