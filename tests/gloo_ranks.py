@@ -21,6 +21,9 @@ def _entry(rank, fn, world, init_file, args):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        # every rank done before any tears the group down: a rank that left while its peer still wrote its
+        # result once ended the peer with SIGABRT ("terminate called without an active exception") in gloo
+        dist.barrier()
     finally:
         dist.destroy_process_group()
         # the process ends here (a spawned child exits through the interpreter's whole shutdown): frozen, its
