@@ -80,7 +80,7 @@ def _runs_as_json(db_url: str, sweep: Optional[str], in_sql: bool = True) -> lis
 _ROW_SQL = """
     SELECT r.id, coalesce({sweep}, ''), substr(r.hash, 1, 12), r.stage, {axes}, r.settings,
         CASE WHEN r.failure_reason IS NULL THEN r.state ELSE r.state || ' (' || r.failure_reason || ')' END,
-        r.epoch, json_extract(r.summary, '$."knn_top1"'), json_extract(r.summary, '$."init_knn_top1"'),
+        r.epoch, json_extract(r.summary, '$."knn_top1"'), CASE WHEN r.stage = 'pretrain' THEN json_extract(r.summary, '$."init_knn_top1"') END,
         coalesce(r.job_id, '') || coalesce(' [' || {layout} || ']', ''), r.state, {hours}
     FROM runs r"""
 
