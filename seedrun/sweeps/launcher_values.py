@@ -235,3 +235,36 @@ def stage_settings(settings: dict[str, Any], stage: str, own: Optional[dict[str,
                 resolved["mem_gb"] = round(float(resolved["mem_gb"]) / gpus, 1)
     resolved.update(own or {})
     return resolved
+
+
+def cli_stage_settings(cli_overrides, path: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The command line's `launcher.STAGE.KEY=VALUE` (read as YAML reads a value) apart from its other
+    overrides, which go to Hydra. The settings are checked where the file's stage blocks are."""
+    import yaml
+
+    from seedrun.sweeps.sweep_file import yaml_loader  # a sweep file's own reading of values (1e-4 a float)
+
+    rest: list[str] = []
+    stages: dict[str, dict[str, Any]] = {}
+    for override in cli_overrides:
+        key, _, text = override.partition("=")
+        parts = key.strip().split(".")
+        if len(parts) != 3 or parts[0] != "launcher" or parts[1] not in STAGES:
+            rest.append(override)
+            continue
+        try:
+            value = yaml.load(text, Loader=yaml_loader()) if text.strip() else None
+        except yaml.YAMLError:
+            raise InputError(path, f"command line {override!r}", "expected KEY=VALUE with a YAML value") from None
+        stages.setdefault(parts[1], {})[parts[2]] = value
+    return rest, stages
+
+
+def cli_launcher_keys_of(cli_overrides) -> set[str]:
+    """The launcher settings the command line sets (`launcher.cpus_per_task=12`): they win over the file."""
+    keys = set()
+    for override in cli_overrides:
+        key = override.partition("=")[0].strip().lstrip("+~")
+        if key.startswith("launcher.") and key.count(".") == 1:
+            keys.add(key.split(".", 1)[1])
+    return keys

@@ -38,8 +38,8 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import (STAGES, check_launcher, control_character, processes, split_stages,
-                                            stage_settings)
+from seedrun.sweeps.launcher_values import (STAGES, check_launcher, cli_launcher_keys_of, cli_stage_settings,
+                                            control_character, processes, split_stages, stage_settings)
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -88,7 +88,7 @@ def _as_overrides(value: Any, path: str, where: str) -> list[tuple[str, str]]:
     raise InputError(path, where, "expected a list of key=value overrides or a mapping of key: value")
 
 
-def _yaml_loader():
+def yaml_loader():
     """PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4); sweeps are full of such values."""
     import re
 
@@ -110,7 +110,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(str(path), None, "no such sweep file")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
@@ -159,7 +159,7 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
 def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Sweep:
     path = str(path)
     data = read_sweep_file(path)
-    cli_overrides, cli_stages = _cli_stage_settings(cli_overrides, path)
+    cli_overrides, cli_stages = cli_stage_settings(cli_overrides, path)
     base = _as_overrides(data.get("base"), path, "base")
     base += [(f"command line {override!r}", override) for override in cli_overrides]
     grid = _axis_lists(data, "grid", path)
@@ -176,7 +176,7 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
     launcher = data.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
-    cli_launcher_keys = _cli_launcher_keys(cli_overrides)
+    cli_launcher_keys = cli_launcher_keys_of(cli_overrides)
     # The command line comes last: `launcher.KEY=V` sets KEY for every stage (over the stage blocks too),
     # `launcher.STAGE.KEY=V` sets it in that stage's block.
     launcher = {key: ({k: v for k, v in value.items() if k not in cli_launcher_keys}
@@ -266,37 +266,6 @@ def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") ->
         raise InputError(path, "eval.after", f"unknown protocol {protocol!r}; known: {', '.join(protocols)}")
     return RunSpec("eval", evaluation_config(trained, protocol), axes={**trained.axes, "protocol": protocol},
                    depends_on=trained.hash)
-
-
-def _cli_stage_settings(cli_overrides, path: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """The command line's `launcher.STAGE.KEY=VALUE` (read as YAML reads a value) apart from its other
-    overrides, which go to Hydra. The settings are checked where the file's stage blocks are."""
-    import yaml
-
-    rest: list[str] = []
-    stages: dict[str, dict[str, Any]] = {}
-    for override in cli_overrides:
-        key, _, text = override.partition("=")
-        parts = key.strip().split(".")
-        if len(parts) != 3 or parts[0] != "launcher" or parts[1] not in STAGES:
-            rest.append(override)
-            continue
-        try:
-            value = yaml.load(text, Loader=_yaml_loader()) if text.strip() else None
-        except yaml.YAMLError:
-            raise InputError(path, f"command line {override!r}", "expected KEY=VALUE with a YAML value") from None
-        stages.setdefault(parts[1], {})[parts[2]] = value
-    return rest, stages
-
-
-def _cli_launcher_keys(cli_overrides) -> set[str]:
-    """The launcher settings the command line sets (`launcher.cpus_per_task=12`): they win over the file."""
-    keys = set()
-    for override in cli_overrides:
-        key = override.partition("=")[0].strip().lstrip("+~")
-        if key.startswith("launcher.") and key.count(".") == 1:
-            keys.add(key.split(".", 1)[1])
-    return keys
 
 
 def _launcher_settings(recipe: dict, block: dict, path: str, from_cli: set[str] = frozenset()) -> dict:
