@@ -29,15 +29,16 @@ def cmd_sweep(args) -> int:
     todo = plan.to_run(retry_failed=args.retry_failed)
     launcher = print_header(console, sweep, plan.states, len(plan.stale), estimate(db_url, todo).text())
 
+    limit = None
     if launcher == "slurm" and todo:  # a request no node can satisfy: refused before anything is recorded
         from seedrun.launchers.slurm import check_requests
 
-        check_requests(plan, todo, console)
+        limit = check_requests(plan, todo, console)
     record(plan, db_url)
     if launcher == "slurm":
         from seedrun.launchers.slurm import submit_slurm
 
-        submit_slurm(plan, todo, db_url, args.data_root, console, requests_checked=True)
+        submit_slurm(plan, todo, db_url, args.data_root, console, checked_limit=limit)
         return 0
     if todo:
         from seedrun.launchers.local import run_local

@@ -232,13 +232,14 @@ def _check_requests(arrays: list[ArrayPlan], sweep, console, limit: int) -> None
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def check_requests(plan, todo: list[RunSpec], console) -> None:
-    """What submit_slurm checks first, for `seedrun sweep` to call before it records anything: a request
-    no node can satisfy leaves no row and no folder behind."""
+def check_requests(plan, todo: list[RunSpec], console) -> int:
+    """Every array's request against the partition's nodes, before anything is recorded or queued (a request
+    no node can satisfy leaves no row and no folder behind); returns the MaxArraySize the arrays were cut at."""
     from seedrun.launchers.cluster import max_array_size
 
     limit = max_array_size()
     _check_requests(plan_arrays(todo, limit), plan.sweep, console, limit)
+    return limit
 
 
 def _sbatch_error(exc: BaseException) -> str:
@@ -248,15 +249,14 @@ def _sbatch_error(exc: BaseException) -> str:
 
 
 def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str], console,
-                 job_factory: Optional[Callable[..., Any]] = None, requests_checked: bool = False) -> list[str]:
+                 job_factory: Optional[Callable[..., Any]] = None, checked_limit: Optional[int] = None) -> list[str]:
     """Submit `todo` as Slurm arrays and return at once; returns the array job ids.
 
     `job_factory(run_hash, run_dir, data_root, attempt)` makes each task's callable (default
-    seedrun.job.run_job.RunJob). The requests are checked against the cluster's nodes first, unless the
-    caller did (`requests_checked`, check_requests).
+    seedrun.job.run_job.RunJob). The requests are checked against the cluster's nodes first (check_requests),
+    unless the caller did and passes the MaxArraySize it returned (`checked_limit`).
     """
     from seedrun.errors import InputError
-    from seedrun.launchers.cluster import max_array_size
     from seedrun.store.locations import seedrun_home
 
     sweep = plan.sweep
@@ -268,9 +268,7 @@ def submit_slurm(plan, todo: list[RunSpec], db_url: str, data_root: Optional[str
     if job_factory is None:
         from seedrun.job.run_job import RunJob as job_factory  # no torch: the job imports it when it trains
 
-    limit = max_array_size()
-    if not requests_checked:
-        _check_requests(plan_arrays(todo, limit), sweep, console, limit)  # before any folder or sbatch
+    limit = checked_limit or check_requests(plan, todo, console)  # before any folder or sbatch
     runs, blocked, alive = _split_blocked(todo, db_url)
     attempts, done = _open_attempts(db_url, [run.hash for run in runs])
     runs = [run for run in runs if run.hash in attempts]
