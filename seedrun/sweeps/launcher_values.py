@@ -237,34 +237,29 @@ def stage_settings(settings: dict[str, Any], stage: str, own: Optional[dict[str,
     return resolved
 
 
-def cli_stage_settings(cli_overrides, path: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """The command line's `launcher.STAGE.KEY=VALUE` (read as YAML reads a value) apart from its other
-    overrides, which go to Hydra. The settings are checked where the file's stage blocks are."""
+def cli_launcher_settings(cli_overrides, path: str) -> tuple[list[str], set[str], dict[str, dict[str, Any]]]:
+    """What the command line says of the launcher: (the overrides that go to Hydra, the shared settings they
+    set, `launcher.KEY=V`, which win over the file's, {stage: its `launcher.STAGE.KEY=V` settings}, read as
+    YAML reads a value and checked where the file's stage blocks are)."""
     import yaml
 
     from seedrun.sweeps.sweep_file import yaml_loader  # a sweep file's own reading of values (1e-4 a float)
 
     rest: list[str] = []
+    shared: set[str] = set()
     stages: dict[str, dict[str, Any]] = {}
     for override in cli_overrides:
         key, _, text = override.partition("=")
         parts = key.strip().split(".")
-        if len(parts) != 3 or parts[0] != "launcher" or parts[1] not in STAGES:
-            rest.append(override)
+        if len(parts) == 3 and parts[0] == "launcher" and parts[1] in STAGES:
+            try:
+                value = yaml.load(text, Loader=yaml_loader()) if text.strip() else None
+            except yaml.YAMLError:
+                raise InputError(path, f"command line {override!r}", "expected KEY=VALUE with a YAML value") from None
+            stages.setdefault(parts[1], {})[parts[2]] = value
             continue
-        try:
-            value = yaml.load(text, Loader=yaml_loader()) if text.strip() else None
-        except yaml.YAMLError:
-            raise InputError(path, f"command line {override!r}", "expected KEY=VALUE with a YAML value") from None
-        stages.setdefault(parts[1], {})[parts[2]] = value
-    return rest, stages
-
-
-def cli_launcher_keys_of(cli_overrides) -> set[str]:
-    """The launcher settings the command line sets (`launcher.cpus_per_task=12`): they win over the file."""
-    keys = set()
-    for override in cli_overrides:
-        key = override.partition("=")[0].strip().lstrip("+~")
-        if key.startswith("launcher.") and key.count(".") == 1:
-            keys.add(key.split(".", 1)[1])
-    return keys
+        setting = key.strip().lstrip("+~")  # `+launcher.qos=...` sets it too
+        if setting.startswith("launcher.") and setting.count(".") == 1:
+            shared.add(setting.split(".", 1)[1])
+        rest.append(override)
+    return rest, shared, stages

@@ -38,8 +38,8 @@ from typing import Any, Optional
 
 from seedrun.sweeps.compose import check_overrides, compose_config, recipe_groups
 from seedrun.errors import InputError
-from seedrun.sweeps.launcher_values import (STAGES, check_launcher, cli_launcher_keys_of, cli_stage_settings,
-                                            control_character, processes, split_stages, stage_settings)
+from seedrun.sweeps.launcher_values import (STAGES, check_launcher, cli_launcher_settings, control_character,
+                                            processes, split_stages, stage_settings)
 from seedrun.sweeps.spec import RunSpec, evaluation_config, pretrain_config
 
 TOP_LEVEL_KEYS = {"name", "ablation", "description", "base", "grid", "zip", "seeds", "launcher", "baselines"}
@@ -159,7 +159,7 @@ def expand(path: str | Path, cli_overrides: list[str] = (), dry_run: bool = Fals
 def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Sweep:
     path = str(path)
     data = read_sweep_file(path)
-    cli_overrides, cli_stages = cli_stage_settings(cli_overrides, path)
+    cli_overrides, cli_launcher_keys, cli_stages = cli_launcher_settings(cli_overrides, path)
     base = _as_overrides(data.get("base"), path, "base")
     base += [(f"command line {override!r}", override) for override in cli_overrides]
     grid = _axis_lists(data, "grid", path)
@@ -176,7 +176,6 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
     launcher = data.get("launcher") or {}
     if not isinstance(launcher, dict):
         raise InputError(path, "launcher", "expected a mapping (name: local | slurm, and its settings)")
-    cli_launcher_keys = cli_launcher_keys_of(cli_overrides)
     # The command line comes last: `launcher.KEY=V` sets KEY for every stage (over the stage blocks too),
     # `launcher.STAGE.KEY=V` sets it in that stage's block.
     launcher = {key: ({k: v for k, v in value.items() if k not in cli_launcher_keys}
