@@ -217,34 +217,23 @@ def test_a_data_error_on_rank_1_is_told_at_the_steps_all_reduce_and_recorded_wit
     assert recorded - (tmp_path / "fault-0.2").stat().st_mtime < 60
 
 
-def test_rank_1_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, tmp_path):
+@pytest.mark.parametrize("fault, tau, says", [("kill", "0.3", "on"),
+                                              ("kill-remote", "0.6", "on node-b left no failure record")])
+def test_rank_1_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, tmp_path, fault, tau, says):
     """SIGKILL leaves no exception and no failure record: rank 0's collective breaks, and rank 0 finds rank
-    1's process (process.rank1.json) gone without a record."""
+    1's process (process.rank1.json) gone without a record. Rank 0 cannot look up the process of a rank on
+    another node (kill-remote: rank 1's record names another host): a rank that raises writes its failure
+    record before it exits, so one still silent after FAILURE_WAIT_S was killed (or lost its node)."""
     home, _, _ = straight
     before = _failed(home)
-    result, _ = _sweep(home, tmp_path, "0.3", fault="kill")
+    result, _ = _sweep(home, tmp_path, tau, fault=fault)
     recorded = time.time()
     assert "failed 1" in result.stdout, result.stdout + result.stderr
     _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
     assert (stage, attempts, reason) == ("distill", 1, "killed")
-    killed = int((tmp_path / "fault-0.3").read_text())
-    assert f"rank 1 was killed: process {killed} on" in error
-    assert recorded - (tmp_path / "fault-0.3").stat().st_mtime < 60
-
-
-def test_rank_1_of_another_host_killed_at_step_5_fails_the_run_as_killed_within_60_s(straight, tmp_path):
-    """Rank 0 cannot look up the process of a rank on another node: a rank that raises writes its failure record
-    before it exits, so one still silent after FAILURE_WAIT_S was killed (or lost its node)."""
-    home, _, _ = straight
-    before = _failed(home)
-    result, _ = _sweep(home, tmp_path, "0.6", fault="kill-remote")
-    recorded = time.time()
-    assert "failed 1" in result.stdout, result.stdout + result.stderr
-    _, stage, _, attempts, reason, error, run_dir, _ = _failed_distillation(home, before)
-    assert (stage, attempts, reason) == ("distill", 1, "killed")
-    killed = int((tmp_path / "fault-0.6").read_text())
-    assert f"rank 1 was killed: process {killed} on node-b left no failure record" in error
-    assert recorded - (tmp_path / "fault-0.6").stat().st_mtime < 60
+    marker = tmp_path / f"fault-{tau}"
+    assert f"rank 1 was killed: process {int(marker.read_text())} {says}" in error
+    assert recorded - marker.stat().st_mtime < 60
 
 
 def test_rank_0_writing_a_checkpoint_longer_than_a_steps_timeout_is_waited_for(straight, tmp_path):

@@ -106,15 +106,21 @@ def test_each_stage_has_its_own_launcher_and_evaluation_defaults_to_one_gpu(tmp_
     ("  additional_parameters: {ntasks-per-node: 8}\n", "launcher.additional_parameters.ntasks-per-node"),
 ])
 def test_stage_blocks_and_gpus_in_additional_parameters_are_checked(block, key, cli, fake_slurm, tmp_path):
+    line = _refused(cli, fake_slurm, _stage_sweep(tmp_path, "launcher:\n  name: slurm\n" + block), key)
+    if "additional_parameters.g" in key:
+        assert "launcher.gpus_per_node" in line
+
+
+def _refused(cli, fake_slurm, path: str, key: str, *overrides: str) -> str:
+    """`seedrun sweep path overrides` is bad input: one line naming the file and `key`, exit 2, no sbatch, no
+    database. Returns the line."""
     cli.env.update(PATH=os.environ["PATH"], FAKE_SLURM_DIR=str(fake_slurm))
-    path = _stage_sweep(tmp_path, "launcher:\n  name: slurm\n" + block)
-    result = cli("sweep", path, check=False)
+    result = cli("sweep", path, *overrides, check=False)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {key}"), result.stderr
-    if "additional_parameters.g" in key:
-        assert "launcher.gpus_per_node" in lines[0]
     assert sbatch_calls(fake_slurm) == [] and not cli.db.exists()
+    return lines[0]
 
 
 @pytest.mark.parametrize("override, key", [
@@ -124,13 +130,7 @@ def test_stage_blocks_and_gpus_in_additional_parameters_are_checked(block, key, 
     ("launcher.pretrain.name=local", "launcher.pretrain.name: expected no name"),
 ])
 def test_stage_settings_on_the_command_line_are_checked_as_the_files(override, key, cli, fake_slurm, tmp_path):
-    cli.env.update(PATH=os.environ["PATH"], FAKE_SLURM_DIR=str(fake_slurm))
-    path = _stage_sweep(tmp_path, "launcher:\n  name: slurm\n")
-    result = cli("sweep", path, override, check=False)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {key}"), result.stderr
-    assert sbatch_calls(fake_slurm) == [] and not cli.db.exists()
+    _refused(cli, fake_slurm, _stage_sweep(tmp_path, "launcher:\n  name: slurm\n"), key, override)
 
 
 def test_a_stage_block_under_the_local_launcher_is_refused(tmp_path):
