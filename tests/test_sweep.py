@@ -104,6 +104,10 @@ def test_a_students_own_baseline_settings_change_its_baseline_and_nothing_else(t
             expand(write_sweep(tmp_path / "bad.yaml", text), [f"+student.baseline.{key}=3"])
     headed = expand(write_sweep(tmp_path / "head.yaml", text), ["+student.baseline.head=bn_mlp"])
     assert baseline(headed).config["pretrain"]["head"] == "bn_mlp"
+    from seedrun.models.catalog import PRETRAIN_HEAD_NAMES
+    from seedrun.models.heads import PRETRAIN_HEADS
+
+    assert PRETRAIN_HEAD_NAMES == ("auto", *PRETRAIN_HEADS)  # what the plan accepts, the job builds
     with pytest.raises(InputError, match="student.baseline.head: expected auto, mlp or bn_mlp, got 'bn'"):
         expand(write_sweep(tmp_path / "bad.yaml", text), ["+student.baseline.head=bn"])
 

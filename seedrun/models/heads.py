@@ -81,8 +81,8 @@ def teacher_head(method: str, dim_in: int, dim_out: int = 128, head: str = "auto
     return PRETRAIN_HEADS[head](dim_in, dim_out)
 
 
-#: `pretrain.head` (for a student-alone run: `student.baseline.head`): mlp is MoCo-v2's Linear-ReLU-Linear,
-#: bn_mlp SimCLR's Linear-BN-ReLU-Linear (MoCo v3 keeps BN in its heads too)
+#: `pretrain.head` (seedrun.models.catalog.PRETRAIN_HEAD_NAMES, checked at plan time): mlp is MoCo-v2's
+#: Linear-ReLU-Linear, bn_mlp SimCLR's Linear-BN-ReLU-Linear (MoCo v3 keeps BN in its heads too)
 PRETRAIN_HEADS = {"mlp": mocov2_head, "bn_mlp": simclr_head}
 
 

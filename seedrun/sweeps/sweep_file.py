@@ -296,7 +296,8 @@ def _label(key: str, values: dict) -> str:
 
 
 def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict) -> None:
-    from seedrun.models.catalog import check_arch, check_student_build  # torch-free: timm is asked in a child process
+    # torch-free: timm is asked in a child process
+    from seedrun.models.catalog import PRETRAIN_HEAD_NAMES, check_arch, check_student_build
 
     distill = config["distill"]
     for section in ("student", "teacher"):  # a network that cannot be built fails here, not in its job
@@ -320,9 +321,10 @@ def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict
             raise InputError(path, _where(f"student.baseline.{key}", values), "expected a setting of the teacher "
                              f"recipe's MoCo-v2 ({', '.join(sorted(settable))}); epochs, seed and dim are the "
                              "distillation's")
-    if (own or {}).get("head") not in (None, "auto", "mlp", "bn_mlp"):
+    if (own or {}).get("head") not in (None, *PRETRAIN_HEAD_NAMES):
         raise InputError(path, _where("student.baseline.head", values),
-                         f"expected auto, mlp or bn_mlp, got {own['head']!r}")
+                         f"expected {', '.join(PRETRAIN_HEAD_NAMES[:-1])} or {PRETRAIN_HEAD_NAMES[-1]}, "
+                         f"got {own['head']!r}")
     for key in ("tau_student", "tau_teacher"):
         if not isinstance(distill.get(key), (int, float)) or distill[key] <= 0:
             raise InputError(path, _where(f"distill.{key}", values), f"expected a temperature > 0, got {distill.get(key)!r}")
