@@ -1,6 +1,6 @@
 """Two tasks per run on the real one-node Slurm test cluster (`tasks_per_node: 2`, gloo on CPU): the teacher
 pre-trains on rank 0 alone, the student distils on both ranks, and each run is recorded once, by rank 0.
-About 40 s."""
+About 90 s."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
 
     from submitit.slurm.slurm import SlurmJob
 
+    # CI's machine once finished all 8 epochs between the test's look and its signal (scancel: "Invalid
+    # job id"): paced steps keep the run going for seconds past any look, on any machine.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    cli.env.update(PYTHONPATH=str(site), STEP_PACE_S="0.2")
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=8", "distill.checkpoint_every_steps=3"]
@@ -88,10 +94,21 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
 
 
-# Loaded by every Python process of the job (PYTHONPATH travels with sbatch's exported environment); acts
-# only in the task whose SLURM_PROCID it is told, at distillation step 5.
+# Loaded by every Python process of the job (PYTHONPATH travels with sbatch's exported environment).
+# STEP_PACE_S: every step takes at least that long, so that a run outlasts the test's look at it and the
+# signal it then sends, however fast the machine. FAULT: acts only in the task whose SLURM_PROCID it is
+# told, at distillation step 5.
 SITECUSTOMIZE = '''
 import os
+if os.environ.get("STEP_PACE_S"):
+    import time
+    import seedrun.training.loop as loop
+    unpaced = loop.Loop.after_step
+
+    def paced(self, step, state):
+        time.sleep(float(os.environ["STEP_PACE_S"]))
+        return unpaced(self, step, state)
+    loop.Loop.after_step = paced
 if os.environ.get("SLURM_PROCID") == os.environ.get("FAULT_RANK") and os.environ.get("FAULT"):
     import signal
     from pathlib import Path
