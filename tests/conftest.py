@@ -74,6 +74,47 @@ TINY_SWEEP_BASE = """base:
 """
 
 
+# Loaded by every Python process of the job (PYTHONPATH travels with sbatch's exported environment).
+# STEP_PACE_S: every step takes at least that long, so that a run outlasts the test's look at it and the
+# signal it then sends, however fast the machine. FAULT: acts only in the task whose SLURM_PROCID it is
+# told, at distillation step 5.
+JOB_SITECUSTOMIZE = '''
+import os
+if os.environ.get("SLURM_PROCID") is not None:  # a task of the job, not the seedrun command (no torch there)
+    import seedrun.training.loop as loop
+    if os.environ.get("STEP_PACE_S"):
+        import time
+        unpaced = loop.Loop.after_step
+
+        def paced(self, step, state):
+            time.sleep(float(os.environ["STEP_PACE_S"]))
+            return unpaced(self, step, state)
+        loop.Loop.after_step = paced
+    if os.environ.get("FAULT") and os.environ["SLURM_PROCID"] == os.environ.get("FAULT_RANK"):
+        import signal
+        from pathlib import Path
+        marker = Path(os.environ["FAULT_MARKER"])
+        after_step = loop.Loop.after_step
+
+        def faulty(self, step, state):
+            if step == 5 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                if os.environ["FAULT"] == "raise":
+                    raise ValueError("injected on this rank")
+                os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would: no exception, no record
+            return after_step(self, step, state)
+        loop.Loop.after_step = faulty
+'''
+
+
+def job_hooks(cli: CLI, tmp_path: Path, **env: str) -> None:
+    """Every Python process of the jobs `cli` submits loads JOB_SITECUSTOMIZE, driven by `env`."""
+    site = tmp_path / "job-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(JOB_SITECUSTOMIZE)
+    cli.env.update(PYTHONPATH=str(site), **env)
+
+
 def write_sweep(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

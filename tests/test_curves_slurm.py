@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_BASE, write_sweep
+from conftest import TINY_BASE, job_hooks, write_sweep
 from test_slurm_sweep import run_dir, settled, status, sweep_text, teacher_file, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -23,6 +23,7 @@ def test_curves_and_the_wandb_run_continue_across_a_requeue(slurm_cluster, cli, 
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=8", "distill.checkpoint_every_steps=3"]
+    job_hooks(cli, tmp_path, STEP_PACE_S="0.1")  # the run outlasts the test's look, however fast the machine
     cli.env.update(SEEDRUN_LOGGERS="tensorboard,wandb" if WANDB else "tensorboard", WANDB_MODE="offline",
                    WANDB_SILENT="true")
     cli("sweep", str(write_sweep(tmp_path / "requeue.yaml", sweep_text("requeue", base, {}))))

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import TINY_BASE, write_sweep
+from conftest import TINY_BASE, job_hooks, write_sweep
 from test_slurm_sweep import provenance, run_dir, settled, status, sweep_text, teacher_file, wait_for
 
 __all__ = ["teacher_file"]  # the fixture, shared with test_slurm_sweep
@@ -48,6 +48,7 @@ def test_a_two_node_run_trains_on_both_nodes_is_recorded_once_and_survives_scont
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=6", "distill.checkpoint_every_steps=3"]
+    job_hooks(cli, tmp_path, STEP_PACE_S="0.2")  # the run outlasts the test's look, however fast the machine
     path = write_sweep(tmp_path / "nodes.yaml", sweep_text("nodes", base, {"nodes": 2, "tasks_per_node": 1}))
     out = cli("sweep", str(path)).stdout
     assert "submitted 1 runs" in out and "request distill: fits partition debug: 2 nodes" in out, out

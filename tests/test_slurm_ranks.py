@@ -14,7 +14,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from conftest import TINY_BASE, write_sweep
+from conftest import TINY_BASE, job_hooks, write_sweep
 from seedrun.job.run_job import RunJob
 from test_slurm_sweep import provenance, run_dir, settled, status, sweep_text, teacher_file, wait_for
 
@@ -54,10 +54,7 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
 
     # CI's machine once finished all 8 epochs between the test's look and its signal (scancel: "Invalid
     # job id"): paced steps keep the run going for seconds past any look, on any machine.
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    cli.env.update(PYTHONPATH=str(site), STEP_PACE_S="0.2")
+    job_hooks(cli, tmp_path, STEP_PACE_S="0.2")
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=8", "distill.checkpoint_every_steps=3"]
@@ -94,39 +91,6 @@ def test_a_two_task_run_survives_scontrol_requeue_and_usr2_once_each(slurm_clust
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
 
 
-# Loaded by every Python process of the job (PYTHONPATH travels with sbatch's exported environment).
-# STEP_PACE_S: every step takes at least that long, so that a run outlasts the test's look at it and the
-# signal it then sends, however fast the machine. FAULT: acts only in the task whose SLURM_PROCID it is
-# told, at distillation step 5.
-SITECUSTOMIZE = '''
-import os
-if os.environ.get("STEP_PACE_S"):
-    import time
-    import seedrun.training.loop as loop
-    unpaced = loop.Loop.after_step
-
-    def paced(self, step, state):
-        time.sleep(float(os.environ["STEP_PACE_S"]))
-        return unpaced(self, step, state)
-    loop.Loop.after_step = paced
-if os.environ.get("SLURM_PROCID") == os.environ.get("FAULT_RANK") and os.environ.get("FAULT"):
-    import signal
-    from pathlib import Path
-    import seedrun.training.loop as loop
-    marker = Path(os.environ["FAULT_MARKER"])
-    after_step = loop.Loop.after_step
-
-    def faulty(self, step, state):
-        if step == 5 and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            if os.environ["FAULT"] == "raise":
-                raise ValueError("injected on this rank")
-            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would: no exception, no record
-        return after_step(self, step, state)
-    loop.Loop.after_step = faulty
-'''
-
-
 @pytest.mark.parametrize("fault, reason, says", [("raise", "exception", "rank 1 raised ValueError: injected on this rank"),
                                                   ("kill", "killed", "rank 1 was killed")])
 def test_a_rank_that_fails_at_step_5_fails_the_run_with_its_class_within_60_s(slurm_cluster, cli, tmp_path, teacher_file,
@@ -136,11 +100,8 @@ def test_a_rank_that_fails_at_step_5_fails_the_run_with_its_class_within_60_s(sl
     in the run folder (or, with no record, from the signal that ended the step)."""
     import time
 
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     marker = tmp_path / "fault"
-    cli.env.update(PYTHONPATH=str(site), FAULT=fault, FAULT_RANK="1", FAULT_MARKER=str(marker))
+    job_hooks(cli, tmp_path, FAULT=fault, FAULT_RANK="1", FAULT_MARKER=str(marker))
     teacher, _ = teacher_file
     base = [o for o in TINY_BASE if not o.startswith(("teacher.pretrain", "distill.epochs"))]
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=20"]

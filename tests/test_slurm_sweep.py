@@ -25,7 +25,7 @@ from typing import Any, Callable
 import cloudpickle
 import pytest
 
-from conftest import CLI, TINY_BASE, write_sweep
+from conftest import CLI, TINY_BASE, job_hooks, write_sweep
 from seedrun.job.run_job import RunJob
 
 pytestmark = pytest.mark.slurm
@@ -133,6 +133,7 @@ def test_preempted_and_requeued_runs_resume_bit_identical(slurm_cluster, cli, tm
     base += [f"teacher.checkpoint={teacher}", "distill.epochs=8", "distill.checkpoint_every_steps=3"]
     path = write_sweep(tmp_path / "resume.yaml", sweep_text("resume", base, {}, seeds="seeds: [0, 1]\n"))
     reference = CLI(tmp_path / "reference-home")
+    job_hooks(cli, tmp_path, STEP_PACE_S="0.1")  # the runs outlast the test's look, however fast the machine
     cli("sweep", str(path))
     reference("sweep", str(path))
 
