@@ -230,6 +230,23 @@ def test_efficientnet_feature_layer_dropout_and_same_padding():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("layout", ["official", "torchvision"])
+@pytest.mark.parametrize("name", SMALL)
+def test_without_dropout_a_student_in_training_gives_one_output_an_image(name, layout):
+    """`baseline.dropout: false`: dropout and drop connect off, so that two copies of an image in one training
+    batch come out the same; BN and everything else as built."""
+    from seedrun.models.networks import without_dropout
+
+    torch.manual_seed(0)
+    net, _ = create_backbone(name, small_images=True, in_chans=1, width=16, layout=layout)
+    x = torch.randn(1, 1, 16, 16).repeat(8, 1, 1, 1)
+    net.train()
+    assert not all(torch.equal(net(x)[0], row) for row in net(x)[1:])  # as built: dropout acts in training
+    without_dropout(net).train()
+    out = net(x)
+    assert all(torch.equal(out[0], row) for row in out[1:])
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_narrow_students_train_on_grey_16px_images(name):
     torch.manual_seed(0)

@@ -102,6 +102,17 @@ def test_a_students_own_baseline_settings_change_its_baseline_and_nothing_else(t
     for key in ("epochs", "arch"):  # the distillation's, or not MoCo-v2's
         with pytest.raises(InputError, match=f"student.baseline.{key}: expected a setting of the teacher recipe"):
             expand(write_sweep(tmp_path / "bad.yaml", text), [f"+student.baseline.{key}=3"])
+    longer = expand(write_sweep(tmp_path / "longer.yaml", text), ["+student.baseline.epochs_factor=3"])
+    assert baseline(longer).config["pretrain"]["epochs"] == 3 * baseline(plain).config["pretrain"]["epochs"]
+    assert "epochs_factor" not in baseline(longer).config["pretrain"] and others(longer) == others(plain)
+    for bad in ("0", "-1", "'three'", "true"):
+        with pytest.raises(InputError, match="student.baseline.epochs_factor: expected a number > 0"):
+            expand(write_sweep(tmp_path / "bad.yaml", text), [f"+student.baseline.epochs_factor={bad}"])
+    undropped = expand(write_sweep(tmp_path / "undropped.yaml", text), ["+student.baseline.dropout=false"])
+    assert baseline(undropped).config["pretrain"]["dropout"] is False and others(undropped) == others(plain)
+    assert "dropout" not in baseline(plain).config["pretrain"]
+    with pytest.raises(InputError, match="student.baseline.dropout: expected true or false"):
+        expand(write_sweep(tmp_path / "bad.yaml", text), ["+student.baseline.dropout=0.2"])
     headed = expand(write_sweep(tmp_path / "head.yaml", text), ["+student.baseline.head=bn_mlp"])
     assert baseline(headed).config["pretrain"]["head"] == "bn_mlp"
     from seedrun.models.catalog import PRETRAIN_HEAD_NAMES

@@ -397,6 +397,22 @@ _register("efficientnet_b0", _efficientnet("efficientnet_b0", depth_mult=1.0, dr
 _register("efficientnet_b1", _efficientnet("efficientnet_b1", depth_mult=1.1, dropout=0.2))
 
 
+def without_dropout(net: nn.Module) -> nn.Module:
+    """`net` with its dropout and drop connect (stochastic depth) off, in place: a student-alone run's
+    `baseline.dropout: false`. They are ImageNet classification's regularisers, kept by the official
+    students; a narrow network learning alone by MoCo-v2 at CPU scale learns less with them (README)."""
+    from torchvision.ops import StochasticDepth
+
+    for module in net.modules():
+        if isinstance(module, (nn.Dropout, StochasticDepth)):
+            module.p = 0.0
+        elif isinstance(module, _MBConv):
+            module.drop = 0.0
+        elif hasattr(module, "drop_prob"):  # timm's DropPath
+            module.drop_prob = 0.0
+    return net
+
+
 def timm_backbone(arch: str, *, in_chans: int) -> tuple[nn.Module, int]:
     """Any timm architecture as a backbone, from `timm/NAME[:key=value,...]` (seedrun.models.catalog.
     parse_timm_arch): timm.create_model(NAME, pretrained=False, num_classes=0, **keywords) outputs its pooled

@@ -68,15 +68,18 @@ def pretrain_config(composed: dict[str, Any], section: str = "teacher") -> dict[
 
     section "teacher": the teacher a distillation run needs. section "student": the student trained
     alone by the teacher's own recipe (MoCo-v2) for as many epochs as it is distilled, the baseline the
-    paper compares every student with, with the settings its student recipe's `baseline:` names instead. Only what the pre-training uses goes in, so every run that
-    names the same teacher (or baseline) shares it.
+    paper compares every student with, with the settings its student recipe's `baseline:` names instead
+    (`epochs_factor` times the distillation's epochs). Only what the pre-training uses goes in, so every
+    run that names the same teacher (or baseline) shares it.
     """
     net = composed[section]
     recipe = dict(composed["teacher"]["pretrain"])
     if section == "student":
         # a student recipe's own MoCo-v2 settings (student.baseline) where the teacher's do not suit it
         recipe.update({key: value for key, value in (net.get("baseline") or {}).items() if value is not None})
-        recipe.update(epochs=composed["distill"]["epochs"], seed=composed["seed"], dim=net.get("dim", 128))
+        # epochs_factor: a student that needs a longer schedule than the distillation to learn anything alone
+        epochs = max(1, round(composed["distill"]["epochs"] * recipe.pop("epochs_factor", 1)))
+        recipe.update(epochs=epochs, seed=composed["seed"], dim=net.get("dim", 128))
     pretrain = {
         "role": "teacher" if section == "teacher" else "baseline",
         "method": composed["teacher"].get("method", "mocov2") if section == "teacher" else "mocov2",

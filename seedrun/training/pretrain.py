@@ -25,6 +25,7 @@ from seedrun.data.loader import open_split
 from seedrun.evaluate.knn import knn_accuracy
 from seedrun.models.heads import teacher_head
 from seedrun.models.model_file import MODEL, build_marker, save_model
+from seedrun.models.networks import without_dropout
 from seedrun.models.registry import create_backbone
 from seedrun.training import distributed
 from seedrun.training.checkpoints import load_checkpoint, rng_state, set_rng_state
@@ -46,6 +47,8 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     torch.manual_seed(seed)
     backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"],
                                   bn=p.get("bn"), layout=p.get("layout"))
+    if p.get("dropout") is False:  # a student-alone run's baseline.dropout
+        without_dropout(backbone)
     head = teacher_head(p["method"], d, p["dim"], p.get("head", "auto"))
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
