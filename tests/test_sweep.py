@@ -146,6 +146,6 @@ baselines: true
 def test_seedrun_list_shows_each_students_build_and_own_baseline_settings(cli):
     lines = cli("list").stdout.splitlines()
     mobilenet = next(line for line in lines if line.strip().startswith("small_mobilenetv3_large "))
-    assert "bn official; layout official; baseline: head bn_mlp, lr 0.06" in mobilenet
+    assert mobilenet.endswith("bn official; layout official; baseline: head bn_mlp, lr 0.06, epochs_factor 3, dropout false")
     resnet = next(line for line in lines if line.strip().startswith("small_resnet18 "))
     assert resnet.endswith("baseline: the teacher recipe's")

@@ -159,5 +159,6 @@ def _student_line(folders, name: str) -> str:
     words = [f"{recipe.get('arch')} width {recipe.get('width')}"]
     words += [f"{key} {recipe[key]}" for key in ("bn", "layout") if key in recipe]
     own = {key: value for key, value in (recipe.get("baseline") or {}).items() if value is not None}
-    words.append("baseline: " + (", ".join(f"{key} {value}" for key, value in own.items()) or "the teacher recipe's"))
+    shown = (f"{key} {str(value).lower() if isinstance(value, bool) else value}" for key, value in own.items())
+    words.append("baseline: " + (", ".join(shown) or "the teacher recipe's"))  # as the YAML writes them
     return "; ".join(words)
