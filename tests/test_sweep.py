@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,21 @@ def test_seedrun_list_shows_each_students_build_and_own_baseline_settings(cli):
     assert mobilenet.endswith("bn official; layout official; baseline: head bn_mlp, lr 0.06, epochs_factor 3, dropout false")
     resnet = next(line for line in lines if line.strip().startswith("small_resnet18 "))
     assert resnet.endswith("baseline: the teacher recipe's")
+
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[path.name for path in SWEEPS])
+def test_every_shipped_sweep_file_expands(path):
+    """What the README tells a user to run plans without an error (ImageNet's absence is a warning)."""
+    sweep = expand(path, dry_run=True)
+    assert sweep.runs and len({run.hash for run in sweep.runs}) == len(sweep.runs)
+
+
+def test_the_efficient_baseline_sweep_trains_each_student_alone_four_ways():
+    sweep = expand(next(path for path in SWEEPS if path.name == "fmnist-efficient-baseline.yaml"), dry_run=True)
+    baselines = [run.config["pretrain"] for run in sweep.stage("pretrain") if run.config["pretrain"]["role"] == "baseline"]
+    for arch in ("mobilenetv3_large", "efficientnet_b0"):
+        ways = sorted((p["epochs"], p["dropout"]) for p in baselines if p["arch"] == arch and p["seed"] == 0)
+        assert ways == [(8, True), (24, False), (24, True), (48, True)]
