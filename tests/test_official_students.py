@@ -247,6 +247,23 @@ def test_without_dropout_a_student_in_training_gives_one_output_an_image(name, l
     assert all(torch.equal(out[0], row) for row in out[1:])
 
 
+def test_a_baseline_without_dropout_pretrains_a_network_without_it(tmp_path):
+    """The sweep's student.baseline.dropout reaches the network the pre-training builds."""
+    from seedrun.sweeps.sweep_file import expand
+    from seedrun.training.pretrain import pretrain_backbone
+    from conftest import TINY_SWEEP_BASE, write_sweep
+
+    text = "name: s\n" + TINY_SWEEP_BASE + "  student: small_efficientnet_b0\nbaselines: true\n"
+    x = torch.randn(1, 1, 16, 16).repeat(4, 1, 1, 1)
+    for dropout, same in (("true", False), ("false", True)):  # the recipe says false
+        sweep = expand(write_sweep(tmp_path / "s.yaml", text), [f"student.baseline.dropout={dropout}"])
+        (p,) = [run.config["pretrain"] for run in sweep.stage("pretrain") if run.config["pretrain"]["role"] == "baseline"]
+        torch.manual_seed(0)
+        net, _ = pretrain_backbone(p, 1)
+        out = net.train()(x)
+        assert all(torch.equal(out[0], row) for row in out[1:]) is same
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_narrow_students_train_on_grey_16px_images(name):
     torch.manual_seed(0)

@@ -45,10 +45,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
     seed = int(p["seed"])
 
     torch.manual_seed(seed)
-    backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"], width=p["width"],
-                                  bn=p.get("bn"), layout=p.get("layout"))
-    if p.get("dropout") is False:  # a student-alone run's baseline.dropout
-        without_dropout(backbone)
+    backbone, d = pretrain_backbone(p, data_cfg["channels"])
     head = teacher_head(p["method"], d, p["dim"], p.get("head", "auto"))
     encoder = nn.Sequential(backbone, head).to(device)
     pretext = create_pretext(p, encoder, seed).to(device)
@@ -116,6 +113,15 @@ def pretrain(config: dict[str, Any], run_dir: Path, hooks: Hooks, data_root: Opt
         raise
     finally:
         curves.close()
+
+
+def pretrain_backbone(p: dict[str, Any], in_chans: int) -> tuple[nn.Module, int]:
+    """The network `pretrain` trains, as its settings build it (a student-alone run's baseline.dropout too)."""
+    backbone, d = create_backbone(p["arch"], small_images=p["small_images"], in_chans=in_chans, width=p["width"],
+                                  bn=p.get("bn"), layout=p.get("layout"))
+    if p.get("dropout") is False:
+        without_dropout(backbone)
+    return backbone, d
 
 
 def finish(config: dict[str, Any], backbone: nn.Module, head: nn.Module, train, test, device: torch.device,
