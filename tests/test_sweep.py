@@ -168,3 +168,12 @@ def test_the_efficient_baseline_sweep_trains_each_student_alone_four_ways():
     for arch in ("mobilenetv3_large", "efficientnet_b0"):
         ways = sorted((p["epochs"], p["dropout"]) for p in baselines if p["arch"] == arch and p["seed"] == 0)
         assert ways == [(8, True), (24, False), (24, True), (48, True)]
+
+
+def test_the_plan_lists_every_value_of_an_axis_that_varies_only_baselines(cli, tmp_path):
+    """A `student.baseline.*` axis changes no distillation run: the plan still lists all its values."""
+    text = "name: s\n" + BASE + "  student: small_mobilenetv3_large\nzip:\n  student.baseline.lr: [0.06, 0.03, 0.06]\n" \
+        "  student.baseline.tau: [0.2, 0.2, 0.1]\nbaselines: true\n"
+    out = cli("sweep", "--dry-run", "--json", str(write_sweep(tmp_path / "s.yaml", text))).stdout
+    plan = json.loads(out)
+    assert plan["axes"] == {"student.baseline.lr": [0.06, 0.03], "student.baseline.tau": [0.2, 0.1]}

@@ -38,11 +38,12 @@ def grouped_counts(runs, states: dict[str, str]) -> dict[str, int]:
 
 
 def axis_values(sweep) -> dict[str, list]:
+    """Each axis's distinct values, in the file's order (a plan made in code: as its runs have them)."""
     values: dict[str, dict] = {axis: {} for axis in sweep.axes}
-    for run in sweep.runs:
-        for axis, seen in values.items():
-            if axis in run.axes:
-                seen.setdefault(repr(run.axes[axis]), run.axes[axis])
+    for axis, seen in values.items():
+        listed = sweep.axis_values.get(axis)
+        for value in listed if listed is not None else [run.axes[axis] for run in sweep.runs if axis in run.axes]:
+            seen.setdefault(repr(value), value)
     return {axis: list(seen.values()) for axis, seen in values.items()}
 
 

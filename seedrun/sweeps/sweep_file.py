@@ -56,6 +56,8 @@ class Sweep:
     warnings: list[str] = field(default_factory=list)
     stage_blocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # launcher.<stage> blocks as written
     stage_launchers: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's resolved launcher
+    # every axis's values as the file lists them (a student.baseline.* axis varies no distillation run)
+    axis_values: dict[str, list] = field(default_factory=dict)
 
     def stage(self, stage: str) -> list[RunSpec]:
         return [run for run in self.runs if run.stage == stage]
@@ -256,7 +258,8 @@ def _expand(path, cli_overrides, dry_run: bool, data_root: Optional[str]) -> Swe
         unique.setdefault(run.hash, run)
     return Sweep(name=data["name"], path=path, ablation=data.get("ablation"), runs=list(unique.values()),
                  axes=axes, launcher=launcher, warnings=sorted(set(warnings)), stage_blocks=stage_blocks,
-                 stage_launchers=first_stages)
+                 stage_launchers=first_stages,
+                 axis_values={**grid, **zipped, **({"seed": seeds} if seeds != [None] else {})})
 
 
 def evaluation_run(trained: RunSpec, protocol: str, path: str = "evaluation") -> RunSpec:
