@@ -146,8 +146,7 @@ def random_init_reference(config: dict[str, Any], data_cfg: dict[str, Any], trai
     same weights the run started from): a baseline below it learned nothing, whatever its number."""
     p = config["pretrain"]
     torch.manual_seed(int(p["seed"]))
-    untrained, _ = create_backbone(p["arch"], small_images=p["small_images"], in_chans=data_cfg["channels"],
-                                   width=p["width"], bn=p.get("bn"), layout=p.get("layout"))
+    untrained, _ = pretrain_backbone(p, data_cfg["channels"])
     knn = evaluate_knn(untrained.to(device).eval(), train, test, config, device)
     return {f"init_{name}": value for name, value in knn.items() if name in ("knn_top1", "knn_top5")}
 
