@@ -128,12 +128,12 @@ STUDENT_BUILD: dict[str, dict[str, str]] = {
         "torchvision": "torchvision's MobileNetV3/EfficientNet modules and keys (seedrun's students before issue 21)",
     },
 }
-# (momentum, eps) of every BatchNorm2d, by network family and `student.bn`. The official EfficientNet is
-# EfficientNet-PyTorch's: TensorFlow's decay 0.99 is PyTorch's momentum 1 - 0.99.
 #: `pretrain.head` (a student-alone run: `student.baseline.head`), checked at plan time; seedrun.models.heads
 #: builds them (PRETRAIN_HEADS): auto is the method's own head
 PRETRAIN_HEAD_NAMES = ("auto", "mlp", "bn_mlp")
 
+# (momentum, eps) of every BatchNorm2d, by network family and `student.bn`. The official EfficientNet is
+# EfficientNet-PyTorch's: TensorFlow's decay 0.99 is PyTorch's momentum 1 - 0.99.
 BN_SETTINGS: dict[str, dict[str, tuple[float, float]]] = {
     "mobilenet": {"official": (0.1, 1e-5), "torchvision": (0.01, 1e-3)},
     "efficientnet": {"official": (0.01, 1e-3), "torchvision": (0.1, 1e-5)},

@@ -318,20 +318,22 @@ def _check_values(config: dict, values: dict, path: str, pretrain_launcher: dict
     own = student.get("baseline")
     if own is not None and not isinstance(own, dict):
         raise InputError(path, _where("student.baseline", values), "expected a mapping of MoCo-v2 settings")
-    settable = (set(config["teacher"].get("pretrain") or {}) | {"head", "epochs_factor", "dropout"}) - {"epochs", "seed", "dim"}
-    for key in own or {}:
+    own = own or {}
+    settable = ((set(config["teacher"].get("pretrain") or {}) | {"head", "epochs_factor", "dropout"})
+                - {"epochs", "seed", "dim"})
+    for key in own:
         if key not in settable:  # epochs follow the distillation's (epochs_factor scales them); seed and dim too
             raise InputError(path, _where(f"student.baseline.{key}", values), "expected a setting of the teacher "
                              f"recipe's MoCo-v2 ({', '.join(sorted(settable))}); epochs, seed and dim are the "
                              "distillation's")
-    factor = (own or {}).get("epochs_factor")
+    factor = own.get("epochs_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0):
         raise InputError(path, _where("student.baseline.epochs_factor", values),
                          f"expected a number > 0 (the distillation's epochs times it), got {factor!r}")
-    if not isinstance((own or {}).get("dropout", False), (bool, type(None))):
+    if not isinstance(own.get("dropout", False), (bool, type(None))):
         raise InputError(path, _where("student.baseline.dropout", values),
                          f"expected true or false (false: its dropout and drop connect off), got {own['dropout']!r}")
-    if (own or {}).get("head") not in (None, *PRETRAIN_HEAD_NAMES):
+    if own.get("head") not in (None, *PRETRAIN_HEAD_NAMES):
         raise InputError(path, _where("student.baseline.head", values),
                          f"expected {', '.join(PRETRAIN_HEAD_NAMES[:-1])} or {PRETRAIN_HEAD_NAMES[-1]}, "
                          f"got {own['head']!r}")
